@@ -1,0 +1,25 @@
+# The two entry points a newcomer needs (README): `make demo` and `make test`.
+# Both install what they need on a fresh Debian 12 machine (as root).
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+
+.PHONY: setup demo test bench clean-demo
+
+setup: $(VENV)/.installed
+	@bash scripts/testbed-prereqs.sh
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+demo: setup
+	$(PY) -m devbox.demo
+
+test: setup
+	$(PY) -m pytest -v tests
+
+bench: setup
+	$(PY) -m bench

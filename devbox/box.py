@@ -1,0 +1,53 @@
+"""Commands inside a box, sent through the host's Docker over the trusted host connection.
+
+This is how devbox reaches a box before its host key is pinned (and for keys and
+jobs afterwards): always as the login user, never as root.
+"""
+from __future__ import annotations
+
+import time
+
+from devbox.config import BoxSpec
+from devbox.errors import DevboxError
+from devbox.remote import Host, Result
+
+STATE_DIR = ".devbox"
+HOST_KEY = f"{STATE_DIR}/hostkeys/ssh_host_ed25519_key.pub"
+AUTHORIZED_KEYS = f"{STATE_DIR}/authorized_keys"
+
+# Atomic and live: sshd reads the file at each login, so rename() switches every
+# future login at once and open sessions are untouched.
+WRITE_AUTHORIZED_KEYS = (
+    'umask 077; mkdir -p "$HOME/.devbox" && cat > "$HOME/.devbox/.authorized_keys.new" '
+    '&& mv -f "$HOME/.devbox/.authorized_keys.new" "$HOME/.devbox/authorized_keys"'
+)
+
+
+def box_exec(host: Host, spec: BoxSpec, argv: list[str], stdin: bytes | None = None, check: bool = True, **kw) -> Result:
+    """Run argv in the box as the login user (uid:gid), never root."""
+    flags = ["-i"] if stdin is not None else []
+    return host.docker("exec", *flags, "-u", f"{spec.uid}:{spec.gid}", "-e", f"HOME={spec.home}",
+                       spec.box_name, *argv, stdin=stdin, check=check, **kw)
+
+
+def box_sh(host: Host, spec: BoxSpec, script: str, stdin: bytes | None = None, check: bool = True, **kw) -> Result:
+    return box_exec(host, spec, ["sh", "-c", script], stdin=stdin, check=check, **kw)
+
+
+def write_authorized_keys(host: Host, spec: BoxSpec, content: str) -> None:
+    box_sh(host, spec, WRITE_AUTHORIZED_KEYS, stdin=content.encode())
+
+
+def read_host_key(host: Host, spec: BoxSpec, wait_s: float = 20) -> str:
+    """The box's host public key; waits for the entrypoint to make it on first start."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        result = box_exec(host, spec, ["cat", f"{spec.home}/{HOST_KEY}"], check=False)
+        if result.ok and result.stdout.startswith("ssh-"):
+            return result.stdout.strip()
+        if time.monotonic() > deadline:
+            raise DevboxError(
+                f"{spec.host}: the box did not create its host key within {wait_s:.0f} s",
+                f"see `ssh {spec.host} docker logs {spec.box_name}`",
+            )
+        time.sleep(0.2)

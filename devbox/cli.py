@@ -1,0 +1,244 @@
+"""The devbox command line: parse, call one function, render (text or --json). No logic.
+
+Exit codes: 0 ok, 1 a check failed, 2 usage or config error, 3 host unreachable.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from devbox.errors import EXIT_USAGE, ConfigError, DevboxError
+
+app = typer.Typer(
+    help="A hardened, GPU-ready SSH dev box on your own GPU servers, in one command.\n\n"
+    "Hosts are names from your ~/.ssh/config. Start with `devbox up HOST`, then `ssh devbox-HOST`.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+keys_app = typer.Typer(help="Team public keys in keys/: add, list, revoke, sync to boxes.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+JSON = typer.Option(False, "--json", help="Print machine-readable JSON instead of text.")
+CONFIG = typer.Option(None, "--config", help="devbox.toml to use (default: ./devbox.toml, then ~/.config/devbox/devbox.toml).")
+PLAYBOOK = typer.Option(None, "--playbook", "-p", help="A box profile from playbooks/ (default, cpu) or a .toml path; overrides the config.")
+KEYS_DIR = typer.Option(None, "--keys", help="Team keys folder (default: ./keys, then ~/.config/devbox/keys).")
+
+
+def _emit(data, as_json: bool, text: str) -> None:
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, default=str))
+    else:
+        typer.echo(text)
+
+
+def _progress(as_json: bool):
+    return (lambda message: None) if as_json else (lambda message: typer.echo(f"  … {message}", err=True))
+
+
+def _specs(hosts: List[str], config: Optional[Path], playbook: Optional[str]):
+    from devbox.config import load_spec
+
+    if not hosts:
+        raise ConfigError("no host given", "name at least one Host from your ~/.ssh/config")
+    return [load_spec(h, config, playbook) for h in hosts]
+
+
+def _known_hosts(config: Optional[Path]) -> List[str]:
+    """--all: every host with a devbox ssh entry or a [hosts.NAME] table."""
+    from devbox import sshconfig
+    from devbox.config import _read_toml, find_config
+
+    names = {alias[len(sshconfig.BOX_PREFIX):] for alias in sshconfig.read_entries()}
+    path = find_config(config)
+    if path:
+        names |= set(_read_toml(path).get("hosts", {}))
+    return sorted(names)
+
+
+# ---------------------------------------------------------------- image
+
+
+@app.command()
+def build(
+    base: str = typer.Option(None, "--base", help="Base image (default: the official pytorch/pytorch CUDA runtime tag)."),
+    user: str = typer.Option("dev", help="Login user inside the box."),
+    uid: int = typer.Option(1000, help="UID of the login user (match the owner of your data on the host)."),
+    gid: int = typer.Option(1000, help="GID of the login user."),
+    as_json: bool = JSON,
+):
+    """Build the SSH box image locally; the tag is a content hash, so same inputs reuse it."""
+    from devbox.image import DEFAULT_BASE_IMAGE, ImageSpec, build_locally
+
+    spec = ImageSpec(base or DEFAULT_BASE_IMAGE, user, uid, gid)
+    result = build_locally(spec, on_progress=_progress(as_json))
+    verb = "built" if result.built else "reused"
+    _emit(result.as_dict(), as_json, f"{verb} {result.tag} on {result.base} (adds {result.size_added / 1e6:.1f} MB, {result.seconds:.1f} s)")
+
+
+# ---------------------------------------------------------------- up / verify / status / down
+
+
+@app.command()
+def up(
+    hosts: List[str] = typer.Argument(..., help="Hosts from your ssh config, e.g. gpu-host-3."),
+    playbook: Optional[str] = PLAYBOOK,
+    config: Optional[Path] = CONFIG,
+    keys_dir: Optional[Path] = KEYS_DIR,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the steps that would run; change nothing."),
+    force: bool = typer.Option(False, "--force", help="Re-create the box even if jobs are running (their logs are kept)."),
+    repin: bool = typer.Option(False, "--repin", help="Accept a new box host key (only after re-making the box on purpose)."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip the verification over SSH."),
+    as_json: bool = JSON,
+):
+    """Check each host, deliver the image, start the box, pin its key, write `ssh devbox-HOST`, verify."""
+    from devbox.keyset import desired_keys
+    from devbox.up import for_each_host, up_host
+
+    specs = _specs(hosts, config, playbook)
+    keys = desired_keys(keys_dir)
+    if keys.notice and not as_json:
+        typer.echo(f"note: {keys.notice}", err=True)
+    progress = _progress(as_json)
+    reports = for_each_host(specs, lambda s: up_host(s, keys, dry_run=dry_run, force=force, repin=repin, verify=not no_verify, progress=progress))
+    _emit([r.as_dict() for r in reports], as_json, "\n".join(_render_up(r, dry_run) for r in reports))
+    raise typer.Exit(max(r.exit_code for r in reports))
+
+
+def _render_up(report, dry_run: bool) -> str:
+    head = f"{report.host}: "
+    if report.error:
+        return head + f"FAILED: {report.error}"
+    lines = [head + ("would run:" if dry_run else ("changed" if report.changed else "already up to date, nothing changed"))
+             + ("" if dry_run else f" ({report.seconds:.1f} s)")]
+    lines += [f"  - {s}" for s in report.steps] or (["  (nothing to do)"] if dry_run else [])
+    lines += _render_checks(report.checks)
+    if not dry_run and report.exit_code == 0:
+        lines.append(f"  ready: ssh {report.ssh_alias}   (VS Code: Remote-SSH → Connect to Host → {report.ssh_alias})")
+    return "\n".join(lines)
+
+
+def _render_checks(checks) -> list[str]:
+    marks = {"ok": "ok  ", "fail": "FAIL", "skipped": "skip"}
+    return [f"  [{marks[c.status]}] {c.name}" + (f": {c.detail}" if c.detail else "") for c in checks]
+
+
+@app.command()
+def verify(
+    hosts: List[str] = typer.Argument(..., help="Hosts whose boxes to verify."),
+    playbook: Optional[str] = PLAYBOOK,
+    config: Optional[Path] = CONFIG,
+    as_json: bool = JSON,
+):
+    """Log in exactly as you will (same entry, same key) and report each check. Exit 1 on any failure."""
+    from devbox.up import for_each_host, verify_host
+
+    reports = for_each_host(_specs(hosts, config, playbook), verify_host)
+    _emit([r.as_dict() for r in reports], as_json,
+          "\n".join("\n".join([f"{r.host}: " + (f"FAILED: {r.error}" if r.error else "")] + _render_checks(r.checks)) for r in reports))
+    raise typer.Exit(max(r.exit_code for r in reports))
+
+
+@app.command()
+def status(
+    hosts: List[str] = typer.Argument(None, help="Hosts to show (or --all)."),
+    all_hosts: bool = typer.Option(False, "--all", help="Every host with a devbox entry or a [hosts.NAME] table."),
+    playbook: Optional[str] = PLAYBOOK,
+    config: Optional[Path] = CONFIG,
+    as_json: bool = JSON,
+):
+    """Each box's state, image, uptime, port, GPUs, key and job counts, read from the host."""
+    from devbox.status import status_host
+    from devbox.up import for_each_host
+
+    names = list(hosts or []) + (_known_hosts(config) if all_hosts else [])
+    rows = for_each_host(_specs(sorted(set(names)), config, playbook), status_host)
+    header = f"{'HOST':<20} {'STATE':<12} {'PORT':>6} {'UPTIME':>8} {'GPUS':<6} {'KEYS':>4} {'JOBS':>4}  IMAGE / REASON"
+    text = [header] + [
+        f"{r.host:<20} {r.state:<12} {r.port or '-':>6} {_duration(r.uptime_s):>8} {r.gpus or '-':<6} "
+        f"{'-' if r.keys is None else r.keys:>4} {'-' if r.jobs is None else r.jobs:>4}  {r.reason or r.image}"
+        for r in rows
+    ]
+    _emit([r.as_dict() for r in rows], as_json, "\n".join(text))
+    raise typer.Exit(max([r.exit_code for r in rows] or [0]))
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+@app.command()
+def down(
+    host: str = typer.Argument(..., help="Host whose box to remove."),
+    purge: bool = typer.Option(False, "--purge", help="Also delete the box's volumes (your /workspace!), ssh entry and pinned key."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before --purge."),
+    playbook: Optional[str] = PLAYBOOK,
+    config: Optional[Path] = CONFIG,
+    as_json: bool = JSON,
+):
+    """Remove the box's container. Volumes, host key and ssh entry are kept unless --purge."""
+    from devbox.down import down_host
+
+    spec = _specs([host], config, playbook)[0]
+    if purge and not yes:
+        if not sys.stdin.isatty():
+            raise ConfigError("--purge deletes volumes and needs confirmation", "add --yes to confirm without a terminal")
+        typer.confirm(f"Delete the box on {host} AND its volumes ({', '.join(v.target for v in spec.all_volumes() if v.is_named)})?", abort=True)
+    report = down_host(spec, purge)
+    text = f"{host}: " + (f"FAILED: {report.error}" if report.error else
+                          "removed " + (", ".join(report.removed) or "nothing") + ("; kept " + ", ".join(report.kept) if report.kept else ""))
+    _emit(report.as_dict(), as_json, text)
+    raise typer.Exit(report.exit_code)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def ssh(
+    host: str = typer.Argument(..., help="Host whose box to enter."),
+    command: List[str] = typer.Argument(None, help="Command to run in the box (after --)."),
+):
+    """Open a shell in the box (or run a command) with the OpenSSH client and devbox's entry."""
+    from devbox import sshconfig
+
+    argv = ["ssh", "-F", str(sshconfig.user_config_path()), sshconfig.BOX_PREFIX + host, *(command or [])]
+    os.execvp("ssh", argv)
+
+
+@app.command()
+def code(
+    host: str = typer.Argument(..., help="Host whose box to open in VS Code."),
+    path: str = typer.Argument("/workspace", help="Folder in the box to open."),
+):
+    """Open VS Code Remote-SSH on the box (prints the command when `code` is not installed)."""
+    import shutil
+
+    from devbox import sshconfig
+
+    argv = ["code", "--remote", f"ssh-remote+{sshconfig.BOX_PREFIX}{host}", path]
+    if not shutil.which("code"):
+        typer.echo("VS Code's `code` command is not on PATH; run this where it is:\n  " + " ".join(argv))
+        raise typer.Exit(0)
+    os.execvp("code", argv)
+
+
+def main() -> None:
+    """Entry point: the one place that turns DevboxError into a one-line message and exit code."""
+    try:
+        app()
+    except DevboxError as exc:
+        typer.echo(f"devbox: error: {exc.one_line()}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("devbox: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""devbox.toml and playbooks -> one validated BoxSpec per host.
+
+Precedence, lowest first: built-in defaults, the playbook named in the config,
+`[defaults]`, `[hosts.NAME]`, and finally a `--playbook` given on the command line
+(an explicit flag beats files). Errors name the file, the key and what is allowed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from devbox.errors import ConfigError
+from devbox.image import DEFAULT_BASE_IMAGE, ImageSpec
+
+PLAYBOOK_DIR = Path(__file__).resolve().parent.parent / "playbooks"
+HOME_MOUNT = "/home/{user}"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+SIZE_RE = re.compile(r"^[0-9]+[bkmg]?$", re.IGNORECASE)
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+ALLOWED_KEYS = {
+    "base_image": "an image reference, e.g. pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime",
+    "gpus": '"all", "none", or a list of GPU indices like [0, 1]',
+    "volumes": 'a list like ["workspace:/workspace", "/data:/data:ro"]',
+    "shm_size": 'a size like "16g"',
+    "memory": 'a size like "64g", or "" for no limit',
+    "user": "a login name like dev",
+    "uid": "an integer 1..65534",
+    "gid": "an integer 1..65534",
+    "expose": '"loopback" (default) or "all" (publish the box port on every interface)',
+    "port": "the host port for the box's sshd, 1024..65535 (default: chosen per host)",
+    "playbook": "a playbook name in playbooks/ or a path to a .toml file",
+}
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A mount: a named volume (box-owned, kept across re-creation) or a host path."""
+
+    source: str
+    target: str
+    read_only: bool = False
+
+    @property
+    def is_named(self) -> bool:
+        return "/" not in self.source
+
+    def render(self) -> str:
+        return f"{self.source}:{self.target}" + (":ro" if self.read_only else "")
+
+
+@dataclass(frozen=True)
+class BoxSpec:
+    """Everything that decides what box runs on one host."""
+
+    host: str
+    base_image: str = DEFAULT_BASE_IMAGE
+    gpus: str | tuple[int, ...] = "all"
+    volumes: tuple[Volume, ...] = (Volume("workspace", "/workspace"),)
+    shm_size: str = "8g"
+    memory: str = ""
+    user: str = "dev"
+    uid: int = 1000
+    gid: int = 1000
+    expose: str = "loopback"
+    port: int | None = None
+    sources: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def box_name(self) -> str:
+        return "devbox-" + re.sub(r"[^A-Za-z0-9_.-]", "-", self.host)
+
+    @property
+    def wants_gpus(self) -> bool:
+        return self.gpus != "none"
+
+    @property
+    def gpu_count_wanted(self) -> int | None:
+        """How many GPUs verify must see: None for "all" (whatever the host has)."""
+        if self.gpus == "none":
+            return 0
+        return None if self.gpus == "all" else len(self.gpus)
+
+    @property
+    def image(self) -> ImageSpec:
+        return ImageSpec(self.base_image, self.user, self.uid, self.gid)
+
+    @property
+    def home(self) -> str:
+        return HOME_MOUNT.format(user=self.user)
+
+    def volume_name(self, volume: Volume) -> str:
+        return f"{self.box_name}-{volume.source}"
+
+    def all_volumes(self) -> tuple[Volume, ...]:
+        """The configured mounts plus the home volume (it holds the host key and jobs)."""
+        return (Volume("home", self.home), *self.volumes)
+
+    def spec_hash(self, port: int, image_tag: str) -> str:
+        """What, if changed, needs a new container (keys do not: they sync live)."""
+        data = {k: v for k, v in asdict(self).items() if k not in ("sources", "port", "host")}
+        data.update(port=port, image=image_tag)
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- files
+
+
+def find_config(explicit: Path | None = None) -> Path | None:
+    """--config FILE, else ./devbox.toml, else ~/.config/devbox/devbox.toml, else none."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"config file {explicit} does not exist", "pass an existing file to --config")
+        return explicit
+    for candidate in (Path.cwd() / "devbox.toml", Path.home() / ".config" / "devbox" / "devbox.toml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}", "fix the syntax at the line shown") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}", "check the path and permissions") from exc
+
+
+def playbook_path(name: str) -> Path:
+    path = Path(name)
+    if path.suffix == ".toml" or "/" in name:
+        if not path.is_file():
+            raise ConfigError(f"playbook {name} does not exist", "give a path to a .toml file")
+        return path
+    path = PLAYBOOK_DIR / f"{name}.toml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PLAYBOOK_DIR.glob("*.toml")))
+        raise ConfigError(f"no playbook named {name!r}", f"use one of: {known}, or a path to a .toml file")
+    return path
+
+
+def load_spec(host: str, config_file: Path | None = None, playbook: str | None = None) -> BoxSpec:
+    """The BoxSpec for `host` from the config file (found as find_config does) and playbooks."""
+    if not NAME_RE.match(host):
+        raise ConfigError(f"{host!r} is not a valid host name", "use the Host name from your ~/.ssh/config")
+    layers: list[tuple[str, dict]] = []
+    path = find_config(config_file)
+    document = _read_toml(path) if path else {}
+    if path:
+        _check_top_level(document, path)
+    defaults = document.get("defaults", {})
+    host_table = document.get("hosts", {}).get(host, {})
+    config_playbook = host_table.get("playbook", defaults.get("playbook"))
+    if config_playbook:
+        pb = playbook_path(str(config_playbook))
+        layers.append((str(pb), _read_toml(pb)))
+    if defaults:
+        layers.append((f"{path} [defaults]", defaults))
+    if host_table:
+        layers.append((f"{path} [hosts.{host}]", host_table))
+    if playbook:
+        pb = playbook_path(playbook)
+        layers.append((str(pb), _read_toml(pb)))
+    merged: dict = {}
+    for where, table in layers:
+        merged.update(_validate_table(table, where))
+    merged.pop("playbook", None)
+    return BoxSpec(host=host, sources=tuple(w for w, _ in layers), **merged)
+
+
+def _check_top_level(document: dict, path: Path) -> None:
+    for key, value in document.items():
+        if key not in ("defaults", "hosts"):
+            raise ConfigError(f"{path}: unknown top-level key {key!r}", "allowed: [defaults] and [hosts.NAME] tables")
+    for name, table in document.get("hosts", {}).items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: hosts.{name} must be a table", f"write it as [hosts.{name}]")
+
+
+def _validate_table(table: dict, where: str) -> dict:
+    """Check each key of one layer; return the BoxSpec fields it sets."""
+    out: dict = {}
+    for key, value in table.items():
+        if key not in ALLOWED_KEYS:
+            raise ConfigError(f"{where}: unknown key {key!r}", f"allowed keys: {', '.join(sorted(ALLOWED_KEYS))}")
+        try:
+            out[key] = _PARSERS[key](value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: bad value for {key!r}: {exc}", f"{key} must be {ALLOWED_KEYS[key]}") from None
+    return out
+
+
+def _parse_gpus(value) -> str | tuple[int, ...]:
+    if value in ("all", "none"):
+        return value
+    if isinstance(value, list) and value and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 64 for i in value):
+        return tuple(sorted(set(value)))
+    raise ValueError(repr(value))
+
+
+def parse_volume(text: str) -> Volume:
+    if not isinstance(text, str):
+        raise ValueError(repr(text))
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+        raise ValueError(f"{text!r} is not SOURCE:TARGET[:ro]")
+    source, target = parts[0], parts[1]
+    if not target.startswith("/") or target in ("/", "/home", "/etc", "/usr", "/tmp"):
+        raise ValueError(f"{text!r}: the target must be an absolute path that is not a system directory")
+    if "/" in source and not source.startswith("/"):
+        raise ValueError(f"{text!r}: a host path must be absolute")
+    if "/" not in source and not re.match(r"^[a-z0-9][a-z0-9_-]*$", source):
+        raise ValueError(f"{text!r}: a volume name uses a-z, 0-9, _ and -")
+    return Volume(source, target, len(parts) == 3 and parts[2] == "ro")
+
+
+def _parse_volumes(value) -> tuple[Volume, ...]:
+    if not isinstance(value, list):
+        raise ValueError("not a list")
+    volumes = tuple(parse_volume(v) for v in value)
+    targets = [v.target for v in volumes]
+    if len(set(targets)) != len(targets):
+        raise ValueError("two volumes share a target")
+    return volumes
+
+
+def _parse_size(value) -> str:
+    if value == "" or (isinstance(value, str) and SIZE_RE.match(value)):
+        return value.lower()
+    raise ValueError(repr(value))
+
+
+def _parse_id(value) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65534:
+        return value
+    raise ValueError(repr(value))
+
+
+def _parse_port(value) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 1024 <= value <= 65535:
+        return value
+    raise ValueError(repr(value))
+
+
+def _parse_choice(*choices: str):
+    def parse(value):
+        if value in choices:
+            return value
+        raise ValueError(repr(value))
+    return parse
+
+
+def _parse_str(pattern: re.Pattern):
+    def parse(value):
+        if isinstance(value, str) and pattern.match(value):
+            return value
+        raise ValueError(repr(value))
+    return parse
+
+
+_PARSERS = {
+    "base_image": _parse_str(re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")),
+    "gpus": _parse_gpus,
+    "volumes": _parse_volumes,
+    "shm_size": _parse_size,
+    "memory": _parse_size,
+    "user": _parse_str(USER_RE),
+    "uid": _parse_id,
+    "gid": _parse_id,
+    "expose": _parse_choice("loopback", "all"),
+    "port": _parse_port,
+    "playbook": _parse_str(re.compile(r"^[A-Za-z0-9._/-]+$")),
+}

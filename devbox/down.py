@@ -1,0 +1,50 @@
+"""`devbox down`: remove the container; data (volumes, host key, ssh entry) stays unless --purge."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from devbox import sshconfig
+from devbox.config import BoxSpec
+from devbox.errors import DevboxError
+from devbox.remote import Host
+
+
+@dataclass
+class DownReport:
+    host: str
+    removed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    error: str = ""
+    exit_code: int = 0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def down_host(spec: BoxSpec, purge: bool = False) -> DownReport:
+    report = DownReport(spec.host)
+    volumes = [spec.volume_name(v) for v in spec.all_volumes() if v.is_named]
+    try:
+        with Host(spec.host) as host:
+            if host.docker("container", "inspect", spec.box_name, check=False).ok:
+                host.docker("rm", "--force", spec.box_name)
+                report.removed.append(f"container {spec.box_name}")
+            if purge:
+                existing = set(host.docker("volume", "ls", "-q", "--filter", "label=devbox.managed=true").stdout.split())
+                for name in volumes:
+                    if name in existing:
+                        host.docker("volume", "rm", name)
+                        report.removed.append(f"volume {name}")
+            else:
+                report.kept += [f"volume {v}" for v in volumes]
+    except DevboxError as exc:
+        report.error, report.exit_code = exc.one_line(), exc.exit_code
+        return report
+    if purge:
+        if sshconfig.remove_entry(spec.host):
+            report.removed.append(f"ssh entry {sshconfig.BOX_PREFIX}{spec.host}")
+        if sshconfig.unpin(spec.host):
+            report.removed.append("pinned host key")
+    else:
+        report.kept += [f"ssh entry {sshconfig.BOX_PREFIX}{spec.host}", "pinned host key"]
+    return report

@@ -1,0 +1,202 @@
+"""Read-only questions to a host, asked in one SSH round trip, parsed by pure functions.
+
+One script prints every answer between markers; `parse_sections` splits them and
+each `parse_*` turns one answer into data. No-op `up` costs this one exchange.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+
+from devbox.config import BoxSpec
+
+MARK = "@@devbox@@"
+BOX_STATE_DIR = ".devbox"
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    name: str
+    driver: str
+    memory_mib: int
+
+
+@dataclass
+class Facts:
+    """What devbox knows about a host after one gather."""
+
+    docker_version: str | None = None
+    docker_error: str = ""
+    runtimes: tuple[str, ...] = ()
+    cdi_nvidia: bool = False
+    docker_root_free_kib: int | None = None
+    image_present: bool = False
+    base_present: bool = False
+    box: dict | None = None                # `docker inspect` of the box, or None
+    used_ports: frozenset[int] = frozenset()
+    gpus: tuple[Gpu, ...] = ()
+    driver_cuda: str | None = None         # max CUDA the driver supports ("12.4")
+    nvidia_smi_error: str = ""
+    missing_paths: tuple[str, ...] = ()
+    authorized_keys: str | None = None     # the box's current file, when it runs
+    box_host_key: str | None = None        # the box's host public key, when it runs
+    running_jobs: tuple[str, ...] = ()
+    job_count: int = 0
+
+    @property
+    def box_labels(self) -> dict:
+        return (self.box or {}).get("Config", {}).get("Labels") or {}
+
+    @property
+    def box_running(self) -> bool:
+        return bool(self.box and self.box.get("State", {}).get("Running"))
+
+
+def gather_script(spec: BoxSpec, image_tag: str) -> str:
+    """The shell script whose sections `parse_facts` reads; every value is quoted."""
+    box = shlex.quote(spec.box_name)
+    q = shlex.quote
+    exec_user = f"docker exec -u {spec.uid}:{spec.gid} {box}"
+    lines = [
+        f"sec() {{ echo; echo '{MARK}' \"$1\"; }}",
+        "sec docker; docker version --format '{{.Server.Version}}' 2>&1",
+        "sec runtimes; docker info --format '{{json .Runtimes}}' 2>/dev/null",
+        "sec cdi; ls /etc/cdi/nvidia.yaml /var/run/cdi/nvidia.yaml 2>/dev/null",
+        "sec disk; df -Pk \"$(docker info --format '{{.DockerRootDir}}' 2>/dev/null || echo /)\" 2>/dev/null | tail -1",
+        f"sec image; docker image inspect --format '{{{{.Id}}}}' {q(image_tag)} 2>/dev/null",
+        f"sec base; docker image inspect --format '{{{{.Id}}}}' {q(spec.base_image)} 2>/dev/null",
+        f"sec box; docker container inspect {box} 2>/dev/null",
+        "sec ports; docker ps -a --format '{{.Ports}}' 2>/dev/null; (ss -ltnH 2>/dev/null || true) | awk '{print $4}'",
+    ]
+    for volume in spec.volumes:
+        if not volume.is_named:
+            lines.append(f"sec path; [ -e {q(volume.source)} ] || echo {q(volume.source)}")
+    if spec.wants_gpus:
+        lines += [
+            "sec gpus; nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader,nounits 2>&1",
+            "sec smi; nvidia-smi 2>/dev/null | head -5",
+        ]
+    # Inside the box (only when it runs): keys file, host key, jobs.
+    home = f"{spec.home}/{BOX_STATE_DIR}"
+    lines += [
+        f"if [ \"$(docker container inspect -f '{{{{.State.Running}}}}' {box} 2>/dev/null)\" = true ]; then",
+        f"sec keys; {exec_user} cat {q(home + '/authorized_keys')} 2>/dev/null",
+        f"sec hostkey; {exec_user} cat {q(home + '/hostkeys/ssh_host_ed25519_key.pub')} 2>/dev/null",
+        f"sec jobs; {exec_user} sh -c {q(JOBS_SCAN)} 2>/dev/null",
+        "fi",
+        "true",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# Lists "<name> <running|ended>" per job dir: running when its tmux session exists.
+JOBS_SCAN = (
+    'cd "$HOME/.devbox/jobs" 2>/dev/null || exit 0; '
+    'for d in */; do n="${d%/}"; [ -d "$n" ] || continue; '
+    'if tmux has-session -t "=$n" 2>/dev/null; then echo "$n running"; else echo "$n ended"; fi; done'
+)
+
+
+def parse_sections(text: str) -> dict[str, list[str]]:
+    """Split gather output into {section: [answers]} (a section may repeat)."""
+    sections: dict[str, list[str]] = {}
+    current, buffer = None, []
+    for line in text.splitlines():
+        if line.startswith(MARK):
+            if current is not None:
+                sections.setdefault(current, []).append("\n".join(buffer).strip())
+            current, buffer = line[len(MARK):].strip(), []
+        elif current is not None:
+            buffer.append(line)
+    if current is not None:
+        sections.setdefault(current, []).append("\n".join(buffer).strip())
+    return sections
+
+
+def parse_facts(text: str) -> Facts:
+    s = {k: v[-1] for k, v in parse_sections(text).items()}
+    paths = parse_sections(text).get("path", [])
+    facts = Facts()
+    version = s.get("docker", "")
+    if re.match(r"^\d+\.\d+", version):
+        facts.docker_version = version.splitlines()[0]
+    else:
+        facts.docker_error = version.splitlines()[-1] if version else "docker not found"
+    facts.runtimes = parse_runtimes(s.get("runtimes", ""))
+    facts.cdi_nvidia = bool(s.get("cdi"))
+    facts.docker_root_free_kib = parse_df(s.get("disk", ""))
+    facts.image_present = bool(s.get("image"))
+    facts.base_present = bool(s.get("base"))
+    facts.box = parse_inspect(s.get("box", ""))
+    facts.used_ports = parse_ports(s.get("ports", ""))
+    facts.missing_paths = tuple(p for p in paths if p)
+    if "gpus" in s:
+        facts.gpus, facts.nvidia_smi_error = parse_gpu_csv(s["gpus"])
+        facts.driver_cuda = parse_driver_cuda(s.get("smi", ""))
+    facts.authorized_keys = s.get("keys") if "keys" in s else None
+    facts.box_host_key = s.get("hostkey") or None
+    jobs = [line.split() for line in s.get("jobs", "").splitlines() if len(line.split()) == 2]
+    facts.running_jobs = tuple(name for name, state in jobs if state == "running")
+    facts.job_count = len(jobs)
+    return facts
+
+
+def parse_runtimes(text: str) -> tuple[str, ...]:
+    try:
+        return tuple(sorted(json.loads(text or "{}")))
+    except (json.JSONDecodeError, TypeError):
+        return ()
+
+
+def parse_df(line: str) -> int | None:
+    """Available KiB from one `df -Pk` data line."""
+    parts = line.split()
+    return int(parts[3]) if len(parts) >= 6 and parts[3].isdigit() else None
+
+
+def parse_inspect(text: str) -> dict | None:
+    try:
+        data = json.loads(text) if text else []
+    except json.JSONDecodeError:
+        return None
+    return data[0] if data else None
+
+
+def parse_ports(text: str) -> frozenset[int]:
+    """Host ports already taken, from `docker ps` Ports and `ss -ltn` local addresses."""
+    ports = set()
+    for match in re.finditer(r":(\d+)(?:->|\s|$|,)", text):
+        ports.add(int(match.group(1)))
+    return frozenset(ports)
+
+
+def parse_gpu_csv(text: str) -> tuple[tuple[Gpu, ...], str]:
+    """GPUs from `nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader,nounits`."""
+    gpus, errors = [], []
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 4 and parts[0].isdigit():
+            memory = int(parts[3]) if parts[3].isdigit() else 0
+            gpus.append(Gpu(int(parts[0]), parts[1], parts[2], memory))
+        elif line.strip():
+            errors.append(line.strip())
+    return tuple(gpus), "; ".join(errors)
+
+
+def parse_driver_cuda(text: str) -> str | None:
+    """The "CUDA Version: 12.4" the driver supports, from nvidia-smi's banner."""
+    match = re.search(r"CUDA Version:\s*([0-9]+\.[0-9]+)", text)
+    return match.group(1) if match else None
+
+
+def image_cuda(base_image: str) -> str | None:
+    """The CUDA version a pytorch-style tag asks for (`...-cuda12.4-...` -> "12.4")."""
+    match = re.search(r"cuda(\d+)\.(\d+)", base_image)
+    return f"{match.group(1)}.{match.group(2)}" if match else None
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".") if p.isdigit())

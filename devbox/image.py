@@ -1,0 +1,157 @@
+"""The box image: its content-hash tag, a local build (Docker SDK) and the build context.
+
+The tag is a hash of everything that decides the image's content (the files in
+images/ssh, the base, the build args), so "is it already there?" is one cheap
+`docker image inspect` on any machine, and the same inputs never rebuild.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from devbox.errors import ConfigError, DevboxError, HostUnreachable
+
+IMAGE_REPO = "devbox-ssh"
+DEFAULT_BASE_IMAGE = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"
+CONTEXT_DIR = Path(__file__).resolve().parent.parent / "images" / "ssh"
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """What decides the image's content: base and login user."""
+
+    base: str = DEFAULT_BASE_IMAGE
+    user: str = "dev"
+    uid: int = 1000
+    gid: int = 1000
+
+    def build_args(self) -> dict[str, str]:
+        return {
+            "BASE_IMAGE": self.base,
+            "DEVBOX_USER": self.user,
+            "DEVBOX_UID": str(self.uid),
+            "DEVBOX_GID": str(self.gid),
+        }
+
+
+def context_files(context: Path = CONTEXT_DIR) -> list[Path]:
+    """The files sent as build context, in a stable order."""
+    if not (context / "Dockerfile").is_file():
+        raise ConfigError(f"no Dockerfile in {context}", "run devbox from a full checkout")
+    return sorted(p for p in context.rglob("*") if p.is_file())
+
+
+def content_tag(spec: ImageSpec, context: Path = CONTEXT_DIR) -> str:
+    """`devbox-ssh:<16 hex>`: same context, base and args give the same tag."""
+    digest = hashlib.sha256()
+    for path in context_files(context):
+        digest.update(path.relative_to(context).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    for key, value in sorted(spec.build_args().items()):
+        digest.update(f"{key}={value}\0".encode())
+    return f"{IMAGE_REPO}:{digest.hexdigest()[:16]}"
+
+
+def context_tar(context: Path = CONTEXT_DIR) -> bytes:
+    """The build context as a reproducible tar (fixed mtimes and owners): a few KB."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path in context_files(context):
+            info = tar.gettarinfo(str(path), arcname=path.relative_to(context).as_posix())
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            with path.open("rb") as handle:
+                tar.addfile(info, handle)
+    return buffer.getvalue()
+
+
+@dataclass
+class BuildResult:
+    tag: str
+    built: bool
+    base: str
+    seconds: float = 0.0
+    size_added: int = 0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _docker_client():
+    import docker  # imported lazily: `devbox --help` must stay fast
+
+    try:
+        client = docker.from_env()
+        client.ping()
+        return client
+    except Exception as exc:  # the SDK raises several unrelated types for "no engine"
+        raise HostUnreachable(
+            f"cannot reach the local Docker engine: {exc.__class__.__name__}",
+            "start dockerd (or set DOCKER_HOST) and check you may use /var/run/docker.sock",
+        ) from exc
+
+
+def _layer_size_added(client, tag: str, base: str) -> int:
+    """Bytes the devbox layers add on top of the base image."""
+    return client.images.get(tag).attrs["Size"] - client.images.get(base).attrs["Size"]
+
+
+def build_locally(spec: ImageSpec, on_progress: Callable[[str], None] = lambda line: None) -> BuildResult:
+    """Build with the local Docker engine unless the content tag already exists."""
+    import time
+
+    import docker.errors
+
+    client = _docker_client()
+    tag = content_tag(spec)
+    try:
+        client.images.get(tag)
+        return BuildResult(tag, False, spec.base, 0.0, _layer_size_added(client, tag, spec.base))
+    except docker.errors.ImageNotFound:
+        pass
+    except docker.errors.APIError:
+        pass
+    _require_base(client, spec.base)
+    start = time.monotonic()
+    for line in _stream_build(client, tag, spec):
+        on_progress(line)
+    elapsed = time.monotonic() - start
+    return BuildResult(tag, True, spec.base, round(elapsed, 2), _layer_size_added(client, tag, spec.base))
+
+
+def _require_base(client, base: str) -> None:
+    import docker.errors
+
+    try:
+        client.images.get(base)
+        return
+    except docker.errors.ImageNotFound:
+        pass
+    try:
+        client.images.pull(base)
+    except docker.errors.APIError as exc:
+        raise ConfigError(
+            f"base image {base!r} is not on this machine and cannot be pulled",
+            "pull or import it first, or pass --base with an image that `docker images` lists",
+        ) from exc
+
+
+def _stream_build(client, tag: str, spec: ImageSpec) -> Iterator[str]:
+    """Yield build output lines; raise DevboxError with the last lines when it fails."""
+    log: list[str] = []
+    stream = client.api.build(
+        fileobj=io.BytesIO(context_tar()), custom_context=True, tag=tag, rm=True,
+        forcerm=True, decode=True, buildargs=spec.build_args(),
+        labels={"devbox.image": "ssh", "devbox.base": spec.base},
+    )
+    for chunk in stream:
+        if "error" in chunk:
+            tail = " | ".join(l for l in log[-3:] if l)
+            raise DevboxError(f"image build failed: {chunk['error'].strip()}", f"build output ended with: {tail}")
+        text = chunk.get("stream", "").rstrip()
+        if text:
+            log.append(text)
+            yield text

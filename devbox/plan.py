@@ -1,0 +1,202 @@
+"""Pure planning: (BoxSpec, Facts) -> preflight verdict and the Steps `up` must run.
+
+No I/O here: everything is decided from facts gathered beforehand, so `--dry-run`
+prints exactly what `up` would do, and every branch is unit-tested without a host.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+from devbox import __version__
+from devbox.config import BoxSpec
+from devbox.errors import DevboxError, HostUnreachable
+from devbox.facts import Facts, image_cuda, version_tuple
+
+BOX_SSH_PORT = 2222
+PORT_RANGE = (20000, 29999)
+MIN_FREE_KIB_DELIVER = 4 * 1024 * 1024   # room to build/load the devbox layers
+MIN_FREE_KIB_RUN = 512 * 1024            # room to start a box at all
+
+
+@dataclass(frozen=True)
+class Step:
+    """One change to a host: `action` names the applier in steps.py, `detail` its inputs."""
+
+    action: str
+    description: str
+    detail: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass
+class Plan:
+    spec: BoxSpec
+    image_tag: str
+    port: int
+    spec_hash: str
+    steps: list[Step]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.steps)
+
+
+class RunningJobs(DevboxError):
+    """Re-creating the box would kill running jobs: needs --force."""
+
+    exit_code = 1
+
+
+def preflight(spec: BoxSpec, facts: Facts) -> None:
+    """Raise HostUnreachable (exit 3) for the first thing that makes `up` impossible."""
+    h = spec.host
+    if facts.docker_version is None:
+        raise HostUnreachable(
+            f"{h}: Docker is not usable by the SSH user ({facts.docker_error or 'no answer'})",
+            f"install Docker on {h} and add the SSH user to the docker group (sudo usermod -aG docker USER), then log in again",
+        )
+    need = MIN_FREE_KIB_DELIVER if not facts.image_present else MIN_FREE_KIB_RUN
+    if facts.docker_root_free_kib is not None and facts.docker_root_free_kib < need:
+        raise HostUnreachable(
+            f"{h}: only {facts.docker_root_free_kib // 1024} MiB free for Docker images",
+            f"free at least {need // 1024} MiB on {h} (docker system prune, or a bigger disk)",
+        )
+    if facts.missing_paths:
+        raise HostUnreachable(
+            f"{h}: host path {facts.missing_paths[0]} to mount does not exist",
+            "create it on the host or drop it from `volumes`",
+        )
+    if spec.wants_gpus:
+        _preflight_gpus(spec, facts)
+
+
+def _preflight_gpus(spec: BoxSpec, facts: Facts) -> None:
+    h = spec.host
+    if not facts.gpus:
+        raise HostUnreachable(
+            f"{h}: GPUs asked for but nvidia-smi found none ({facts.nvidia_smi_error or 'not installed'})",
+            'install the NVIDIA driver on the host, or use gpus = "none" (playbook cpu)',
+        )
+    if "nvidia" not in facts.runtimes and not facts.cdi_nvidia:
+        raise HostUnreachable(
+            f"{h}: Docker has no NVIDIA runtime or CDI spec",
+            "install nvidia-container-toolkit and run `nvidia-ctk runtime configure --runtime=docker`, then restart Docker",
+        )
+    if isinstance(spec.gpus, tuple):
+        have = {g.index for g in facts.gpus}
+        missing = sorted(set(spec.gpus) - have)
+        if missing:
+            raise HostUnreachable(f"{h}: GPU index {missing[0]} does not exist (host has {sorted(have)})", "fix `gpus` in devbox.toml")
+    wanted = image_cuda(spec.base_image)
+    if wanted and facts.driver_cuda and version_tuple(facts.driver_cuda) < version_tuple(wanted):
+        raise HostUnreachable(
+            f"{h}: driver {facts.gpus[0].driver} supports CUDA {facts.driver_cuda}, the image needs CUDA {wanted}",
+            "upgrade the NVIDIA driver on the host, or choose a base_image built for an older CUDA",
+        )
+
+
+def choose_port(spec: BoxSpec, facts: Facts) -> int:
+    """The box's host port: configured, else the one it already has, else a stable free one."""
+    if spec.port:
+        return spec.port
+    existing = facts.box_labels.get("devbox.port")
+    if existing and existing.isdigit():
+        return int(existing)
+    low, high = PORT_RANGE
+    start = low + zlib.crc32(spec.host.encode()) % (high - low)
+    for offset in range(high - low):
+        port = low + (start - low + offset) % (high - low)
+        if port not in facts.used_ports:
+            return port
+    raise HostUnreachable(f"{spec.host}: no free port in {low}-{high}", "set `port` in devbox.toml")
+
+
+def box_labels(spec: BoxSpec, port: int, image_tag: str, spec_hash: str, keyset: str) -> dict[str, str]:
+    return {
+        "devbox.managed": "true",
+        "devbox.host": spec.host,
+        "devbox.spec-hash": spec_hash,
+        "devbox.image": image_tag,
+        "devbox.port": str(port),
+        "devbox.user": spec.user,
+        "devbox.gpus": spec.gpus if isinstance(spec.gpus, str) else ",".join(map(str, spec.gpus)),
+        "devbox.keys": keyset,
+        "devbox.version": __version__,
+    }
+
+
+def gpu_args(spec: BoxSpec, facts: Facts) -> list[str]:
+    if not spec.wants_gpus:
+        return []
+    devices = "all" if spec.gpus == "all" else ",".join(map(str, spec.gpus))
+    if "nvidia" in facts.runtimes:
+        return ["--gpus", "all" if devices == "all" else f'"device={devices}"']
+    return [arg for d in devices.split(",") for arg in ("--device", f"nvidia.com/gpu={d}")]
+
+
+def run_args(spec: BoxSpec, facts: Facts, port: int, image_tag: str, labels: dict[str, str]) -> list[str]:
+    """`docker run` arguments: the run-time hardening every box gets."""
+    address = "127.0.0.1" if spec.expose == "loopback" else "0.0.0.0"
+    args = [
+        "run", "--detach", "--name", spec.box_name, "--hostname", spec.box_name,
+        "--restart", "unless-stopped", "--init",
+        "--user", f"{spec.uid}:{spec.gid}",
+        "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+        "--read-only", "--tmpfs", "/tmp:rw,nosuid,nodev,mode=1777",
+        "--pids-limit", "8192",
+        "--publish", f"{address}:{port}:{BOX_SSH_PORT}",
+        "--shm-size", spec.shm_size,
+    ]
+    if spec.memory:
+        args += ["--memory", spec.memory]
+    for volume in spec.all_volumes():
+        source = spec.volume_name(volume) if volume.is_named else volume.source
+        kind = "volume" if volume.is_named else "bind"
+        mount = f"type={kind},source={source},target={volume.target}" + (",readonly" if volume.read_only else "")
+        args += ["--mount", mount]
+    args += gpu_args(spec, facts)
+    for key, value in labels.items():
+        args += ["--label", f"{key}={value}"]
+    return args + [image_tag]
+
+
+def plan_up(
+    spec: BoxSpec,
+    facts: Facts,
+    image_tag: str,
+    authorized_keys: str,
+    keyset: str,
+    force: bool = False,
+) -> Plan:
+    """Every step needed to bring the host to `spec`; none when it already matches."""
+    preflight(spec, facts)
+    port = choose_port(spec, facts)
+    spec_hash = spec.spec_hash(port, image_tag)
+    steps: list[Step] = []
+    notes: list[str] = []
+    if not facts.image_present:
+        how = "on the host from the build context" + ("" if facts.base_present else f" (the host pulls {spec.base_image})")
+        steps.append(Step("build_image", f"build image {image_tag} {how}", {"tag": image_tag}))
+    box = facts.box
+    recreate = box is not None and facts.box_labels.get("devbox.spec-hash") != spec_hash
+    if recreate:
+        if facts.running_jobs and not force:
+            raise RunningJobs(
+                f"{spec.host}: the box spec changed and re-creating it would stop running jobs: {', '.join(facts.running_jobs)}",
+                "wait for them, stop them with `devbox stop`, or pass --force (their logs are kept)",
+            )
+        steps.append(Step("remove_box", f"re-create box {spec.box_name}: its spec changed (volumes and host key are kept)", {}))
+    if box is None or recreate:
+        for volume in spec.all_volumes():
+            if volume.is_named:
+                name = spec.volume_name(volume)
+                steps.append(Step("create_volume", f"ensure volume {name} for {volume.target}", {"name": name}))
+        labels = box_labels(spec, port, image_tag, spec_hash, keyset)
+        argv = run_args(spec, facts, port, image_tag, labels)
+        steps.append(Step("create_box", f"start box {spec.box_name} on 127.0.0.1:{port} as {spec.user} ({spec.uid}:{spec.gid})", {"argv": argv}))
+    elif not facts.box_running:
+        steps.append(Step("start_box", f"start the stopped box {spec.box_name}", {}))
+    if box is None or recreate or not facts.box_running or facts.authorized_keys != authorized_keys.strip():
+        steps.append(Step("sync_keys", f"install {authorized_keys.count(chr(10)) - 1} team key(s) in the box", {"content": authorized_keys}))
+    return Plan(spec, image_tag, port, spec_hash, steps, notes)

@@ -1,0 +1,238 @@
+"""SSH config, both directions: reading the user's (following Include as OpenSSH does)
+and owning devbox's own file of `devbox-HOST` entries plus its pinned known_hosts.
+
+paramiko's SSHConfig ignores `Include`, so a host defined in an included file (as
+devbox's own entries are) would be "not found"; we expand Includes into one text first.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from devbox.errors import ConfigError, HostKeyMismatch
+
+INCLUDE_RE = re.compile(r"^\s*include(?:\s+|\s*=\s*)(.+)$", re.IGNORECASE)
+MAX_INCLUDE_DEPTH = 16  # OpenSSH's READCONF_MAX_DEPTH
+BOX_PREFIX = "devbox-"
+BEGIN_MARK = "# >>> devbox: include (managed by devbox, keep this line first) >>>"
+END_MARK = "# <<< devbox <<<"
+
+
+def ssh_dir() -> Path:
+    return Path.home() / ".ssh"
+
+
+def user_config_path() -> Path:
+    return Path(os.environ.get("DEVBOX_SSH_CONFIG", ssh_dir() / "config"))
+
+
+def devbox_dir() -> Path:
+    return ssh_dir() / "devbox"
+
+
+def devbox_config_path() -> Path:
+    return devbox_dir() / "config"
+
+
+def devbox_known_hosts_path() -> Path:
+    return devbox_dir() / "known_hosts"
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _include_targets(pattern: str, relative_to: Path) -> list[Path]:
+    """Paths an Include names: `~` expanded, relative ones against ~/.ssh, globs sorted."""
+    paths: list[Path] = []
+    for word in pattern.split():
+        word = os.path.expanduser(word.strip('"'))
+        if not os.path.isabs(word):
+            word = str(relative_to / word)
+        paths.extend(Path(p) for p in sorted(glob.glob(word)))
+    return paths
+
+
+def expand_includes(path: Path, depth: int = 0) -> str:
+    """The config text with every Include replaced, in place, by the files it names."""
+    if depth > MAX_INCLUDE_DEPTH:
+        raise ConfigError(f"{path}: Include nested more than {MAX_INCLUDE_DEPTH} deep", "remove the Include loop")
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        if depth == 0 and not path.exists():
+            return ""
+        raise ConfigError(f"cannot read ssh config {path}: {exc.strerror}", "fix its permissions") from exc
+    out: list[str] = []
+    for line in text.splitlines():
+        match = INCLUDE_RE.match(line)
+        if not match:
+            out.append(line)
+            continue
+        for target in _include_targets(match.group(1), ssh_dir()):
+            if target.is_file():
+                out.append(expand_includes(target, depth + 1))
+    return "\n".join(out) + "\n"
+
+
+def load_user_config(path: Path | None = None):
+    """A paramiko SSHConfig of the user's config with Includes followed."""
+    from paramiko import SSHConfig
+
+    return SSHConfig.from_text(expand_includes(path or user_config_path()))
+
+
+# ---------------------------------------------------------------- writing
+
+
+@dataclass(frozen=True)
+class BoxEntry:
+    """What `ssh devbox-HOST` needs: jump through HOST to the box's loopback port."""
+
+    host: str
+    port: int
+    user: str
+    identity_file: str
+
+    @property
+    def alias(self) -> str:
+        return BOX_PREFIX + self.host
+
+    def render(self, known_hosts: Path) -> str:
+        # HostKeyAlias: every box sits at 127.0.0.1 of its own host, so the pin is
+        # keyed by the alias, not by "[127.0.0.1]:port" which would collide across hosts.
+        return (
+            f"Host {self.alias}\n"
+            f"    HostName 127.0.0.1\n"
+            f"    Port {self.port}\n"
+            f"    User {self.user}\n"
+            f"    ProxyJump {self.host}\n"
+            f"    IdentityFile {self.identity_file}\n"
+            f"    IdentitiesOnly yes\n"
+            f"    HostKeyAlias {self.alias}\n"
+            f"    StrictHostKeyChecking yes\n"
+            f"    UserKnownHostsFile {known_hosts}\n"
+            f"    ForwardAgent no\n"
+            f"    ForwardX11 no\n"
+            f"    ServerAliveInterval 30\n"
+        )
+
+
+def _atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def _entry_blocks(text: str) -> dict[str, str]:
+    """Split devbox's config into its Host blocks, keyed by alias."""
+    blocks: dict[str, str] = {}
+    for chunk in re.split(r"(?m)^(?=Host )", text):
+        if chunk.startswith("Host "):
+            blocks[chunk.split()[1]] = chunk.rstrip("\n") + "\n"
+    return blocks
+
+
+def read_entries() -> dict[str, str]:
+    path = devbox_config_path()
+    return _entry_blocks(path.read_text()) if path.exists() else {}
+
+
+def write_entry(entry: BoxEntry) -> bool:
+    """Add or replace one entry in devbox's file; True when the file changed."""
+    blocks = read_entries()
+    rendered = entry.render(devbox_known_hosts_path())
+    if blocks.get(entry.alias) == rendered:
+        return False
+    blocks[entry.alias] = rendered
+    _write_blocks(blocks)
+    return True
+
+
+def remove_entry(host: str) -> bool:
+    blocks = read_entries()
+    if blocks.pop(BOX_PREFIX + host, None) is None:
+        return False
+    _write_blocks(blocks)
+    return True
+
+
+def _write_blocks(blocks: dict[str, str]) -> None:
+    header = "# Managed by devbox: one entry per box. Edits are overwritten by `devbox up`.\n\n"
+    _atomic_write(devbox_config_path(), header + "\n".join(blocks[k] for k in sorted(blocks)))
+
+
+def include_line() -> str:
+    return f"Include {devbox_config_path()}"
+
+
+def ensure_include(config: Path | None = None) -> bool:
+    """Put one absolute Include of devbox's file at the top of the user's config.
+
+    Includes must come before the user's first Host block to apply globally; the
+    user's own lines are kept byte for byte after a timestamped backup.
+    """
+    config = config or user_config_path()
+    original = config.read_text() if config.exists() else ""
+    if include_line() in original.splitlines():
+        return False
+    if original:
+        backup = config.with_name(f"{config.name}.devbox-backup-{time.strftime('%Y%m%d%H%M%S')}")
+        shutil.copy2(config, backup)
+    block = f"{BEGIN_MARK}\n{include_line()}\n{END_MARK}\n\n"
+    _atomic_write(config, block + original)
+    return True
+
+
+# ---------------------------------------------------------------- pinning
+
+
+def pinned_keys() -> dict[str, str]:
+    """alias -> "type base64" from devbox's known_hosts."""
+    path = devbox_known_hosts_path()
+    pins: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and not line.startswith("#"):
+                pins[parts[0]] = f"{parts[1]} {parts[2]}"
+    return pins
+
+
+def pin_host_key(host: str, public_key: str, replace: bool = False) -> bool:
+    """Record the box's host key read through the trusted host connection.
+
+    A different key already pinned is an error unless `replace` (the box was
+    purged and re-made on purpose): it is never silently accepted.
+    """
+    alias = BOX_PREFIX + host
+    key = " ".join(public_key.split()[:2])
+    if not key.startswith("ssh-ed25519 "):
+        raise HostKeyMismatch(f"box on {host} offered an unexpected host key type", "re-create it with `devbox up`")
+    pins = pinned_keys()
+    current = pins.get(alias)
+    if current == key:
+        return False
+    if current is not None and not replace:
+        raise HostKeyMismatch(
+            f"the host key of {alias} changed since it was pinned",
+            f"if the box was re-made on purpose run `devbox up {host} --repin`; otherwise investigate",
+        )
+    pins[alias] = key
+    _atomic_write(devbox_known_hosts_path(), "".join(f"{a} {k}\n" for a, k in sorted(pins.items())), 0o644)
+    return True
+
+
+def unpin(host: str) -> bool:
+    pins = pinned_keys()
+    if pins.pop(BOX_PREFIX + host, None) is None:
+        return False
+    _atomic_write(devbox_known_hosts_path(), "".join(f"{a} {k}\n" for a, k in sorted(pins.items())), 0o644)
+    return True

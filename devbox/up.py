@@ -1,0 +1,161 @@
+"""`devbox up`: gather -> plan -> apply -> pin -> ssh entry -> verify, for each host.
+
+Hosts run in parallel, like a Fabric ThreadingGroup but over a whole workflow: each
+host gets its own result and a failing host never stops the others.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from devbox import sshconfig
+from devbox.box import read_host_key
+from devbox.config import BoxSpec
+from devbox.errors import DevboxError
+from devbox.facts import Facts, gather_script, parse_facts
+from devbox.image import content_tag
+from devbox.keyset import KeySet, default_identity
+from devbox.plan import Plan, plan_up
+from devbox.remote import Host
+from devbox.steps import apply
+from devbox.verify import FAIL, OK, SKIPPED, BoxSession, Check, Expectations, load_identity, run_checks
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class HostReport:
+    host: str
+    exit_code: int = 0
+    changed: bool = False
+    steps: list[str] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    error: str = ""
+    ssh_alias: str = ""
+    container: str = ""
+    port: int | None = None
+    delivery: str = "none"
+    bytes_sent: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        data = dict(self.__dict__)
+        data["checks"] = [c.as_dict() for c in self.checks]
+        return data
+
+
+def gather(host: Host, spec: BoxSpec, image_tag: str) -> Facts:
+    return parse_facts(host.run(gather_script(spec, image_tag), check=False).stdout)
+
+
+def identity_for(host: Host) -> Path:
+    """The key the user reaches HOST with is the key the box entry uses."""
+    files = host.ssh_config.lookup(host.alias).get("identityfile")
+    return Path(files[0]).expanduser() if files else default_identity()
+
+
+def expectations(spec: BoxSpec) -> Expectations:
+    mounts = tuple((v.target, v.read_only) for v in spec.volumes)
+    return Expectations(spec.user, spec.uid, spec.gid, mounts, spec.gpu_count_wanted)
+
+
+def up_host(spec: BoxSpec, keys: KeySet, *, dry_run: bool = False, force: bool = False, repin: bool = False,
+            verify: bool = True, progress: Progress = lambda m: None, host: Host | None = None) -> HostReport:
+    report = HostReport(spec.host, ssh_alias=sshconfig.BOX_PREFIX + spec.host)
+    start = time.monotonic()
+    host = host or Host(spec.host)
+    try:
+        image_tag = content_tag(spec.image)
+        facts = gather(host, spec, image_tag)
+        plan = plan_up(spec, facts, image_tag, keys.authorized_keys, keys.fingerprint, force=force)
+        report.port = plan.port
+        report.steps = [s.description for s in plan.steps]
+        if dry_run:
+            return report
+        applied = apply(host, plan, progress)
+        report.delivery = applied.get("delivery", "none")
+        report.bytes_sent = applied.get("bytes_sent", 0)
+        report.changed = plan.changes
+        report.changed |= connect(host, plan, identity_for(host), repin, report)
+        if verify:
+            report.checks = verify_box(host, plan.spec, plan.port)
+            report.exit_code = 1 if any(c.status == FAIL for c in report.checks) else 0
+    except DevboxError as exc:
+        report.error, report.exit_code = exc.one_line(), exc.exit_code
+    finally:
+        host.close()
+        report.seconds = round(time.monotonic() - start, 3)
+    return report
+
+
+def connect(host: Host, plan: Plan, identity: Path, repin: bool, report: HostReport) -> bool:
+    """Pin the box's host key (read over the trusted host link) and write the ssh entry."""
+    key = read_host_key(host, plan.spec)
+    changed = sshconfig.pin_host_key(plan.spec.host, key, replace=repin)
+    entry = sshconfig.BoxEntry(plan.spec.host, plan.port, plan.spec.user, str(identity))
+    changed |= sshconfig.write_entry(entry)
+    changed |= sshconfig.ensure_include()
+    for flag, text in ((changed, f"ssh entry {entry.alias} written, host key pinned"),):
+        if flag:
+            report.steps.append(text)
+    return changed
+
+
+def verify_box(host: Host, spec: BoxSpec, port: int) -> list[Check]:
+    """All checks through the host tunnel with the entry's key and the pinned host key."""
+    alias = sshconfig.BOX_PREFIX + spec.host
+    pinned = sshconfig.pinned_keys().get(alias)
+    if not pinned:
+        raise DevboxError(f"no pinned host key for {alias}", f"run `devbox up {spec.host}` first")
+    session = BoxSession(lambda: host.open_tunnel(port), pinned, spec.user, load_identity(identity_for(host)), alias)
+    session.login()
+    try:
+        checks = run_checks(session, expectations(spec))
+    finally:
+        session.close()
+    return checks + [openssh_check(alias)]
+
+
+def openssh_check(alias: str) -> Check:
+    """The exact path VS Code Remote-SSH takes: the OpenSSH client with the user's config."""
+    if not shutil.which("ssh"):
+        return Check("openssh client path", SKIPPED, "no ssh client on this machine")
+    config = sshconfig.user_config_path()
+    argv = ["ssh", "-F", str(config), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", alias, "true"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    detail = f"ssh {alias}" if done.returncode == 0 else done.stderr.strip().splitlines()[-1:][0] if done.stderr.strip() else f"exit {done.returncode}"
+    return Check("openssh client path", OK if done.returncode == 0 else FAIL, detail)
+
+
+def for_each_host(items: list, work: Callable, max_workers: int = 32) -> list:
+    """Run work(item) for every item in parallel; results in the given order."""
+    if len(items) == 1:
+        return [work(items[0])]
+    with ThreadPoolExecutor(max_workers=min(max_workers, len(items))) as pool:
+        return list(pool.map(work, items))
+
+
+def verify_host(spec: BoxSpec) -> HostReport:
+    """`devbox verify`: only the checks, over the already-written entry."""
+    from devbox.facts import parse_inspect
+
+    report = HostReport(spec.host, ssh_alias=sshconfig.BOX_PREFIX + spec.host)
+    start = time.monotonic()
+    try:
+        with Host(spec.host) as host:
+            box = parse_inspect(host.docker("container", "inspect", spec.box_name, check=False).stdout)
+            if not box or not box.get("State", {}).get("Running"):
+                raise DevboxError(f"{spec.host}: no running box", f"run `devbox up {spec.host}`", exit_code=3)
+            port = int(box["Config"]["Labels"]["devbox.port"])
+            report.port, report.container = port, box["Id"][:12]
+            report.checks = verify_box(host, spec, port)
+        report.exit_code = 1 if any(c.status == FAIL for c in report.checks) else 0
+    except DevboxError as exc:
+        report.error, report.exit_code = exc.one_line(), exc.exit_code
+    report.seconds = round(time.monotonic() - start, 3)
+    return report
