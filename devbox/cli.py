@@ -228,6 +228,103 @@ def code(
     os.execvp("code", argv)
 
 
+
+# ---------------------------------------------------------------- jobs
+
+
+def _job_host(host: str, config, playbook):
+    from devbox.remote import Host
+
+    return _specs([host], config, playbook)[0], Host(host)
+
+
+@app.command()
+def run(
+    host: str = typer.Argument(..., help="Host whose box runs the job."),
+    command: List[str] = typer.Argument(..., help="The command and its arguments, after --."),
+    name: str = typer.Option(..., "--name", "-n", help="Job name (tmux session): letters, digits, _ . -"),
+    cwd: Optional[str] = typer.Option(None, "--cwd", help="Working directory in the box (default: home)."),
+    env: List[str] = typer.Option([], "--env", "-e", help="NAME=VALUE for the job; repeatable."),
+    replace: bool = typer.Option(False, "--replace", help="Stop a running job of the same name first."),
+    playbook: Optional[str] = PLAYBOOK,
+    config: Optional[Path] = CONFIG,
+):
+    """Start a long job in a detached tmux session in the box; it survives SSH drops.
+
+    Example: devbox run gpu-host-3 --name train -- python train.py --lr 3e-4
+    """
+    from devbox.jobs import start_job
+
+    spec, remote = _job_host(host, config, playbook)
+    with remote:
+        start_job(remote, spec, name, list(command), cwd, env, replace)
+    typer.echo(f"started {name} on {host}: follow with `devbox logs {host} {name} -f`, attach with `devbox attach {host} {name}`")
+
+
+@app.command()
+def ps(host: str = typer.Argument(...), playbook: Optional[str] = PLAYBOOK, config: Optional[Path] = CONFIG, as_json: bool = JSON):
+    """List the box's jobs: running, exited N, or lost (the box was re-created while it ran)."""
+    from devbox.jobs import list_jobs
+
+    spec, remote = _job_host(host, config, playbook)
+    with remote:
+        jobs = list_jobs(remote, spec)
+    lines = [f"{'NAME':<20} {'STATE':<10} {'STARTED':<21} {'TIME':>7}  LAST LINE"]
+    lines += [f"{j.name:<20} {j.state:<10} {j.started:<21} {_duration(j.duration_s):>7}  {j.last_line}" for j in jobs]
+    _emit([j.as_dict() for j in jobs], as_json, "\n".join(lines))
+
+
+@app.command()
+def logs(
+    host: str = typer.Argument(...),
+    name: str = typer.Argument(..., help="Job name."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines until the job ends (Ctrl-C to stop)."),
+    tail: int = typer.Option(100, "--tail", help="How many last lines to print first."),
+    playbook: Optional[str] = PLAYBOOK,
+    config: Optional[Path] = CONFIG,
+):
+    """Print a job's log (kept on the box's volume, readable after the job or box is gone)."""
+    from devbox.jobs import logs as job_logs
+
+    spec, remote = _job_host(host, config, playbook)
+    with remote:
+        job_logs(remote, spec, name, tail, follow, write=lambda text, **kw: typer.echo(text, nl=False))
+
+
+@app.command()
+def attach(
+    host: str = typer.Argument(...),
+    name: str = typer.Argument(..., help="Job name."),
+    read_only: bool = typer.Option(False, "--read-only", "-r", help="Watch without being able to type into the job."),
+):
+    """Attach your terminal to a job's tmux session (detach with Ctrl-b d)."""
+    from devbox import sshconfig
+    from devbox.jobs import validate_name
+
+    validate_name(name)
+    argv = ["ssh", "-t", "-F", str(sshconfig.user_config_path()), sshconfig.BOX_PREFIX + host,
+            "tmux", "attach-session", *(["-r"] if read_only else []), "-t", f"={name}"]
+    os.execvp("ssh", argv)
+
+
+@app.command()
+def stop(
+    host: str = typer.Argument(...),
+    name: str = typer.Argument(..., help="Job name."),
+    sig: str = typer.Option("TERM", "--signal", "-s", help="Signal to send: TERM, INT, KILL, ..."),
+    playbook: Optional[str] = PLAYBOOK,
+    config: Optional[Path] = CONFIG,
+    as_json: bool = JSON,
+):
+    """Stop a job with a signal and record how it ended."""
+    from devbox.jobs import stop_job
+
+    spec, remote = _job_host(host, config, playbook)
+    with remote:
+        job = stop_job(remote, spec, name, sig)
+    _emit(job.as_dict(), as_json, f"{name}: {job.state}")
+
+
 def main() -> None:
     """Entry point: the one place that turns DevboxError into a one-line message and exit code."""
     try:

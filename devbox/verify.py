@@ -7,6 +7,7 @@ Attacks (password, keyboard-interactive, root) are real login attempts that must
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -178,9 +179,19 @@ PROBE_IDENTITY = (
 )
 
 
+def parse_probe(text: str) -> dict[str, str]:
+    """`key=value` words and `Key:<tab>value` /proc lines -> {key: value}."""
+    facts: dict[str, str] = {}
+    for line in text.splitlines():
+        match = re.match(r"^(\w+):\s+(\S+)$", line)
+        pairs = [match.groups()] if match else [w.split("=", 1) for w in line.split() if "=" in w]
+        facts.update({k: v for k, v in pairs})
+    return facts
+
+
 def _identity_checks(session: BoxSession, expect: Expectations) -> list[Check]:
     code, out, err = session.run(PROBE_IDENTITY)
-    facts = dict(line.replace(":\t", "=").replace(": ", "=").split("=", 1) for line in out.split() if "=" in line)
+    facts = parse_probe(out)
     uid, gid = facts.get("uid", "?"), facts.get("gid", "?")
     ids_ok = uid == str(expect.uid) and gid == str(expect.gid) and uid != "0"
     return [

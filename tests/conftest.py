@@ -1,0 +1,97 @@
+"""Session fixtures: the real test bed (fake hosts = real sshd, real dockerd) and a laptop.
+
+Tests that need root, sshd or Docker skip with the reason when they cannot run; under
+CI (CI=true or DEVBOX_REQUIRE_TESTBED=1) they fail instead, so CI proves none skipped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import testbed as tb  # noqa: E402
+
+HOSTS = ["gpu-host-1", "gpu-host-2", "nodocker-host"]
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _require_testbed() -> None:
+    reason = tb.testbed_unavailable_reason()
+    if reason:
+        if os.environ.get("CI") or os.environ.get("DEVBOX_REQUIRE_TESTBED"):
+            pytest.fail(f"test bed required here but unavailable: {reason}")
+        pytest.skip(f"needs the real test bed: {reason}")
+
+
+@pytest.fixture(scope="session")
+def testbed():
+    _require_testbed()
+    # sshd (StrictModes) wants every directory above authorized_keys root-owned and
+    # not world-writable: not pytest's 0700 tmp, not /tmp (1777).
+    workdir = Path(tempfile.mkdtemp(prefix="devbox-testbed-", dir="/var/lib"))
+    bed = tb.start_testbed(workdir, HOSTS)
+    yield bed
+    bed.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def box_image(testbed):
+    """The devbox image built on the local base (what `devbox build --base` makes)."""
+    from devbox.image import ImageSpec, build_locally
+
+    return build_locally(ImageSpec(tb.BASE_IMAGE))
+
+
+def remove_boxes(hosts) -> None:
+    """Delete the containers and volumes devbox made for these hosts (by id, ours only)."""
+    for host in hosts:
+        ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=devbox.host={host}"], capture_output=True, text=True).stdout.split()
+        if ids:
+            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+        vols = subprocess.run(["docker", "volume", "ls", "-q", "--filter", f"label=devbox.host={host}"], capture_output=True, text=True).stdout.split()
+        if vols:
+            subprocess.run(["docker", "volume", "rm", "-f", *vols], capture_output=True)
+
+
+class DevboxCLI:
+    """Runs the real `devbox` command as the user would, on the laptop."""
+
+    def __init__(self, laptop: tb.Laptop, cwd: Path):
+        self.laptop, self.cwd = laptop, cwd
+        self.env = {**os.environ, "HOME": str(laptop.home), "PYTHONUNBUFFERED": "1"}
+        self.env.pop("DEVBOX_SSH_CONFIG", None)
+
+    def __call__(self, *args: str, input: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "devbox.cli", *args], cwd=self.cwd, env=self.env,
+                              capture_output=True, text=True, input=input, timeout=timeout)
+
+    def json(self, *args: str, expect: int | None = 0):
+        done = self(*args, "--json")
+        if expect is not None:
+            assert done.returncode == expect, f"exit {done.returncode}\nstdout: {done.stdout}\nstderr: {done.stderr}"
+        return json.loads(done.stdout), done
+
+
+@pytest.fixture
+def laptop(testbed, box_image, tmp_path, monkeypatch):
+    """A fresh laptop HOME with the test hosts in ~/.ssh/config and a cpu devbox.toml."""
+    home = tmp_path / "home"
+    laptop = tb.make_laptop(home, testbed)
+    work = tmp_path / "project"
+    (work / "keys").mkdir(parents=True)
+    (work / "devbox.toml").write_text(f'[defaults]\nplaybook = "cpu"\nbase_image = "{tb.BASE_IMAGE}"\n')
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    laptop.work = work
+    laptop.devbox = DevboxCLI(laptop, work)
+    remove_boxes(HOSTS)
+    yield laptop
+    remove_boxes(HOSTS)

@@ -1,0 +1,159 @@
+"""Pure planning: facts parsed from recorded host output, then the steps decided from them."""
+import json
+from pathlib import Path
+
+import pytest
+
+from devbox.config import BoxSpec, Volume
+from devbox.errors import HostUnreachable
+from devbox.facts import MARK, Facts, Gpu, image_cuda, parse_driver_cuda, parse_facts, parse_gpu_csv, parse_ports
+from devbox.plan import RunningJobs, choose_port, plan_up, run_args
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TAG = "devbox-ssh:abc"
+KEYS = "# header\nrestrict,port-forwarding,pty ssh-ed25519 AAAA alice\n"
+
+
+def section(name: str, body: str) -> str:
+    return f"\n{MARK} {name}\n{body}\n"
+
+
+def facts(**kw) -> Facts:
+    base = dict(docker_version="24.0.7", docker_root_free_kib=50 * 1024 * 1024, image_present=True, base_present=True)
+    base.update(kw)
+    return Facts(**base)
+
+
+def running_box(spec: BoxSpec, port: int, tag: str = TAG) -> dict:
+    labels = {"devbox.spec-hash": spec.spec_hash(port, tag), "devbox.port": str(port)}
+    return {"Id": "c0ffee", "State": {"Running": True, "Status": "running"}, "Config": {"Labels": labels}}
+
+
+CPU = BoxSpec("gpu-host-1", gpus="none")
+
+
+def test_gather_output_is_parsed_into_facts():
+    text = (section("docker", "24.0.7") + section("runtimes", '{"nvidia":{},"runc":{}}')
+            + section("disk", "overlay 100 50 2048000 3% /var/lib/docker") + section("image", "sha256:1")
+            + section("base", "") + section("box", "[]") + section("ports", "127.0.0.1:20001->2222/tcp\n0.0.0.0:22")
+            + section("keys", KEYS) + section("jobs", "train running\nold ended"))
+    f = parse_facts(text)
+    assert f.docker_version == "24.0.7" and f.runtimes == ("nvidia", "runc")
+    assert f.docker_root_free_kib == 2048000 and f.image_present and not f.base_present
+    assert f.box is None and 20001 in f.used_ports and 22 in f.used_ports
+    assert f.running_jobs == ("train",) and f.job_count == 2
+
+
+def test_docker_permission_error_is_kept_for_the_message():
+    f = parse_facts(section("docker", "permission denied while trying to connect to the Docker daemon socket"))
+    assert f.docker_version is None and "permission denied" in f.docker_error
+
+
+def test_preflight_without_docker_access_exits_3_and_says_what_to_do():
+    with pytest.raises(HostUnreachable) as err:
+        plan_up(CPU, facts(docker_version=None, docker_error="permission denied"), TAG, KEYS, "k")
+    assert err.value.exit_code == 3 and "docker group" in err.value.remedy
+
+
+def test_gpus_asked_on_a_host_without_nvidia_runtime_exits_3():
+    spec = BoxSpec("h", gpus="all")
+    gpus = (Gpu(0, "NVIDIA H100 80GB HBM3", "550.54", 81559),)
+    with pytest.raises(HostUnreachable) as err:
+        plan_up(spec, facts(gpus=gpus, runtimes=("runc",)), TAG, KEYS, "k")
+    assert "nvidia-container-toolkit" in err.value.remedy
+
+
+def test_gpus_asked_on_a_host_without_gpus_exits_3():
+    with pytest.raises(HostUnreachable) as err:
+        plan_up(BoxSpec("h", gpus="all"), facts(nvidia_smi_error="nvidia-smi: command not found"), TAG, KEYS, "k")
+    assert "driver" in err.value.remedy
+
+
+def test_driver_too_old_for_the_image_cuda_exits_3():
+    spec = BoxSpec("h", gpus="all", base_image="pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime")
+    old = facts(gpus=(Gpu(0, "Tesla V100", "470.57", 16000),), runtimes=("nvidia",), driver_cuda="11.4")
+    with pytest.raises(HostUnreachable) as err:
+        plan_up(spec, old, TAG, KEYS, "k")
+    assert "CUDA 11.4" in err.value.message and "12.4" in err.value.message
+
+
+def test_low_disk_exits_3():
+    with pytest.raises(HostUnreachable):
+        plan_up(CPU, facts(image_present=False, docker_root_free_kib=1024), TAG, KEYS, "k")
+
+
+def test_missing_host_path_volume_exits_3():
+    spec = BoxSpec("h", gpus="none", volumes=(Volume("/data", "/data", True),))
+    with pytest.raises(HostUnreachable):
+        plan_up(spec, facts(missing_paths=("/data",)), TAG, KEYS, "k")
+
+
+def test_fresh_host_gets_build_volumes_box_and_keys():
+    plan = plan_up(CPU, facts(image_present=False), TAG, KEYS, "k")
+    assert [s.action for s in plan.steps] == ["build_image", "create_volume", "create_volume", "create_box", "sync_keys"]
+
+
+def test_up_to_date_box_plans_nothing():
+    port = choose_port(CPU, facts())
+    plan = plan_up(CPU, facts(box=running_box(CPU, port), authorized_keys=KEYS.strip()), TAG, KEYS, "k")
+    assert plan.steps == []
+
+
+def test_changed_keys_only_sync_keys_without_recreating():
+    port = choose_port(CPU, facts())
+    plan = plan_up(CPU, facts(box=running_box(CPU, port), authorized_keys="old"), TAG, KEYS, "k")
+    assert [s.action for s in plan.steps] == ["sync_keys"]
+
+
+def test_spec_change_recreates_but_keeps_the_port():
+    old = running_box(CPU, 23456)
+    new_spec = BoxSpec("gpu-host-1", gpus="none", shm_size="1g")
+    plan = plan_up(new_spec, facts(box=old, authorized_keys=KEYS.strip()), TAG, KEYS, "k")
+    assert plan.port == 23456
+    assert [s.action for s in plan.steps][:1] == ["remove_box"] and "create_box" in [s.action for s in plan.steps]
+
+
+def test_spec_change_with_running_jobs_needs_force():
+    old = running_box(CPU, 23456)
+    new_spec = BoxSpec("gpu-host-1", gpus="none", shm_size="1g")
+    with pytest.raises(RunningJobs) as err:
+        plan_up(new_spec, facts(box=old, running_jobs=("train",)), TAG, KEYS, "k")
+    assert "train" in err.value.message and "--force" in err.value.remedy
+    assert plan_up(new_spec, facts(box=old, running_jobs=("train",)), TAG, KEYS, "k", force=True).steps
+
+
+def test_port_is_stable_per_host_and_avoids_used_ports():
+    first = choose_port(CPU, facts())
+    assert choose_port(CPU, facts()) == first
+    assert choose_port(CPU, facts(used_ports=frozenset({first}))) != first
+
+
+def test_run_args_carry_the_hardening():
+    args = run_args(CPU, facts(), 20000, TAG, {"devbox.managed": "true"})
+    joined = " ".join(args)
+    for flag in ("--cap-drop ALL", "--security-opt no-new-privileges", "--read-only", "--init",
+                 "--publish 127.0.0.1:20000:2222", "--restart unless-stopped", "--user 1000:1000"):
+        assert flag in joined
+    assert "--gpus" not in joined
+    gpu = run_args(BoxSpec("h", gpus=(0, 1)), facts(runtimes=("nvidia",)), 20000, TAG, {})
+    assert gpu[gpu.index("--gpus") + 1] == '"device=0,1"'
+    cdi = run_args(BoxSpec("h", gpus="all"), facts(cdi_nvidia=True), 20000, TAG, {})
+    assert "nvidia.com/gpu=all" in cdi
+
+
+def test_nvidia_smi_parsing_of_recorded_output():
+    csv = (FIXTURES / "nvidia-smi-query-h100.csv").read_text()
+    gpus, err = parse_gpu_csv(csv)
+    assert gpus and err == "" and "H100" in gpus[0].name and gpus[0].memory_mib > 70000
+    banner = (FIXTURES / "nvidia-smi-h100.txt").read_text()
+    assert parse_driver_cuda(banner) is not None
+
+
+def test_no_gpu_host_nvidia_smi_errors_are_reported():
+    gpus, err = parse_gpu_csv("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.")
+    assert gpus == () and "NVIDIA driver" in err
+
+
+def test_image_cuda_from_tag():
+    assert image_cuda("pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime") == "12.4"
+    assert image_cuda("local/debian:bookworm") is None
