@@ -18,7 +18,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import testbed as tb  # noqa: E402
 
-HOSTS = ["gpu-host-1", "gpu-host-2", "nodocker-host"]
+# A suffix keeps parallel pytest runs (several developers, one dockerd) out of each
+# other's boxes: box and volume names derive from the host alias.
+SUFFIX = os.environ.get("DEVBOX_TEST_SUFFIX", "")
+HOST1, HOST2, NODOCKER = f"gpu-host-1{SUFFIX}", f"gpu-host-2{SUFFIX}", f"nodocker-host{SUFFIX}"
+HOSTS = [HOST1, HOST2, NODOCKER]
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -91,6 +95,7 @@ def laptop(testbed, box_image, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(work)
     laptop.work = work
+    laptop.host1, laptop.host2, laptop.nodocker = HOST1, HOST2, NODOCKER
     laptop.devbox = DevboxCLI(laptop, work)
     remove_boxes(HOSTS)
     yield laptop
