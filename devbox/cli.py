@@ -111,7 +111,7 @@ def up(
 def _render_up(report, dry_run: bool) -> str:
     head = f"{report.host}: "
     if report.error:
-        return head + f"FAILED: {report.error}"
+        return head + "FAILED: " + report.error.removeprefix(head)
     lines = [head + ("would run:" if dry_run else ("changed" if report.changed else "already up to date, nothing changed"))
              + ("" if dry_run else f" ({report.seconds:.1f} s)")]
     lines += [f"  - {s}" for s in report.steps] or (["  (nothing to do)"] if dry_run else [])

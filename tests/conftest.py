@@ -22,7 +22,8 @@ import testbed as tb  # noqa: E402
 # other's boxes: box and volume names derive from the host alias.
 SUFFIX = os.environ.get("DEVBOX_TEST_SUFFIX", "")
 HOST1, HOST2, NODOCKER = f"gpu-host-1{SUFFIX}", f"gpu-host-2{SUFFIX}", f"nodocker-host{SUFFIX}"
-HOSTS = [HOST1, HOST2, NODOCKER]
+NORUNTIME = f"gpu-noruntime{SUFFIX}"
+HOSTS = [HOST1, HOST2, NODOCKER, NORUNTIME]
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -95,7 +96,7 @@ def laptop(testbed, box_image, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(work)
     laptop.work = work
-    laptop.host1, laptop.host2, laptop.nodocker = HOST1, HOST2, NODOCKER
+    laptop.host1, laptop.host2, laptop.nodocker, laptop.noruntime = HOST1, HOST2, NODOCKER, NORUNTIME
     laptop.devbox = DevboxCLI(laptop, work)
     remove_boxes(HOSTS)
     yield laptop

@@ -20,6 +20,7 @@ OPS_USER = "devbox-ops"          # in the docker group
 NODOCKER_USER = "devbox-nodocker"  # not in the docker group: preflight must refuse
 BASE_IMAGE = os.environ.get("DEVBOX_TEST_BASE", "local/debian:bookworm")
 SSHD = "/usr/sbin/sshd"
+UNREACHABLE = "unreachable-host"
 
 
 def have(cmd: str) -> bool:
@@ -90,19 +91,37 @@ class FakeHost:
             self.process.wait(timeout=10)
 
 
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def fake_driver(hostdir: Path) -> str:
+    """A bin dir whose nvidia-smi replays output recorded on a real H100 host: the host
+    then has a "driver" but Docker has no NVIDIA runtime, which preflight must refuse."""
+    bindir = hostdir / "bin"
+    bindir.mkdir(mode=0o755)
+    script = bindir / "nvidia-smi"
+    script.write_text(
+        "#!/bin/sh\ncase \"$*\" in *--query-gpu*) exec cat " + str(FIXTURES / "nvidia-smi-query-h100.csv")
+        + ";; *) exec cat " + str(FIXTURES / "nvidia-smi-h100.txt") + ";; esac\n"
+    )
+    script.chmod(0o755)
+    return f"SetEnv PATH={bindir}:/usr/local/bin:/usr/bin:/bin\n"
+
+
 def start_fake_host(name: str, index: int, workdir: Path, authorized: Path, user: str = OPS_USER) -> FakeHost:
     """Start sshd for one host on 127.0.0.(10+index), key-only, like a hardened real host."""
     address = f"127.0.0.{10 + index}"
     port = free_port(address)
     hostdir = workdir / name
     hostdir.mkdir(mode=0o755, parents=True)
+    extra = fake_driver(hostdir) if name.startswith("gpu-noruntime") else ""
     host_key = keygen(hostdir / "ssh_host_ed25519_key", f"{name}-host-key")
     config = hostdir / "sshd_config"
     config.write_text(
         f"ListenAddress {address}:{port}\nHostKey {host_key}\nPidFile none\nUsePAM no\n"
         f"AuthorizedKeysFile {authorized}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         f"PermitRootLogin no\nAllowTcpForwarding yes\nAllowUsers {OPS_USER} {NODOCKER_USER}\n"
-        f"MaxStartups 200:30:400\nMaxSessions 100\nLogLevel VERBOSE\n"
+        f"MaxStartups 200:30:400\nMaxSessions 100\nLogLevel VERBOSE\n" + extra
     )
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     log = open(hostdir / "sshd.log", "w")
@@ -182,5 +201,8 @@ def make_laptop(home: Path, bed: TestBed, extra_hosts: dict[str, FakeHost] | Non
     known = ssh / "known_hosts"
     hosts = {**bed.hosts, **(extra_hosts or {})}
     known.write_text("".join(h.host_key_line() + "\n" for h in hosts.values()))
-    (ssh / "config").write_text("".join(h.config_block(ssh / "id_ed25519", known) for h in hosts.values()))
+    # A host nobody listens for: a port just bound and released on loopback.
+    ghost = FakeHost(UNREACHABLE, "127.0.0.1", free_port("127.0.0.1"), OPS_USER, Path("/nonexistent"))
+    blocks = [h.config_block(ssh / "id_ed25519", known) for h in [*hosts.values(), ghost]]
+    (ssh / "config").write_text("".join(blocks))
     return Laptop(home)

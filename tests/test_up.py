@@ -1,0 +1,166 @@
+"""`devbox up / verify / status / down` end to end on the real test bed (gpus = "none")."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import testbed as tb
+
+
+def container_id(name: str) -> str | None:
+    done = subprocess.run(["docker", "inspect", "-f", "{{.Id}}", name], capture_output=True, text=True)
+    return done.stdout.strip() or None
+
+
+def volumes_of(host: str) -> list[str]:
+    return subprocess.run(["docker", "volume", "ls", "-q", "--filter", f"label=devbox.host={host}"],
+                          capture_output=True, text=True).stdout.split()
+
+
+def set_config(laptop, extra: str = "", playbook: str = "cpu") -> None:
+    (laptop.work / "devbox.toml").write_text(f'[defaults]\nplaybook = "{playbook}"\nbase_image = "{tb.BASE_IMAGE}"\n{extra}')
+
+
+def box_ssh(laptop, host: str, *command: str):
+    return laptop.ssh(f"devbox-{host}", *command)
+
+
+def test_up_two_hosts_in_parallel_and_openssh_reaches_each_box_with_strict_checking(laptop):
+    reports, done = laptop.devbox.json("up", laptop.host1, laptop.host2)
+    assert [r["error"] for r in reports] == ["", ""]
+    assert {c["status"] for r in reports for c in r["checks"]} <= {"ok", "skipped"}
+    for host in (laptop.host1, laptop.host2):
+        assert box_ssh(laptop, host, "whoami").stdout.strip() == "dev"
+    entries = (laptop.home / ".ssh" / "devbox" / "config").read_text()
+    assert f"Host devbox-{laptop.host1}" in entries and "StrictHostKeyChecking yes" in entries
+    assert f"ProxyJump {laptop.host1}" in entries
+    user_config = laptop.ssh_config.read_text()
+    assert user_config.splitlines()[1] == f"Include {laptop.home}/.ssh/devbox/config"
+    assert list((laptop.home / ".ssh").glob("config.devbox-backup-*")), "the user's config is backed up first"
+    assert user_config.count("Include") == 1
+
+
+def test_gpu_checks_are_skipped_not_ok_without_gpus(laptop):
+    reports, _ = laptop.devbox.json("up", laptop.host1)
+    statuses = {c["name"]: c["status"] for c in reports[0]["checks"]}
+    assert statuses["nvidia-smi"] == statuses["torch cuda"] == statuses["cuda matmul"] == "skipped"
+    for name in ("key login", "password refused", "root login refused", "keyboard-interactive refused",
+                 "uid/gid", "no sudo", "tmux", "mount /workspace writable", "openssh client path", "no root process"):
+        assert statuses[name] == "ok", name
+
+
+def test_rerun_changes_nothing_and_keeps_container_and_tmux_session(laptop):
+    laptop.devbox.json("up", laptop.host1)
+    before = container_id(f"devbox-{laptop.host1}")
+    assert box_ssh(laptop, laptop.host1, "tmux new-session -d -s keepme 'sleep 600'").returncode == 0
+    reports, done = laptop.devbox.json("up", laptop.host1)
+    assert reports[0]["changed"] is False and reports[0]["steps"] == []
+    text = laptop.devbox("up", laptop.host1)
+    assert "nothing changed" in text.stdout
+    assert container_id(f"devbox-{laptop.host1}") == before
+    assert box_ssh(laptop, laptop.host1, "tmux has-session -t =keepme && echo alive").stdout.strip() == "alive"
+
+
+def test_spec_change_recreates_the_box_but_keeps_workspace_and_host_key(laptop):
+    laptop.devbox.json("up", laptop.host1)
+    before = container_id(f"devbox-{laptop.host1}")
+    pinned = (laptop.home / ".ssh" / "devbox" / "known_hosts").read_text()
+    assert box_ssh(laptop, laptop.host1, "echo precious > /workspace/keep.txt").returncode == 0
+    set_config(laptop, 'shm_size = "1g"\n')
+    reports, _ = laptop.devbox.json("up", laptop.host1)
+    assert reports[0]["changed"] and any("re-create" in s for s in reports[0]["steps"])
+    assert container_id(f"devbox-{laptop.host1}") != before
+    assert (laptop.home / ".ssh" / "devbox" / "known_hosts").read_text() == pinned
+    assert box_ssh(laptop, laptop.host1, "cat /workspace/keep.txt").stdout.strip() == "precious"
+
+
+def test_down_keeps_data_and_up_brings_it_back(laptop):
+    laptop.devbox.json("up", laptop.host1)
+    box_ssh(laptop, laptop.host1, "echo still-here > /workspace/f.txt")
+    report, _ = laptop.devbox.json("down", laptop.host1)
+    assert container_id(f"devbox-{laptop.host1}") is None
+    assert len(volumes_of(laptop.host1)) == 2 and any("volume" in k for k in report["kept"])
+    laptop.devbox.json("up", laptop.host1)
+    assert box_ssh(laptop, laptop.host1, "cat /workspace/f.txt").stdout.strip() == "still-here"
+
+
+def test_down_purge_needs_confirmation_then_removes_volumes_and_entry(laptop):
+    laptop.devbox.json("up", laptop.host1)
+    refused = laptop.devbox("down", laptop.host1, "--purge")
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    assert container_id(f"devbox-{laptop.host1}") is not None
+    laptop.devbox.json("down", laptop.host1, "--purge", "--yes")
+    assert volumes_of(laptop.host1) == []
+    assert f"devbox-{laptop.host1}" not in (laptop.home / ".ssh" / "devbox" / "config").read_text()
+
+
+def test_dry_run_prints_the_steps_and_changes_nothing(laptop):
+    done = laptop.devbox("up", laptop.host1, "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert "would run" in done.stdout and "start box" in done.stdout
+    assert container_id(f"devbox-{laptop.host1}") is None and volumes_of(laptop.host1) == []
+    assert not (laptop.home / ".ssh" / "devbox").exists()
+
+
+@pytest.mark.parametrize("which, needle", [
+    ("unreachable", "cannot connect"),
+    ("nodocker", "docker group"),
+    ("noruntime", "nvidia-container-toolkit"),
+])
+def test_preflight_failures_exit_3_and_create_nothing(laptop, which, needle):
+    host = {"unreachable": tb.UNREACHABLE, "nodocker": laptop.nodocker, "noruntime": laptop.noruntime}[which]
+    set_config(laptop, playbook="default" if which == "noruntime" else "cpu",
+               extra='volumes = ["workspace:/workspace"]\n' if which == "noruntime" else "")
+    done = laptop.devbox("up", host)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert needle in done.stdout
+    assert container_id(f"devbox-{host}") is None and volumes_of(host) == []
+    assert not (laptop.home / ".ssh" / "devbox").exists()
+
+
+def test_one_unreachable_host_does_not_stop_the_other(laptop):
+    reports, done = laptop.devbox.json("up", laptop.host1, tb.UNREACHABLE, expect=3)
+    by_host = {r["host"]: r for r in reports}
+    assert by_host[laptop.host1]["error"] == "" and by_host[laptop.host1]["exit_code"] == 0
+    assert by_host[tb.UNREACHABLE]["exit_code"] == 3
+    assert box_ssh(laptop, laptop.host1, "true").returncode == 0
+
+
+def test_tampered_pinned_host_key_is_refused(laptop, tmp_path):
+    laptop.devbox.json("up", laptop.host1)
+    known = laptop.home / ".ssh" / "devbox" / "known_hosts"
+    impostor = tb.keygen(tmp_path / "impostor")
+    fake = Path(str(impostor) + ".pub").read_text().split()
+    known.write_text(f"devbox-{laptop.host1} {fake[0]} {fake[1]}\n")
+    verify = laptop.devbox("verify", laptop.host1)
+    assert verify.returncode == 3 and "does not match the pinned key" in verify.stdout
+    assert box_ssh(laptop, laptop.host1, "true").returncode == 255
+    again = laptop.devbox("up", laptop.host1)
+    assert again.returncode == 3 and "changed since it was pinned" in again.stdout
+    assert known.read_text().split()[2] == fake[1], "a changed key is never silently accepted"
+
+
+def test_verify_and_status_report_from_the_host(laptop):
+    laptop.devbox.json("up", laptop.host1)
+    reports, _ = laptop.devbox.json("verify", laptop.host1)
+    assert reports[0]["exit_code"] == 0 and len(reports[0]["checks"]) >= 15
+    rows, _ = laptop.devbox.json("status", laptop.host1, tb.UNREACHABLE, expect=3)
+    by_host = {r["host"]: r for r in rows}
+    row = by_host[laptop.host1]
+    assert row["state"] == "running" and row["keys"] == 1 and row["jobs"] == 0 and row["port"]
+    assert row["image"].startswith("devbox-ssh:") and row["gpus"] == "none"
+    assert by_host[tb.UNREACHABLE]["state"] == "unreachable" and by_host[tb.UNREACHABLE]["reason"]
+    all_rows, _ = laptop.devbox.json("status", "--all")
+    assert [r["host"] for r in all_rows] == [laptop.host1]
+
+
+def test_hosts_defined_in_an_included_file_are_found(laptop):
+    """paramiko ignores Include; devbox must follow it (relative to ~/.ssh, globs)."""
+    config_d = laptop.home / ".ssh" / "config.d"
+    config_d.mkdir()
+    (config_d / "hosts.conf").write_text(laptop.ssh_config.read_text())
+    laptop.ssh_config.write_text("Include config.d/*.conf\n")
+    reports, _ = laptop.devbox.json("up", laptop.host1, "--no-verify")
+    assert reports[0]["error"] == ""
