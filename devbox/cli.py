@@ -229,6 +229,91 @@ def code(
 
 
 
+# ---------------------------------------------------------------- keys
+
+
+def _store(keys_dir):
+    from devbox.keys import KeyStore
+    from devbox.keyset import keys_dir as resolve
+
+    return KeyStore(resolve(keys_dir))
+
+
+@keys_app.command("add")
+def keys_add(
+    name: str = typer.Argument(..., help="Person's name: the key is stored as keys/NAME.pub."),
+    source: str = typer.Argument(..., help="Public key file, or - to read standard input."),
+    all_keys: bool = typer.Option(False, "--all", help="Accept several keys in one file."),
+    replace: bool = typer.Option(False, "--replace", help="Replace NAME's existing key."),
+    keys_dir: Optional[Path] = KEYS_DIR,
+    as_json: bool = JSON,
+):
+    """Validate and store a public key (private keys, DSA, RSA < 3072 and options are refused)."""
+    from devbox.errors import KeyRejected
+
+    if source == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = Path(source).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise KeyRejected(f"cannot read {source}: {getattr(exc, 'strerror', None) or 'not text'}", "give the path of a .pub file") from None
+    added = _store(keys_dir).add(name, text, allow_many=all_keys, replace=replace)
+    rows = [{"name": name, "type": k.type, "bits": k.bits, "fingerprint": k.fingerprint} for k in added]
+    _emit(rows, as_json, "\n".join(f"added {name}: {k.type} {k.bits} {k.fingerprint}" for k in added)
+          + "\nrun `devbox keys sync --all` to install it on the boxes")
+
+
+@keys_app.command("list")
+def keys_list(keys_dir: Optional[Path] = KEYS_DIR, as_json: bool = JSON):
+    """Name, type, bits, SHA256 fingerprint (as ssh-keygen -lf prints it) and comment."""
+    store = _store(keys_dir)
+    rows = [{"name": n, "type": k.type, "bits": k.bits, "fingerprint": k.fingerprint, "comment": k.comment}
+            for n, k in (store.list() if store.directory.is_dir() else [])]
+    text = [f"{r['name']:<16} {r['bits']:>5} {r['fingerprint']}  {r['comment']} ({r['type']})" for r in rows]
+    _emit(rows, as_json, "\n".join(text) or f"no keys in {store.directory}")
+
+
+@keys_app.command("gen")
+def keys_gen(path: Path = typer.Argument(Path("~/.ssh/id_ed25519"), help="Where to write the private key (.pub beside it).")):
+    """Make a new ed25519 key pair for you (private 0600 in a 0700 folder; never overwrites)."""
+    from devbox.keys import generate_keypair
+
+    key = generate_keypair(path)
+    typer.echo(f"wrote {path.expanduser()} and .pub: {key.type} {key.fingerprint}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: str = typer.Argument(..., help="Whose key to remove."), keys_dir: Optional[Path] = KEYS_DIR, as_json: bool = JSON):
+    """Remove NAME's key and record it as revoked, so every later sync and up removes it."""
+    removed = _store(keys_dir).revoke(name)
+    _emit([k.fingerprint for k in removed], as_json,
+          "\n".join(f"revoked {name}: {k.fingerprint}" for k in removed) + "\nrun `devbox keys sync --all` to remove it from the boxes now")
+
+
+@keys_app.command("sync")
+def keys_sync(
+    hosts: List[str] = typer.Argument(None, help="Hosts whose boxes to update (or --all)."),
+    all_hosts: bool = typer.Option(False, "--all", help="Every host with a devbox entry or a [hosts.NAME] table."),
+    keys_dir: Optional[Path] = KEYS_DIR,
+    playbook: Optional[str] = PLAYBOOK,
+    config: Optional[Path] = CONFIG,
+    as_json: bool = JSON,
+):
+    """Rewrite each running box's authorized_keys atomically, live, without a restart."""
+    from devbox.keyset import desired_keys
+    from devbox.sync import sync_host
+    from devbox.up import for_each_host
+
+    names = sorted(set(list(hosts or []) + (_known_hosts(config) if all_hosts else [])))
+    keys = desired_keys(keys_dir)
+    reports = for_each_host(_specs(names, config, playbook), lambda spec: sync_host(spec, keys))
+    text = [f"{r.host}: " + (f"FAILED: {r.error.removeprefix(r.host + ': ')}" if r.error else
+                              f"{r.keys} key(s) " + ("installed" if r.changed else "already in place")) for r in reports]
+    _emit([r.as_dict() for r in reports], as_json, "\n".join(text))
+    raise typer.Exit(max(r.exit_code for r in reports))
+
+
 # ---------------------------------------------------------------- jobs
 
 
