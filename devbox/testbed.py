@@ -1,0 +1,208 @@
+"""The built-in local test host: fake GPU hosts that are real OpenSSH servers.
+
+Each fake host is an `sshd` (run as root, like a real host's) listening on its own
+loopback address with its own host key, letting in one key-only user who is in the
+`docker` group. They share this machine's Docker engine. A "laptop" is a temporary
+HOME whose ~/.ssh/config names the hosts with absolute paths (OpenSSH expands `~`
+from the passwd entry, not $HOME, so nothing here may rely on `~`).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+OPS_USER = "devbox-ops"          # in the docker group
+NODOCKER_USER = "devbox-nodocker"  # not in the docker group: preflight must refuse
+BASE_IMAGE = os.environ.get("DEVBOX_TEST_BASE", "local/debian:bookworm")
+SSHD = "/usr/sbin/sshd"
+UNREACHABLE = "unreachable-host"
+
+
+def have(cmd: str) -> bool:
+    return shutil.which(cmd) is not None or Path(f"/usr/sbin/{cmd}").exists()
+
+
+def docker_ok() -> bool:
+    return have("docker") and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+
+
+def testbed_unavailable_reason() -> str | None:
+    """Why the real test bed cannot run here, or None when it can."""
+    if os.geteuid() != 0:
+        return "the test bed starts sshd and makes users: run as root (CI does)"
+    if not Path(SSHD).exists():
+        return "openssh-server is not installed (make setup installs it)"
+    if not docker_ok():
+        return "no Docker engine answers `docker info` (make setup starts dockerd)"
+    if subprocess.run(["docker", "image", "inspect", BASE_IMAGE], capture_output=True).returncode != 0:
+        return f"local base image {BASE_IMAGE} missing (make setup builds it)"
+    return None
+
+
+def ensure_user(name: str, docker_group: bool) -> None:
+    if subprocess.run(["id", name], capture_output=True).returncode != 0:
+        groups = ["-G", "docker"] if docker_group else []
+        subprocess.run(["useradd", "-m", "-s", "/bin/bash", *groups, name], check=True)
+    # UsePAM no refuses locked accounts ("!"), even for keys; "*" = no password, not locked.
+    subprocess.run(["usermod", "-p", "*", name], check=True)
+
+
+def free_port(address: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((address, 0))
+        return sock.getsockname()[1]
+
+
+def keygen(path: Path, comment: str = "devbox-test") -> Path:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], check=True)
+    return path
+
+
+@dataclass
+class FakeHost:
+    """One fake GPU host: a real sshd on `address:port`."""
+
+    name: str
+    address: str
+    port: int
+    user: str
+    host_key: Path
+    process: subprocess.Popen | None = None
+
+    def host_key_line(self) -> str:
+        key = Path(str(self.host_key) + ".pub").read_text().split()
+        return f"[{self.address}]:{self.port} {key[0]} {key[1]}"
+
+    def config_block(self, identity: Path, known_hosts: Path) -> str:
+        return (
+            f"Host {self.name}\n    HostName {self.address}\n    Port {self.port}\n"
+            f"    User {self.user}\n    IdentityFile {identity}\n    IdentitiesOnly yes\n"
+            f"    UserKnownHostsFile {known_hosts}\n    StrictHostKeyChecking yes\n\n"
+        )
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+
+
+def fake_driver(hostdir: Path) -> str:
+    """A bin dir whose nvidia-smi replays output recorded on a real H100 host: the host
+    then has a "driver" but Docker has no NVIDIA runtime, which preflight must refuse."""
+    bindir = hostdir / "bin"
+    bindir.mkdir(mode=0o755)
+    script = bindir / "nvidia-smi"
+    script.write_text(
+        "#!/bin/sh\ncase \"$*\" in *--query-gpu*) exec cat " + str(FIXTURES / "nvidia-smi-query-h100.csv")
+        + ";; *) exec cat " + str(FIXTURES / "nvidia-smi-h100.txt") + ";; esac\n"
+    )
+    script.chmod(0o755)
+    return f"SetEnv PATH={bindir}:/usr/local/bin:/usr/bin:/bin\n"
+
+
+def start_fake_host(name: str, index: int, workdir: Path, authorized: Path, user: str = OPS_USER, detach: bool = False) -> FakeHost:
+    """Start sshd for one host on 127.0.0.(10+index), key-only, like a hardened real host."""
+    address = f"127.0.0.{10 + index}"
+    port = free_port(address)
+    hostdir = workdir / name
+    hostdir.mkdir(mode=0o755, parents=True)
+    extra = fake_driver(hostdir) if name.startswith("gpu-noruntime") else ""
+    host_key = keygen(hostdir / "ssh_host_ed25519_key", f"{name}-host-key")
+    config = hostdir / "sshd_config"
+    config.write_text(
+        f"ListenAddress {address}:{port}\nHostKey {host_key}\nPidFile none\nUsePAM no\n"
+        f"AuthorizedKeysFile {authorized}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        f"PermitRootLogin no\nAllowTcpForwarding yes\nAllowUsers {OPS_USER} {NODOCKER_USER}\n"
+        f"MaxStartups 200:30:400\nMaxSessions 100\nLogLevel VERBOSE\n" + extra
+    )
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    log = open(hostdir / "sshd.log", "w")
+    process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=detach)
+    host = FakeHost(name, address, port, user, host_key, process)
+    _wait_listening(address, port, process, hostdir / "sshd.log")
+    return host
+
+
+def _wait_listening(address: str, port: int, process: subprocess.Popen, log: Path) -> None:
+    for _ in range(100):
+        if process.poll() is not None:
+            raise RuntimeError(f"fake sshd exited: {log.read_text()[-500:]}")
+        try:
+            socket.create_connection((address, port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"fake sshd on {address}:{port} never listened")
+
+
+@dataclass
+class TestBed:
+    """The fake hosts plus the key and authorized_keys they share."""
+
+    workdir: Path
+    identity: Path
+    hosts: dict[str, FakeHost] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        for host in self.hosts.values():
+            host.stop()
+
+
+def start_testbed(workdir: Path, names: list[str], detach: bool = False) -> TestBed:
+    ensure_user(OPS_USER, docker_group=True)
+    ensure_user(NODOCKER_USER, docker_group=False)
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.chmod(workdir, 0o755)
+    identity = keygen(workdir / "laptop_ed25519", "laptop")
+    authorized = workdir / "authorized_keys"
+    shutil.copy(str(identity) + ".pub", authorized)
+    os.chmod(authorized, 0o644)
+    bed = TestBed(workdir, identity)
+    for index, name in enumerate(names):
+        user = NODOCKER_USER if name.startswith("nodocker") else OPS_USER
+        bed.hosts[name] = start_fake_host(name, index, workdir, authorized, user, detach)
+    return bed
+
+
+@dataclass
+class Laptop:
+    """A user's machine: HOME with ~/.ssh/{config,known_hosts,id_ed25519}."""
+
+    home: Path
+
+    @property
+    def ssh_config(self) -> Path:
+        return self.home / ".ssh" / "config"
+
+    @property
+    def identity(self) -> Path:
+        return self.home / ".ssh" / "id_ed25519"
+
+    def ssh(self, alias: str, *command: str, timeout: float = 30, extra: list[str] | None = None) -> subprocess.CompletedProcess:
+        """The OpenSSH client with this laptop's config, as VS Code Remote-SSH runs it."""
+        argv = ["ssh", "-F", str(self.ssh_config), "-o", "BatchMode=yes", *(extra or []), alias, *command]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def make_laptop(home: Path, bed: TestBed, extra_hosts: dict[str, FakeHost] | None = None) -> Laptop:
+    ssh = home / ".ssh"
+    ssh.mkdir(mode=0o700, parents=True)
+    shutil.copy(bed.identity, ssh / "id_ed25519")
+    shutil.copy(str(bed.identity) + ".pub", ssh / "id_ed25519.pub")
+    os.chmod(ssh / "id_ed25519", 0o600)
+    known = ssh / "known_hosts"
+    hosts = {**bed.hosts, **(extra_hosts or {})}
+    known.write_text("".join(h.host_key_line() + "\n" for h in hosts.values()))
+    # A host nobody listens for: a port just bound and released on loopback.
+    ghost = FakeHost(UNREACHABLE, "127.0.0.1", free_port("127.0.0.1"), OPS_USER, Path("/nonexistent"))
+    blocks = [h.config_block(ssh / "id_ed25519", known) for h in [*hosts.values(), ghost]]
+    (ssh / "config").write_text("".join(blocks))
+    return Laptop(home)
