@@ -4,9 +4,11 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: setup demo test bench clean-demo
+.PHONY: setup prereqs demo test bench
 
-setup: $(VENV)/.installed
+setup: prereqs $(VENV)/.installed
+
+prereqs:
 	@bash scripts/testbed-prereqs.sh
 
 $(VENV)/.installed: pyproject.toml

@@ -6,6 +6,8 @@ need=()
 for bin in dockerd:docker.io sshd:openssh-server ssh:openssh-client debootstrap:debootstrap tmux:tmux ip:iproute2; do
     command -v "${bin%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${bin%%:*}" ] || need+=("${bin##*:}")
 done
+command -v make >/dev/null 2>&1 || need+=(make)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then echo "missing packages: ${need[*]} (run as root, or apt-get install them)" >&2; exit 2; fi
     echo "installing: ${need[*]}"
