@@ -1,155 +1,450 @@
-"""Key validation (pure): what may enter keys/, proved against real keys and fuzzed input."""
+"""devbox.keys: what may reach a box's authorized_keys, and what never may.
+
+Pure logic, no test bed: keys are generated here with `cryptography`, FIDO (sk-) keys
+are built by hand from their wire format, and a property test throws random and
+mutated text at the parser to prove it only ever returns a key or raises KeyRejected.
+"""
 from __future__ import annotations
 
 import base64
 import os
 import shutil
+import stat
 import struct
 import subprocess
 import warnings
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from devbox.errors import KeyRejected
-from devbox.keys import (AUTHORIZED_KEY_OPTIONS, KeyStore, generate_keypair, keyset_fingerprint, parse_public_key,
-                         parse_public_keys, render_authorized_keys)
+from devbox.keys import (
+    AUTHORIZED_KEY_OPTIONS,
+    KeyStore,
+    PublicKey,
+    generate_keypair,
+    keyset_fingerprint,
+    parse_public_key,
+    parse_public_keys,
+    render_authorized_keys,
+    validate_name,
+)
+
+# ---------------------------------------------------------------- key factories
 
 
-def openssh(key) -> str:
-    return key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+def openssh_line(private, comment: str = "someone@laptop") -> str:
+    public = private.public_key().public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH).decode()
+    return f"{public} {comment}".strip()
 
 
-def wire(*fields: bytes) -> str:
-    return base64.b64encode(b"".join(struct.pack(">I", len(f)) + f for f in fields)).decode()
+def ed25519_line(comment: str = "someone@laptop") -> str:
+    return openssh_line(ed25519.Ed25519PrivateKey.generate(), comment)
 
 
-ED = openssh(ed25519.Ed25519PrivateKey.generate()) + " alice@laptop"
+def wire(*fields: bytes) -> bytes:
+    return b"".join(struct.pack(">I", len(f)) + f for f in fields)
 
 
-def test_ed25519_rsa3072_and_ecdsa_are_accepted():
-    assert parse_public_key(ED).bits == 256 and parse_public_key(ED).comment == "alice@laptop"
-    assert parse_public_key(openssh(rsa.generate_private_key(public_exponent=65537, key_size=3072))).bits == 3072
-    assert parse_public_key(openssh(ec.generate_private_key(ec.SECP256R1()))).type == "ecdsa-sha2-nistp256"
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def sk_ed25519_line(point_len: int = 32, application: bytes = b"ssh:") -> str:
+    blob = wire(b"sk-ssh-ed25519@openssh.com", os.urandom(point_len), application)
+    return f"sk-ssh-ed25519@openssh.com {b64(blob)} yubikey"
+
+
+def sk_ecdsa_line() -> str:
+    point = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        ser.Encoding.X962, ser.PublicFormat.UncompressedPoint)
+    blob = wire(b"sk-ecdsa-sha2-nistp256@openssh.com", b"nistp256", point, b"ssh:")
+    return f"sk-ecdsa-sha2-nistp256@openssh.com {b64(blob)} yubikey"
+
+
+@pytest.fixture(scope="module")
+def rsa3072_line() -> str:
+    return openssh_line(rsa.generate_private_key(public_exponent=65537, key_size=3072))
+
+
+def rejected(text: str, allow_many: bool = False) -> KeyRejected:
+    with pytest.raises(KeyRejected) as info:
+        parse_public_keys(text, allow_many=allow_many)
+    return info.value
+
+
+# ---------------------------------------------------------------- accepted keys
+
+
+def test_ed25519_is_accepted_and_normalized():
+    line = ed25519_line("alice@laptop")
+    key_type, blob, _ = line.split()
+    key = parse_public_key(f"\n# a comment line\n  {key_type}   {blob}   alice@laptop  \n\n")
+    assert (key.type, key.blob, key.comment, key.bits) == ("ssh-ed25519", blob, "alice@laptop", 256)
+    assert key.line() == f"ssh-ed25519 {blob} alice@laptop"
+    assert key.with_comment("bob").line() == f"ssh-ed25519 {blob} bob"
+
+
+def test_key_without_comment_is_accepted():
+    key_type, blob = ed25519_line("").split()
+    assert parse_public_key(f"{key_type} {blob}").line() == f"{key_type} {blob}"
+
+
+def test_rsa_3072_is_accepted(rsa3072_line):
+    key = parse_public_key(rsa3072_line)
+    assert (key.type, key.bits) == ("ssh-rsa", 3072)
+
+
+@pytest.mark.parametrize("curve,bits", [(ec.SECP256R1(), 256), (ec.SECP384R1(), 384), (ec.SECP521R1(), 521)])
+def test_ecdsa_is_accepted_with_curve_bits(curve, bits):
+    key = parse_public_key(openssh_line(ec.generate_private_key(curve)))
+    assert (key.type, key.bits) == (f"ecdsa-sha2-nistp{bits}", bits)
+
+
+def test_sk_ed25519_built_from_wire_format_is_accepted():
+    key = parse_public_key(sk_ed25519_line())
+    assert (key.type, key.bits, key.comment) == ("sk-ssh-ed25519@openssh.com", 256, "yubikey")
+
+
+def test_sk_ecdsa_built_from_wire_format_is_accepted():
+    key = parse_public_key(sk_ecdsa_line())
+    assert (key.type, key.bits) == ("sk-ecdsa-sha2-nistp256@openssh.com", 256)
+
+
+def test_comment_control_characters_are_dropped():
+    key_type, blob, _ = ed25519_line().split()
+    assert parse_public_key(f"{key_type} {blob} evil\x1b[2Jname\x00").comment == "evil[2Jname"
+
+
+# ---------------------------------------------------------------- refused keys
 
 
 def test_rsa_2048_is_refused():
-    with pytest.raises(KeyRejected, match="2048 bits"):
-        parse_public_key(openssh(rsa.generate_private_key(public_exponent=65537, key_size=2048)))
+    err = rejected(openssh_line(rsa.generate_private_key(public_exponent=65537, key_size=2048)))
+    assert "2048" in err.message and "3072" in err.remedy
+    assert err.exit_code == 2
 
 
 def test_dsa_is_refused():
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # cryptography deprecates serializing DSA to SSH
         warnings.simplefilter("ignore")
-        text = openssh(dsa.generate_private_key(key_size=1024))
-    with pytest.raises(KeyRejected, match="ssh-dss"):
-        parse_public_key(text)
+        line = openssh_line(dsa.generate_private_key(key_size=1024))
+    err = rejected(line)
+    assert "ssh-dss" in err.message
 
 
-@pytest.mark.parametrize("fmt", [serialization.PrivateFormat.OpenSSH, serialization.PrivateFormat.PKCS8,
-                                 serialization.PrivateFormat.TraditionalOpenSSL])
+@pytest.mark.parametrize("fmt", [ser.PrivateFormat.PKCS8, ser.PrivateFormat.OpenSSH, ser.PrivateFormat.TraditionalOpenSSL])
 def test_private_keys_are_refused_without_echoing_them(fmt):
-    key = ec.generate_private_key(ec.SECP256R1())
-    text = key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption()).decode()
-    with pytest.raises(KeyRejected) as err:
-        parse_public_key(text)
-    assert "PRIVATE" in err.value.message and text.splitlines()[1] not in err.value.one_line()
+    private = ed25519.Ed25519PrivateKey.generate() if fmt != ser.PrivateFormat.TraditionalOpenSSL \
+        else ec.generate_private_key(ec.SECP256R1())
+    text = private.private_bytes(ser.Encoding.PEM, fmt, ser.NoEncryption()).decode()
+    err = rejected(text)
+    assert "PRIVATE" in err.message
+    body = "".join(line for line in text.splitlines() if not line.startswith("-----"))
+    for chunk in (body[i : i + 8] for i in range(0, len(body) - 8, 8)):
+        assert chunk not in err.one_line()
 
 
-def test_security_key_types_are_checked_by_wire_format():
-    point = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    sk = parse_public_key(f"sk-ssh-ed25519@openssh.com {wire(b'sk-ssh-ed25519@openssh.com', point, b'ssh:')} yubi")
-    assert sk.bits == 256
-    ec_point = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
-        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
-    name = b"sk-ecdsa-sha2-nistp256@openssh.com"
-    assert parse_public_key(f"{name.decode()} {wire(name, b'nistp256', ec_point, b'ssh:')}").type == name.decode()
-    with pytest.raises(KeyRejected, match="wrong-length"):
-        parse_public_key(f"sk-ssh-ed25519@openssh.com {wire(b'sk-ssh-ed25519@openssh.com', point[:31], b'ssh:')}")
-    with pytest.raises(KeyRejected, match="curve point"):
-        off_curve = wire(name, b"nistp256", bytes([4]) + bytes([1]) * 64, b"ssh:")
-        parse_public_key(f"{name.decode()} {off_curve}")
+def test_putty_private_key_is_refused():
+    err = rejected("PuTTY-User-Key-File-3: ssh-ed25519\nEncryption: none\nPublic-Lines: 2\nAAAA\n")
+    assert "PRIVATE" in err.message
 
 
-@pytest.mark.parametrize("prefix", ['command="/bin/sh" ', 'from="*" ', 'environment="LD_PRELOAD=x" ', "restrict ", "no-pty,permitopen=\"x:1\" "])
+def test_headerless_private_key_body_is_not_echoed():
+    private = ed25519.Ed25519PrivateKey.generate()
+    der = private.private_bytes(ser.Encoding.DER, ser.PrivateFormat.PKCS8, ser.NoEncryption())
+    err = rejected(b64(der))
+    assert b64(der)[:12] not in err.one_line()
+
+
+@pytest.mark.parametrize("prefix", [
+    'command="x"', 'from="*"', 'environment="A=B"', "restrict", "no-pty",
+    'restrict,command="/bin/sh"', "no-agent-forwarding,no-X11-forwarding", 'permitopen="localhost:22"',
+    "cert-authority",
+])
 def test_authorized_keys_options_are_refused(prefix):
-    with pytest.raises(KeyRejected, match="options are not allowed"):
-        parse_public_key(prefix + ED)
+    err = rejected(f"{prefix} {ed25519_line()}")
+    assert err.message == "authorized_keys options are not allowed in a key file"
 
 
-def test_truncated_base64_and_mismatched_type_are_refused():
-    kind, blob, _ = ED.split()
+def test_options_with_spaces_inside_quotes_are_refused():
+    err = rejected(f'command="echo hi; exec sh" {ed25519_line()}')
+    assert "options are not allowed" in err.message
+
+
+def test_unknown_type_is_refused():
+    _, blob, _ = ed25519_line().split()
+    assert "unknown key type" in rejected(f"ssh-foo {blob}").message
+
+
+def test_certificate_is_refused():
+    _, blob, _ = ed25519_line().split()
+    assert "certificates" in rejected(f"ssh-ed25519-cert-v01@openssh.com {blob}").message
+
+
+def test_truncated_base64_is_refused():
+    key_type, blob, _ = ed25519_line().split()
+    assert "base64" in rejected(f"{key_type} {blob[:-5]}").message
+
+
+def test_truncated_blob_with_valid_base64_is_refused():
+    key_type, blob, _ = ed25519_line().split()
+    short = b64(base64.b64decode(blob)[:-4])
+    assert "truncated" in rejected(f"{key_type} {short}").message
+
+
+def test_trailing_garbage_in_blob_is_refused():
+    key_type, blob, _ = ed25519_line().split()
+    assert "trailing" in rejected(f"{key_type} {b64(base64.b64decode(blob) + b'junk')}").message
+
+
+def test_blob_with_other_type_than_label_is_refused():
+    _, blob, _ = ed25519_line().split()
+    err = rejected(f"ssh-rsa {blob}")
+    assert "ssh-rsa" in err.message and "ssh-ed25519" in err.message
+
+
+def test_ecdsa_label_on_other_curve_is_refused():
+    _, blob, _ = openssh_line(ec.generate_private_key(ec.SECP256R1())).split()
+    rejected(f"ecdsa-sha2-nistp384 {blob}")
+
+
+def test_sk_ed25519_with_wrong_length_point_is_refused():
+    assert "wrong-length" in rejected(sk_ed25519_line(point_len=31)).message
+
+
+def test_sk_key_without_ssh_application_is_refused():
+    rejected(sk_ed25519_line(application=b"https://example.com"))
+
+
+def test_sk_ecdsa_with_invalid_point_is_refused():
+    blob = wire(b"sk-ecdsa-sha2-nistp256@openssh.com", b"nistp256", b"\x04" + b"\x01" * 64, b"ssh:")
+    assert "curve point" in rejected(f"sk-ecdsa-sha2-nistp256@openssh.com {b64(blob)}").message
+
+
+@pytest.mark.parametrize("text", ["", "   \n\n", "# only a comment\n"])
+def test_empty_text_is_refused(text):
+    assert "no public key" in rejected(text).message
+
+
+def test_type_without_blob_is_refused():
+    assert "no base64 blob" in rejected("ssh-ed25519").message
+
+
+def test_rfc4716_public_key_gets_a_conversion_hint():
+    err = rejected("---- BEGIN SSH2 PUBLIC KEY ----\nAAAA\n---- END SSH2 PUBLIC KEY ----\n")
+    assert "ssh-keygen -i" in err.remedy
+
+
+def test_two_keys_are_refused_without_allow_many():
+    err = rejected(f"{ed25519_line()}\n{ed25519_line()}\n")
+    assert err.message == "several keys in one file" and "--all" in err.remedy
+
+
+def test_two_keys_are_accepted_with_allow_many():
+    keys = parse_public_keys(f"{ed25519_line('a')}\n# comment\n\n{sk_ecdsa_line()}\n", allow_many=True)
+    assert [k.type for k in keys] == ["ssh-ed25519", "sk-ecdsa-sha2-nistp256@openssh.com"]
+
+
+def test_parse_public_key_refuses_non_text():
     with pytest.raises(KeyRejected):
-        parse_public_key(f"{kind} {blob[:-8]}")
-    with pytest.raises(KeyRejected, match="blob is"):
-        parse_public_key(f"ssh-rsa {blob}")
+        parse_public_key(b"ssh-ed25519 AAAA")  # type: ignore[arg-type]
 
 
-def test_several_keys_need_allow_many():
-    two = ED + "\n" + openssh(ed25519.Ed25519PrivateKey.generate()) + "\n"
-    with pytest.raises(KeyRejected, match="several keys") as err:
-        parse_public_keys(two)
-    assert "--all" in err.value.remedy
-    assert len(parse_public_keys(two, allow_many=True)) == 2
+# ---------------------------------------------------------------- fingerprints
 
 
-@pytest.mark.skipif(not shutil.which("ssh-keygen"), reason="ssh-keygen (openssh-client) is not installed")
 def test_fingerprint_matches_ssh_keygen(tmp_path):
-    path = tmp_path / "k.pub"
-    path.write_text(ED + "\n")
-    printed = subprocess.run(["ssh-keygen", "-lf", str(path)], capture_output=True, text=True, check=True).stdout.split()[1]
-    assert parse_public_key(ED).fingerprint == printed
+    if not shutil.which("ssh-keygen"):
+        pytest.skip("ssh-keygen is not installed")
+    for line in (ed25519_line(), sk_ed25519_line(), sk_ecdsa_line()):
+        key = parse_public_key(line)
+        path = tmp_path / "k.pub"
+        path.write_text(key.line() + "\n")
+        out = subprocess.run(["ssh-keygen", "-lf", str(path)], capture_output=True, text=True, check=True).stdout
+        assert out.split()[1] == key.fingerprint
+        assert out.split()[0] == str(key.bits)
 
 
-MUTATIONS = st.lists(st.tuples(st.sampled_from(["drop", "insert", "flip"]), st.integers(0, 200), st.characters()), max_size=6)
+def test_keyset_fingerprint_is_order_independent_and_short():
+    a, b = parse_public_key(ed25519_line()), parse_public_key(ed25519_line())
+    assert keyset_fingerprint([a, b]) == keyset_fingerprint([b, a]) == keyset_fingerprint([b, a, b])
+    assert len(keyset_fingerprint([a])) == 12 and keyset_fingerprint([a]) != keyset_fingerprint([a, b])
 
 
-@settings(max_examples=300, deadline=None)
-@given(prefix=st.text(max_size=20), mutations=MUTATIONS, random=st.text(max_size=300))
-def test_parser_only_ever_returns_a_key_or_raises_key_rejected(prefix, mutations, random):
-    line = prefix + ED
-    for op, index, char in mutations:
-        index %= max(len(line), 1)
-        line = {"drop": line[:index] + line[index + 1:], "insert": line[:index] + char + line[index:],
-                "flip": line[:index] + char + line[index + 1:]}[op]
-    for text in (line, random):
+# ---------------------------------------------------------------- property test
+
+VALID_LINE = ed25519_line("prop@test")
+
+
+@st.composite
+def mutated_lines(draw):
+    """A valid key line with characters dropped, inserted or flipped, maybe after a prefix."""
+    chars = list(VALID_LINE)
+    for _ in range(draw(st.integers(0, 6))):
+        op = draw(st.sampled_from(["drop", "insert", "flip"]))
+        i = draw(st.integers(0, max(len(chars) - 1, 0)))
+        if op == "drop" and chars:
+            del chars[i]
+        elif op == "insert":
+            chars.insert(i, draw(st.characters()))
+        elif chars:
+            chars[i] = chr(ord(chars[i]) ^ (1 << draw(st.integers(0, 6))))
+    prefix = draw(st.one_of(st.just(""), st.text(max_size=30).map(lambda t: t + " "),
+                            st.sampled_from(['command="x" ', "restrict ", "ssh-rsa ", "-----BEGIN ", "\ufeff"])))
+    return prefix + "".join(chars)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.text(), mutated_lines(), st.binary(max_size=200).map(lambda b: "ssh-ed25519 " + b64(b))))
+def test_parser_returns_a_key_or_raises_key_rejected(text):
+    for allow_many in (False, True):
         try:
-            key = parse_public_key(text)
+            result = parse_public_keys(text, allow_many=allow_many)
         except KeyRejected:
             continue
-        assert key.type in line and key.fingerprint.startswith("SHA256:")
+        assert result and all(isinstance(k, PublicKey) for k in result)
 
 
-def test_render_adds_only_the_allowed_options_and_dedups():
-    key = parse_public_key(ED)
-    text = render_authorized_keys([key, key.with_comment("other")])
-    lines = [l for l in text.splitlines() if not l.startswith("#")]
-    assert lines == [f"{AUTHORIZED_KEY_OPTIONS} {key.line()}"] or lines == [f"{AUTHORIZED_KEY_OPTIONS} {key.with_comment('other').line()}"]
+# ---------------------------------------------------------------- rendering
+
+
+def test_rendered_authorized_keys_restrict_every_key_and_deduplicate(rsa3072_line):
+    a = parse_public_key(ed25519_line("a"))
+    b = parse_public_key(rsa3072_line)
+    text = render_authorized_keys([a, b, a.with_comment("again"), b])
+    header, *lines = text.splitlines()
+    assert header.startswith("# managed by devbox")
+    assert len(lines) == 2
+    assert all(line.startswith(f"{AUTHORIZED_KEY_OPTIONS} ") for line in lines)
     assert AUTHORIZED_KEY_OPTIONS == "restrict,port-forwarding,pty"
+    assert render_authorized_keys([b, a]) == render_authorized_keys([a, b])
 
 
-def test_store_add_list_revoke_and_readd(tmp_path):
+# ---------------------------------------------------------------- names and the key store
+
+
+@pytest.mark.parametrize("name", ["alice", "a", "bob.smith", "c_d-9", "x" * 32])
+def test_valid_names_are_accepted(name):
+    assert validate_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "Alice", ".hidden", "-x", "a/b", "../etc", "x" * 33, "alice\n", "al ice"])
+def test_invalid_names_are_refused_with_the_rule(name):
+    with pytest.raises(KeyRejected) as info:
+        validate_name(name)
+    assert "a-z 0-9" in info.value.remedy
+
+
+def test_keystore_add_writes_normalized_line_with_name_as_comment(tmp_path):
     store = KeyStore(tmp_path / "keys")
-    store.add("alice", ED)
-    with pytest.raises(KeyRejected, match="already"):
-        store.add("alice", ED)
-    assert [(n, k.comment) for n, k in store.list()] == [("alice", "alice")]
-    fp = keyset_fingerprint(store.active_keys())
+    line = ed25519_line("laptop-comment")
+    [key] = store.add("alice", f"\n{line}\n")
+    assert (tmp_path / "keys" / "alice.pub").read_text() == f"{key.type} {key.blob} alice\n"
+    assert store.list() == [("alice", key)]
+    assert not list((tmp_path / "keys").glob(".*tmp"))
+
+
+def test_keystore_add_refuses_an_existing_name_unless_replace(tmp_path):
+    store = KeyStore(tmp_path)
+    store.add("alice", ed25519_line())
+    with pytest.raises(KeyRejected, match="already has a key"):
+        store.add("alice", ed25519_line())
+    [new] = store.add("alice", ed25519_line(), replace=True)
+    assert store.active_keys() == [new]
+
+
+def test_keystore_add_refuses_bad_key_and_writes_nothing(tmp_path):
+    store = KeyStore(tmp_path)
+    with pytest.raises(KeyRejected):
+        store.add("alice", "ssh-dss AAAA")
+    assert not (tmp_path / "alice.pub").exists()
+
+
+def test_keystore_revoke_records_fingerprint_and_active_keys_exclude_it(tmp_path):
+    store = KeyStore(tmp_path)
+    [alice] = store.add("alice", ed25519_line())
+    [bob] = store.add("bob", ed25519_line())
+    assert store.revoke("alice") == [alice.with_comment("alice")]
+    assert not (tmp_path / "alice.pub").exists()
+    assert store.revoked_fingerprints() == {alice.fingerprint}
+    assert (tmp_path / "revoked").read_text() == f"{alice.fingerprint} alice\n"
+    assert store.active_keys() == [bob]
+
+
+def test_revoked_key_in_another_file_stays_inactive(tmp_path):
+    store = KeyStore(tmp_path)
+    line = ed25519_line()
+    store.add("alice", line)
     store.revoke("alice")
-    assert store.active_keys() == [] and parse_public_key(ED).fingerprint in store.revoked_fingerprints()
-    store.add("alice", ED)
-    assert len(store.active_keys()) == 1 and keyset_fingerprint(store.active_keys()) == fp
-    with pytest.raises(KeyRejected, match="no key named") as err:
-        store.revoke("nobody")
-    assert "alice" in err.value.remedy
+    (tmp_path / "mallory.pub").write_text(line + "\n")
+    assert store.active_keys() == []
 
 
-def test_generated_keypair_is_private_0600_in_0700_and_never_overwritten(tmp_path):
-    path = tmp_path / "newdir" / "id_ed25519"
+def test_keystore_re_add_after_revoke_works(tmp_path):
+    store = KeyStore(tmp_path)
+    line = ed25519_line()
+    store.add("alice", line)
+    store.revoke("alice")
+    [again] = store.add("alice", line)
+    assert store.revoked_fingerprints() == set()
+    assert store.active_keys() == [again]
+
+
+def test_keystore_revoke_unknown_name_lists_known_names(tmp_path):
+    store = KeyStore(tmp_path)
+    store.add("alice", ed25519_line())
+    with pytest.raises(KeyRejected) as info:
+        store.revoke("bob")
+    assert "alice" in info.value.remedy
+
+
+def test_keystore_list_names_the_bad_file(tmp_path):
+    store = KeyStore(tmp_path)
+    store.add("alice", ed25519_line())
+    (tmp_path / "broken.pub").write_text("ssh-ed25519 !!!\n")
+    with pytest.raises(KeyRejected, match="broken.pub"):
+        store.list()
+
+
+def test_keystore_add_with_allow_many_stores_every_key(tmp_path):
+    store = KeyStore(tmp_path)
+    keys = store.add("ops", f"{ed25519_line()}\n{sk_ed25519_line()}\n", allow_many=True)
+    assert [n for n, _ in store.list()] == ["ops", "ops"] and len(keys) == 2
+    store.revoke("ops")
+    assert store.revoked_fingerprints() == {k.fingerprint for k in keys}
+
+
+# ---------------------------------------------------------------- generate_keypair
+
+
+def test_generate_keypair_writes_0600_key_in_0700_dir_and_parsable_pub(tmp_path):
+    path = tmp_path / "new" / "id_ed25519"
     key = generate_keypair(path)
-    assert oct(path.stat().st_mode & 0o777) == "0o600" and oct(path.parent.stat().st_mode & 0o777) == "0o700"
-    assert parse_public_key((tmp_path / "newdir" / "id_ed25519.pub").read_text()).fingerprint == key.fingerprint
-    with pytest.raises(KeyRejected, match="already exists"):
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    pub = parse_public_key((tmp_path / "new" / "id_ed25519.pub").read_text())
+    assert pub.fingerprint == key.fingerprint and key.type == "ssh-ed25519"
+    private = ser.load_ssh_private_key(path.read_bytes(), password=None)
+    derived = private.public_key().public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH).decode()
+    assert parse_public_key(derived).fingerprint == key.fingerprint
+
+
+def test_generate_keypair_refuses_to_overwrite(tmp_path):
+    path = tmp_path / "id_ed25519"
+    generate_keypair(path)
+    before = path.read_bytes()
+    with pytest.raises(KeyRejected, match="already exists") as info:
         generate_keypair(path)
+    assert info.value.remedy
+    assert path.read_bytes() == before
+
+
+def test_generate_keypair_refuses_when_only_pub_exists(tmp_path):
+    (tmp_path / "id_ed25519.pub").write_text("x\n")
+    with pytest.raises(KeyRejected):
+        generate_keypair(tmp_path / "id_ed25519")
+    assert not (tmp_path / "id_ed25519").exists()
