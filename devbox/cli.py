@@ -50,13 +50,10 @@ def _specs(hosts: List[str], config: Optional[Path], playbook: Optional[str]):
 def _known_hosts(config: Optional[Path]) -> List[str]:
     """--all: every host with a devbox ssh entry or a [hosts.NAME] table."""
     from devbox import sshconfig
-    from devbox.config import _read_toml, find_config
+    from devbox.config import configured_hosts
 
     names = {alias[len(sshconfig.BOX_PREFIX):] for alias in sshconfig.read_entries()}
-    path = find_config(config)
-    if path:
-        names |= set(_read_toml(path).get("hosts", {}))
-    return sorted(names)
+    return sorted(names | set(configured_hosts(config)))
 
 
 # ---------------------------------------------------------------- image

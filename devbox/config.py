@@ -144,6 +144,12 @@ def playbook_path(name: str) -> Path:
     return path
 
 
+def configured_hosts(config_file: Path | None = None) -> list[str]:
+    """Host names that have a [hosts.NAME] table in the config (for --all)."""
+    path = find_config(config_file)
+    return sorted(_read_toml(path).get("hosts", {})) if path else []
+
+
 def load_spec(host: str, config_file: Path | None = None, playbook: str | None = None) -> BoxSpec:
     """The BoxSpec for `host` from the config file (found as find_config does) and playbooks."""
     if not NAME_RE.match(host):

@@ -164,3 +164,40 @@ def test_hosts_defined_in_an_included_file_are_found(laptop):
     laptop.ssh_config.write_text("Include config.d/*.conf\n")
     reports, _ = laptop.devbox.json("up", laptop.host1, "--no-verify")
     assert reports[0]["error"] == ""
+
+
+def test_missing_image_is_built_on_the_host_from_a_few_kilobytes_of_context(laptop):
+    set_config(laptop, "uid = 4321\ngid = 4321\n")
+    from devbox.config import load_spec
+    from devbox.image import content_tag
+    tag = content_tag(load_spec(laptop.host1, laptop.work / "devbox.toml").image)
+    subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+    try:
+        reports, _ = laptop.devbox.json("up", laptop.host1)
+        report = reports[0]
+        assert report["delivery"] == "build-on-host" and 0 < report["bytes_sent"] < 20_000
+        assert any("build image" in s for s in report["steps"])
+        assert box_ssh(laptop, laptop.host1, "id -u").stdout.strip() == "4321"
+    finally:
+        laptop.devbox("down", laptop.host1)
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+
+
+def test_an_unknown_host_key_on_the_host_itself_is_refused_not_trusted(laptop):
+    known = laptop.home / ".ssh" / "known_hosts"
+    known.write_text("")
+    done = laptop.devbox("up", laptop.host1)
+    assert done.returncode == 3 and "not in your known_hosts" in done.stdout
+    assert known.read_text() == "" and container_id(f"devbox-{laptop.host1}") is None
+
+
+def test_the_private_key_never_leaves_the_laptop(laptop):
+    laptop.devbox.json("up", laptop.host1)
+    secret = [l for l in laptop.identity.read_text().splitlines() if "PRIVATE" not in l][1]
+    box = f"devbox-{laptop.host1}"
+    inside = subprocess.run(["docker", "exec", box, "grep", "-rlF", secret, "/home", "/workspace", "/tmp"], capture_output=True, text=True)
+    assert inside.returncode == 1 and inside.stdout == ""
+    logs = subprocess.run(["docker", "logs", box], capture_output=True, text=True)
+    assert secret not in logs.stdout + logs.stderr
+    output = laptop.devbox("up", laptop.host1, "--json")
+    assert secret not in output.stdout + output.stderr
