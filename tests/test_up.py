@@ -1,7 +1,9 @@
 """`devbox up / verify / status / down` end to end on the real test bed (gpus = "none")."""
 from __future__ import annotations
 
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -201,3 +203,20 @@ def test_the_private_key_never_leaves_the_laptop(laptop):
     assert secret not in logs.stdout + logs.stderr
     output = laptop.devbox("up", laptop.host1, "--json")
     assert secret not in output.stdout + output.stderr
+
+
+def test_read_only_data_mount_is_verified_read_only_and_workspace_writable(laptop, tmp_path):
+    data = Path(tempfile.mkdtemp(prefix="devbox-data-", dir="/var/lib"))
+    (data / "train.csv").write_text("x,y\n")
+    data.chmod(0o755)
+    (data / "train.csv").chmod(0o644)
+    try:
+        set_config(laptop, f'volumes = ["workspace:/workspace", "{data}:/data:ro"]\n')
+        reports, _ = laptop.devbox.json("up", laptop.host1)
+        checks = {c["name"]: c for c in reports[0]["checks"]}
+        assert checks["mount /data read-only"]["status"] == "ok"
+        assert checks["mount /workspace writable"]["status"] == "ok"
+        assert box_ssh(laptop, laptop.host1, "cat /data/train.csv").stdout == "x,y\n"
+    finally:
+        laptop.devbox("down", laptop.host1)
+        shutil.rmtree(data)
