@@ -34,6 +34,7 @@ ALLOWED_KEYS = {
     "expose": '"loopback" (default) or "all" (publish the box port on every interface)',
     "port": "the host port for the box's sshd, 1024..65535 (default: chosen per host)",
     "playbook": "a playbook name in playbooks/ or a path to a .toml file",
+    "delivery": '"auto" (default), "build" (on the host from the context) or "stream" (send the missing layers over SSH)',
 }
 
 
@@ -68,6 +69,7 @@ class BoxSpec:
     gid: int = 1000
     expose: str = "loopback"
     port: int | None = None
+    delivery: str = "auto"
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -102,7 +104,7 @@ class BoxSpec:
 
     def spec_hash(self, port: int, image_tag: str) -> str:
         """What, if changed, needs a new container (keys do not: they sync live)."""
-        data = {k: v for k, v in asdict(self).items() if k not in ("sources", "port", "host")}
+        data = {k: v for k, v in asdict(self).items() if k not in ("sources", "port", "host", "delivery")}
         data.update(port=port, image=image_tag)
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -281,4 +283,5 @@ _PARSERS = {
     "expose": _parse_choice("loopback", "all"),
     "port": _parse_port,
     "playbook": _parse_str(re.compile(r"^[A-Za-z0-9._/-]+$")),
+    "delivery": _parse_choice("auto", "build", "stream"),
 }

@@ -140,7 +140,7 @@ def run_args(spec: BoxSpec, facts: Facts, port: int, image_tag: str, labels: dic
     address = "127.0.0.1" if spec.expose == "loopback" else "0.0.0.0"
     args = [
         "run", "--detach", "--name", spec.box_name, "--hostname", spec.box_name,
-        "--restart", "unless-stopped", "--init",
+        "--restart", "unless-stopped", "--init", "--pull", "never",
         "--user", f"{spec.uid}:{spec.gid}",
         "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
         "--read-only", "--tmpfs", "/tmp:rw,nosuid,nodev,mode=1777",
@@ -161,6 +161,25 @@ def run_args(spec: BoxSpec, facts: Facts, port: int, image_tag: str, labels: dic
     return args + [image_tag]
 
 
+def delivery_step(spec: BoxSpec, facts: Facts, image_tag: str, local_image: bool) -> Step | None:
+    """The cheapest way to get the image there; never sends a layer the host has.
+
+    auto: a host with the base builds from the few-KB context; a host without it gets
+    the layers it lacks streamed from this machine when this machine has the image
+    (no registry or network needed on the host), else builds and pulls the base itself.
+    """
+    if facts.image_present:
+        return None
+    stream = spec.delivery == "stream" or (spec.delivery == "auto" and not facts.base_present and local_image)
+    if stream:
+        if not local_image:
+            raise DevboxError(f"delivery = stream but {image_tag} is not on this machine",
+                              f"build it first: devbox build --base {spec.base_image} --uid {spec.uid} --gid {spec.gid}", exit_code=2)
+        return Step("stream_image", f"send image {image_tag}: only the layers the host lacks, over SSH", {"tag": image_tag})
+    how = "on the host from the build context" + ("" if facts.base_present else f" (the host pulls {spec.base_image})")
+    return Step("build_image", f"build image {image_tag} {how}", {"tag": image_tag})
+
+
 def plan_up(
     spec: BoxSpec,
     facts: Facts,
@@ -168,6 +187,7 @@ def plan_up(
     authorized_keys: str,
     keyset: str,
     force: bool = False,
+    local_image: bool = False,
 ) -> Plan:
     """Every step needed to bring the host to `spec`; none when it already matches."""
     preflight(spec, facts)
@@ -175,9 +195,9 @@ def plan_up(
     spec_hash = spec.spec_hash(port, image_tag)
     steps: list[Step] = []
     notes: list[str] = []
-    if not facts.image_present:
-        how = "on the host from the build context" + ("" if facts.base_present else f" (the host pulls {spec.base_image})")
-        steps.append(Step("build_image", f"build image {image_tag} {how}", {"tag": image_tag}))
+    deliver = delivery_step(spec, facts, image_tag, local_image)
+    if deliver:
+        steps.append(deliver)
     box = facts.box
     recreate = box is not None and facts.box_labels.get("devbox.spec-hash") != spec_hash
     if recreate:

@@ -7,13 +7,14 @@ Commands run over the one transport, so a whole `up` costs one TCP handshake.
 """
 from __future__ import annotations
 
+import io
 import shlex
 import socket
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import BinaryIO, Callable, Sequence
 
 from devbox.errors import DevboxError, HostKeyMismatch, HostUnreachable, RemoteCommandFailed
 
@@ -141,10 +142,11 @@ class Host:
         self,
         argv: Sequence[str] | str,
         *,
-        stdin: bytes | None = None,
+        stdin: bytes | BinaryIO | None = None,
         check: bool = True,
         timeout: float | None = 600,
         on_stdout: Callable[[bytes], None] | None = None,
+        on_stdin: Callable[[int], None] | None = None,
     ) -> Result:
         """Run a command (argv is quoted with shlex.join) and collect its output."""
         command = argv if isinstance(argv, str) else shlex.join(argv)
@@ -153,11 +155,10 @@ class Host:
             channel = transport.open_session(timeout=self.connect_timeout)
         except Exception as exc:
             raise HostUnreachable(f"{self.alias}: SSH session failed ({exc})", f"check `ssh {self.alias}`") from exc
-        result = _exchange(channel, command, stdin, timeout, on_stdout)
+        result = _exchange(channel, command, stdin, timeout, on_stdout, on_stdin)
         if check and not result.ok:
-            detail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or [""]
             raise RemoteCommandFailed(
-                f"{self.alias}: `{_short(command)}` exited {result.exit_code}: {detail[0]}",
+                f"{self.alias}: `{_short(command)}` exited {result.exit_code}: {_reason(result)}",
                 "see the message above; re-run with the same command after fixing it",
             )
         return result
@@ -177,16 +178,23 @@ class Host:
             ) from exc
 
 
+def _reason(result: Result) -> str:
+    """The line that explains a failure: an error line if there is one, else the last."""
+    lines = [l.strip() for l in (result.stderr or result.stdout).splitlines() if l.strip()]
+    errors = [l for l in lines if "error" in l.lower()]
+    return (errors or lines or [""])[0][:300]
+
+
 def _short(command: str, limit: int = 80) -> str:
     return command if len(command) <= limit else command[: limit - 1] + "…"
 
 
-def _exchange(channel, command: str, stdin: bytes | None, timeout, on_stdout) -> Result:
+def _exchange(channel, command: str, stdin, timeout, on_stdout, on_stdin=None) -> Result:
     """Send stdin, read stdout/stderr until exit; bounded by `timeout` seconds."""
     deadline = None if timeout is None else time.monotonic() + timeout
     channel.exec_command(command)
     if stdin is not None:
-        _send_all(channel, stdin)
+        _send_all(channel, stdin, on_stdin)
     channel.shutdown_write()
     out, err = bytearray(), bytearray()
     channel.settimeout(0.2)
@@ -213,7 +221,12 @@ def _exchange(channel, command: str, stdin: bytes | None, timeout, on_stdout) ->
     return Result(command, code, out.decode(errors="replace"), err.decode(errors="replace"))
 
 
-def _send_all(channel, data: bytes, chunk: int = 1 << 16) -> None:
-    view = memoryview(data)
-    for start in range(0, len(view), chunk):
-        channel.sendall(view[start : start + chunk])
+def _send_all(channel, data, on_sent=None, chunk: int = 1 << 16) -> None:
+    """Send bytes or a binary file in chunks, reporting the running total."""
+    source = data if hasattr(data, "read") else io.BytesIO(data)
+    sent = 0
+    while block := source.read(chunk):
+        channel.sendall(block)
+        sent += len(block)
+        if on_sent:
+            on_sent(sent)

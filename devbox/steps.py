@@ -5,6 +5,7 @@ and `--dry-run` never reaches here.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 from devbox.box import write_authorized_keys
@@ -29,6 +30,39 @@ def build_image(host: Host, plan: Plan, step: Step, progress: Progress) -> dict:
 
     host.docker(*args, "-", stdin=context, on_stdout=relay, timeout=3600)
     return {"delivery": "build-on-host", "bytes_sent": len(context)}
+
+
+HOST_LAYERS = "docker image ls -q | sort -u | xargs -r docker image inspect --format '{{json .RootFS.Layers}}'"
+
+
+def stream_image(host: Host, plan: Plan, step: Step, progress: Progress) -> dict:
+    """Send only the layers the host lacks (docker save minus its layers | docker load)."""
+    import json
+    import tempfile
+
+    from devbox.image import save_missing_layers
+
+    have: set[str] = set()
+    for line in host.run(HOST_LAYERS, check=False).stdout.splitlines():
+        have.update(json.loads(line) or [])
+    with tempfile.TemporaryDirectory(prefix="devbox-stream-") as tmp:
+        tar, size, skipped = save_missing_layers(plan.image_tag, have, Path(tmp))
+        progress(f"{plan.spec.host}: sending {size / 1e6:.1f} MB ({skipped} layer(s) already on the host)")
+        with tar.open("rb") as handle:
+            host.docker("load", "--quiet", stdin=handle, timeout=3600,
+                        on_stdin=_meter(progress, plan.spec.host, size))
+    return {"delivery": "stream-missing-layers", "bytes_sent": size}
+
+
+def _meter(progress: Progress, host: str, total: int):
+    """A callback printing progress at each 10% of a transfer."""
+    marks = {"next": 0.1}
+
+    def sent(count: int) -> None:
+        if total and count / total >= marks["next"]:
+            progress(f"{host}: sent {count / 1e6:.0f}/{total / 1e6:.0f} MB")
+            marks["next"] += 0.1
+    return sent
 
 
 def create_volume(host: Host, plan: Plan, step: Step, progress: Progress) -> dict:
@@ -58,6 +92,7 @@ def sync_keys(host: Host, plan: Plan, step: Step, progress: Progress) -> dict:
 
 APPLIERS: dict[str, Callable[[Host, Plan, Step, Progress], dict]] = {
     "build_image": build_image,
+    "stream_image": stream_image,
     "create_volume": create_volume,
     "remove_box": remove_box,
     "create_box": create_box,

@@ -108,13 +108,14 @@ def fake_driver(hostdir: Path) -> str:
     return f"SetEnv PATH={bindir}:/usr/local/bin:/usr/bin:/bin\n"
 
 
-def start_fake_host(name: str, index: int, workdir: Path, authorized: Path, user: str = OPS_USER, detach: bool = False) -> FakeHost:
+def start_fake_host(name: str, index: int, workdir: Path, authorized: Path, user: str = OPS_USER, detach: bool = False,
+                    extra: str = "") -> FakeHost:
     """Start sshd for one host on 127.0.0.(10+index), key-only, like a hardened real host."""
     address = f"127.0.0.{10 + index}"
     port = free_port(address)
     hostdir = workdir / name
     hostdir.mkdir(mode=0o755, parents=True)
-    extra = fake_driver(hostdir) if name.startswith("gpu-noruntime") else ""
+    extra += fake_driver(hostdir) if name.startswith("gpu-noruntime") else ""
     host_key = keygen(hostdir / "ssh_host_ed25519_key", f"{name}-host-key")
     config = hostdir / "sshd_config"
     config.write_text(
@@ -206,3 +207,67 @@ def make_laptop(home: Path, bed: TestBed, extra_hosts: dict[str, FakeHost] | Non
     blocks = [h.config_block(ssh / "id_ed25519", known) for h in [*hosts.values(), ghost]]
     (ssh / "config").write_text("".join(blocks))
     return Laptop(home)
+
+
+# ---------------------------------------------------------------- a host with its own engine
+
+
+@dataclass
+class SecondEngine:
+    """A second dockerd (own data root, socket and bridge): a host that shares no image
+    with this machine, so delivery has to cross SSH for real."""
+
+    root: Path
+    socket: Path
+    bridge: str
+    process: subprocess.Popen | None = None
+
+    @property
+    def docker_host(self) -> str:
+        return f"unix://{self.socket}"
+
+    def docker(self, *args: str, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(["docker", "-H", self.docker_host, *args], capture_output=True, text=True, **kw)
+
+    def stop(self) -> None:
+        ids = self.docker("ps", "-aq").stdout.split()
+        if ids:
+            self.docker("rm", "-f", *ids)
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_second_engine(root: Path, seed_images: list[str]) -> SecondEngine:
+    """Start it, then copy `seed_images` (e.g. the base) into it, as a host that has them."""
+    root.chmod(0o755)  # the host user reaches the socket through it
+    tag = f"{os.getpid() % 100000}"
+    engine = SecondEngine(root, root / "docker.sock", f"dbx{tag}")
+    subnet = 16 + os.getpid() % 200
+    subprocess.run(["ip", "link", "add", engine.bridge, "type", "bridge"], check=True)
+    subprocess.run(["ip", "addr", "add", f"172.29.{subnet}.1/24", "dev", engine.bridge], check=True)
+    subprocess.run(["ip", "link", "set", engine.bridge, "up"], check=True)
+    log = open(root / "dockerd.log", "w")
+    engine.process = subprocess.Popen(
+        ["dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"), "--pidfile", str(root / "docker.pid"),
+         "-H", engine.docker_host, "--bridge", engine.bridge, "--iptables=false", "--ip6tables=false", "--group", "docker"],
+        stdout=log, stderr=subprocess.STDOUT)
+    for _ in range(120):
+        if engine.docker("info").returncode == 0:
+            break
+        time.sleep(0.25)
+    else:
+        engine.stop()
+        raise RuntimeError(f"second dockerd did not start: {(root / 'dockerd.log').read_text()[-500:]}")
+    for image in seed_images:
+        save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
+        subprocess.run(["docker", "-H", engine.docker_host, "load", "-q"], stdin=save.stdout, check=True, capture_output=True)
+        save.wait()
+    return engine
+
+
+def start_engine_host(name: str, workdir: Path, authorized: Path, engine: SecondEngine) -> FakeHost:
+    """A fake host whose user's `docker` talks to the second engine (sshd SetEnv)."""
+    return start_fake_host(name, 40, workdir, authorized, extra=f"SetEnv DOCKER_HOST={engine.docker_host}\n")

@@ -18,7 +18,7 @@ from devbox.box import read_host_key
 from devbox.config import BoxSpec
 from devbox.errors import DevboxError
 from devbox.facts import Facts, gather_script, parse_facts
-from devbox.image import content_tag
+from devbox.image import content_tag, local_has_image
 from devbox.keyset import KeySet, default_identity
 from devbox.plan import Plan, plan_up
 from devbox.remote import Host
@@ -72,7 +72,8 @@ def up_host(spec: BoxSpec, keys: KeySet, *, dry_run: bool = False, force: bool =
     try:
         image_tag = content_tag(spec.image)
         facts = gather(host, spec, image_tag)
-        plan = plan_up(spec, facts, image_tag, keys.authorized_keys, keys.fingerprint, force=force)
+        local_image = not facts.image_present and spec.delivery != "build" and local_has_image(image_tag)
+        plan = plan_up(spec, facts, image_tag, keys.authorized_keys, keys.fingerprint, force=force, local_image=local_image)
         report.port = plan.port
         report.steps = [s.description for s in plan.steps]
         if dry_run:

@@ -228,8 +228,10 @@ def gpu_checks(session: BoxSession, wanted: int | None) -> list[Check]:
     gpus, smi_error = parse_gpu_csv(out)
     checks = [Check("nvidia-smi", OK if code == 0 and gpus else FAIL,
                     "; ".join(f"{g.index}: {g.name} (driver {g.driver}, {g.memory_mib} MiB)" for g in gpus) or (smi_error or err.strip())[:200])]
-    code, out, err = session.run("cat > /tmp/devbox-gpu-probe.py && { command -v python3 >/dev/null && exec python3 /tmp/devbox-gpu-probe.py || exec python /tmp/devbox-gpu-probe.py; }",
-                                 stdin=GPU_PROBE().encode(), timeout=300)
+    # A private temp file: concurrent verifies never share it, nobody else owns it.
+    script = ('f=$(mktemp /tmp/devbox-gpu-probe.XXXXXX) && cat > "$f" && '
+              '{ if command -v python3 >/dev/null; then python3 "$f"; else python "$f"; fi; }; rc=$?; rm -f "$f"; exit $rc')
+    code, out, err = session.run(script, stdin=GPU_PROBE().encode(), timeout=300)
     report = _last_json(out) or {"error": (err.strip() or out.strip())[-300:] or f"probe exited {code}"}
     return checks + torch_checks(report, wanted, len(gpus))
 

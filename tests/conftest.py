@@ -48,6 +48,27 @@ def testbed():
 
 
 @pytest.fixture(scope="session")
+def engine_host(testbed):
+    """A fake host backed by its own Docker engine that has only the base image."""
+    engine = tb.start_second_engine(Path(tempfile.mkdtemp(prefix="devbox-engine-", dir="/var/lib")), [tb.BASE_IMAGE])
+    host = tb.start_engine_host(f"gpu-engine{SUFFIX}", testbed.workdir, testbed.workdir / "authorized_keys", engine)
+    yield host, engine
+    host.stop()
+    engine.stop()
+
+
+@pytest.fixture
+def engine_laptop(laptop, testbed, engine_host):
+    """The laptop, with the own-engine host added to its ssh config and known_hosts."""
+    host, engine = engine_host
+    known = laptop.home / ".ssh" / "known_hosts"
+    known.write_text(known.read_text() + host.host_key_line() + "\n")
+    laptop.ssh_config.write_text(laptop.ssh_config.read_text() + host.config_block(laptop.identity, known))
+    laptop.engine_host, laptop.engine = host.name, engine
+    yield laptop
+
+
+@pytest.fixture(scope="session")
 def box_image(testbed):
     """The devbox image built on the local base (what `devbox build --base` makes)."""
     from devbox.image import ImageSpec, build_locally

@@ -157,3 +157,23 @@ def test_no_gpu_host_nvidia_smi_errors_are_reported():
 def test_image_cuda_from_tag():
     assert image_cuda("pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime") == "12.4"
     assert image_cuda("local/debian:bookworm") is None
+
+
+@pytest.mark.parametrize("delivery, base_present, local_image, expected", [
+    ("auto", True, True, "build_image"),      # a few KB of context beats any layer
+    ("auto", False, True, "stream_image"),    # host can't build without the base: send what it lacks
+    ("auto", False, False, "build_image"),    # nothing to stream: the host pulls the base itself
+    ("stream", True, True, "stream_image"),
+    ("build", False, True, "build_image"),
+])
+def test_delivery_picks_the_cheapest_path(delivery, base_present, local_image, expected):
+    spec = BoxSpec("h", gpus="none", delivery=delivery)
+    plan = plan_up(spec, facts(image_present=False, base_present=base_present), TAG, KEYS, "k", local_image=local_image)
+    assert plan.steps[0].action == expected
+
+
+def test_stream_without_a_local_image_says_how_to_build_it():
+    from devbox.errors import DevboxError
+    with pytest.raises(DevboxError, match="not on this machine") as err:
+        plan_up(BoxSpec("h", gpus="none", delivery="stream"), facts(image_present=False), TAG, KEYS, "k")
+    assert "devbox build" in err.value.remedy and err.value.exit_code == 2

@@ -220,3 +220,18 @@ def test_read_only_data_mount_is_verified_read_only_and_workspace_writable(lapto
     finally:
         laptop.devbox("down", laptop.host1)
         shutil.rmtree(data)
+
+
+def test_host_with_its_own_engine_gets_only_the_layers_it_lacks_streamed(engine_laptop, box_image):
+    """The engine has the base but no network for apt (no NAT): an air-gapped GPU host."""
+    laptop, engine = engine_laptop, engine_laptop.engine
+    set_config(laptop, 'delivery = "stream"\n')
+    reports, _ = laptop.devbox.json("up", laptop.engine_host)
+    report = reports[0]
+    assert report["error"] == "" and report["delivery"] == "stream-missing-layers"
+    own_layers = box_image.size_added
+    assert report["bytes_sent"] <= 1.2 * own_layers + 64 * 1024, (report["bytes_sent"], own_layers)
+    assert engine.docker("image", "inspect", box_image.tag).returncode == 0
+    assert box_ssh(laptop, laptop.engine_host, "whoami").stdout.strip() == "dev"
+    again, _ = laptop.devbox.json("up", laptop.engine_host)
+    assert again[0]["changed"] is False and again[0]["delivery"] == "none"
