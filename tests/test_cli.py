@@ -43,3 +43,10 @@ def test_code_prints_the_exact_command_when_vscode_is_absent(tmp_path):
                           env={"HOME": str(tmp_path), "PATH": env_path})
     assert done.returncode == 0
     assert "code --remote ssh-remote+devbox-gpu-host-3 /workspace" in done.stdout
+
+
+def test_build_without_a_docker_engine_is_one_line_with_the_remedy(tmp_path):
+    env = {**os.environ, "HOME": str(tmp_path), "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    done = subprocess.run([sys.executable, "-m", "devbox.cli", "build"], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 3
+    assert done.stderr.count("\n") == 1 and "start dockerd" in done.stderr
