@@ -88,7 +88,8 @@ def up(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the steps that would run; change nothing."),
     force: bool = typer.Option(False, "--force", help="Re-create the box even if jobs are running (their logs are kept)."),
     repin: bool = typer.Option(False, "--repin", help="Accept a new box host key (only after re-making the box on purpose)."),
-    no_verify: bool = typer.Option(False, "--no-verify", help="Skip the verification over SSH."),
+    verify: Optional[bool] = typer.Option(None, "--verify/--no-verify",
+                                          help="Verify over SSH (default: only when up changed something; `devbox verify` re-checks any time)."),
     as_json: bool = JSON,
 ):
     """Check each host, deliver the image, start the box, pin its key, write `ssh devbox-HOST`, verify."""
@@ -100,7 +101,7 @@ def up(
     if keys.notice and not as_json:
         typer.echo(f"note: {keys.notice}", err=True)
     progress = _progress(as_json)
-    reports = for_each_host(specs, lambda s: up_host(s, keys, dry_run=dry_run, force=force, repin=repin, verify=not no_verify, progress=progress))
+    reports = for_each_host(specs, lambda s: up_host(s, keys, dry_run=dry_run, force=force, repin=repin, verify=verify, progress=progress))
     _emit([r.as_dict() for r in reports], as_json, "\n".join(_render_up(r, dry_run) for r in reports))
     raise typer.Exit(max(r.exit_code for r in reports))
 
@@ -109,7 +110,8 @@ def _render_up(report, dry_run: bool) -> str:
     head = f"{report.host}: "
     if report.error:
         return head + "FAILED: " + report.error.removeprefix(head)
-    lines = [head + ("would run:" if dry_run else ("changed" if report.changed else "already up to date, nothing changed"))
+    lines = [head + ("would run:" if dry_run else ("changed" if report.changed else "already up to date, nothing changed"
+                                                  + ("" if report.checks else "; `devbox verify` re-checks it")))
              + ("" if dry_run else f" ({report.seconds:.1f} s)")]
     lines += [f"  - {s}" for s in report.steps] or (["  (nothing to do)"] if dry_run else [])
     lines += _render_checks(report.checks)
@@ -324,7 +326,7 @@ def _job_host(host: str, config, playbook):
 def run(
     host: str = typer.Argument(..., help="Host whose box runs the job."),
     command: List[str] = typer.Argument(..., help="The command and its arguments, after --."),
-    name: str = typer.Option(..., "--name", "-n", help="Job name (tmux session): letters, digits, _ . -"),
+    name: str = typer.Option(..., "--name", "-n", help="Job name (tmux session): letters, digits, _ -"),
     cwd: Optional[str] = typer.Option(None, "--cwd", help="Working directory in the box (default: home)."),
     env: List[str] = typer.Option([], "--env", "-e", help="NAME=VALUE for the job; repeatable."),
     replace: bool = typer.Option(False, "--replace", help="Stop a running job of the same name first."),

@@ -56,20 +56,25 @@ class Facts:
 
 
 def gather_script(spec: BoxSpec, image_tag: str) -> str:
-    """The shell script whose sections `parse_facts` reads; every value is quoted."""
+    """The shell script whose sections `parse_facts` reads; every value is quoted.
+
+    Few docker calls on purpose (each costs 50-150 ms on a host): one `docker info`,
+    one image inspect for tag and base, one container inspect, one exec into the box.
+    """
     box = shlex.quote(spec.box_name)
     q = shlex.quote
-    exec_user = f"docker exec -u {spec.uid}:{spec.gid} {box}"
     lines = [
         f"sec() {{ echo; echo '{MARK}' \"$1\"; }}",
-        "sec docker; docker version --format '{{.Server.Version}}' 2>&1",
-        "sec runtimes; docker info --format '{{json .Runtimes}}' 2>/dev/null",
+        "info=$(docker info --format '{{.ServerVersion}}|{{.DockerRootDir}}|{{json .Runtimes}}' 2>&1)",
+        'sec docker; echo "${info%%|*}"',
+        'rest="${info#*|}"; sec runtimes; echo "${rest#*|}"',
         "sec cdi; ls /etc/cdi/nvidia.yaml /var/run/cdi/nvidia.yaml 2>/dev/null",
-        "sec disk; df -Pk \"$(docker info --format '{{.DockerRootDir}}' 2>/dev/null || echo /)\" 2>/dev/null | tail -1",
-        f"sec image; docker image inspect --format '{{{{.Id}}}}' {q(image_tag)} 2>/dev/null",
-        f"sec base; docker image inspect --format '{{{{.Id}}}}' {q(spec.base_image)} 2>/dev/null",
-        f"sec box; docker container inspect {box} 2>/dev/null",
-        "sec ports; docker ps -a --format '{{.Ports}}' 2>/dev/null; (ss -ltnH 2>/dev/null || true) | awk '{print $4}'",
+        'sec disk; df -Pk "${rest%%|*}" 2>/dev/null | tail -1',
+        f"sec images; docker image inspect --format '{{{{json .RepoTags}}}}' {q(image_tag)} {q(spec.base_image)} 2>/dev/null",
+        f"box=$(docker container inspect {box} 2>/dev/null)",
+        'sec box; echo "$box"',
+        # Ports are only needed to choose one: not for a box that already has its own.
+        '[ -n "$box" ] || { sec ports; docker ps -a --format \'{{.Ports}}\' 2>/dev/null; (ss -ltnH 2>/dev/null || true) | awk \'{print $4}\'; }',
     ]
     for volume in spec.volumes:
         if not volume.is_named:
@@ -79,14 +84,13 @@ def gather_script(spec: BoxSpec, image_tag: str) -> str:
             "sec gpus; nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader,nounits 2>&1",
             "sec smi; nvidia-smi 2>/dev/null | head -5",
         ]
-    # Inside the box (only when it runs): keys file, host key, jobs.
-    home = f"{spec.home}/{BOX_STATE_DIR}"
+    # Inside the box (only when it runs), in one exec: keys file, host key, jobs.
+    inside = (f"sec() {{ echo; echo '{MARK}' \"$1\"; }}; sec keys; cat \"$HOME/{BOX_STATE_DIR}/authorized_keys\" 2>/dev/null; "
+              f"sec hostkey; cat \"$HOME/{BOX_STATE_DIR}/hostkeys/ssh_host_ed25519_key.pub\" 2>/dev/null; sec jobs; {JOBS_SCAN}")
     lines += [
-        f"if [ \"$(docker container inspect -f '{{{{.State.Running}}}}' {box} 2>/dev/null)\" = true ]; then",
-        f"sec keys; {exec_user} cat {q(home + '/authorized_keys')} 2>/dev/null",
-        f"sec hostkey; {exec_user} cat {q(home + '/hostkeys/ssh_host_ed25519_key.pub')} 2>/dev/null",
-        f"sec jobs; {exec_user} sh -c {q(JOBS_SCAN)} 2>/dev/null",
-        "fi",
+        'case "$box" in *\'"Running": true\'*)',
+        f"docker exec -u {spec.uid}:{spec.gid} -e HOME={q(spec.home)} {box} sh -c {q(inside)} 2>/dev/null;;",
+        "esac",
         "true",
     ]
     return "\n".join(lines) + "\n"
@@ -116,7 +120,7 @@ def parse_sections(text: str) -> dict[str, list[str]]:
     return sections
 
 
-def parse_facts(text: str) -> Facts:
+def parse_facts(text: str, image_tag: str = "") -> Facts:
     s = {k: v[-1] for k, v in parse_sections(text).items()}
     paths = parse_sections(text).get("path", [])
     facts = Facts()
@@ -128,8 +132,9 @@ def parse_facts(text: str) -> Facts:
     facts.runtimes = parse_runtimes(s.get("runtimes", ""))
     facts.cdi_nvidia = bool(s.get("cdi"))
     facts.docker_root_free_kib = parse_df(s.get("disk", ""))
-    facts.image_present = bool(s.get("image"))
-    facts.base_present = bool(s.get("base"))
+    found = parse_found_images(s.get("images", ""))
+    facts.image_present = any(image_tag in tags for tags in found)
+    facts.base_present = any(image_tag not in tags for tags in found)
     facts.box = parse_inspect(s.get("box", ""))
     facts.used_ports = parse_ports(s.get("ports", ""))
     facts.missing_paths = tuple(p for p in paths if p)
@@ -142,6 +147,17 @@ def parse_facts(text: str) -> Facts:
     facts.running_jobs = tuple(name for name, state in jobs if state == "running")
     facts.job_count = len(jobs)
     return facts
+
+
+def parse_found_images(text: str) -> list[list[str]]:
+    """One RepoTags list per image that `docker image inspect TAG BASE` found."""
+    found = []
+    for line in text.splitlines():
+        try:
+            found.append(json.loads(line) or [])
+        except json.JSONDecodeError:
+            continue
+    return found
 
 
 def parse_runtimes(text: str) -> tuple[str, ...]:

@@ -50,7 +50,7 @@ class HostReport:
 
 
 def gather(host: Host, spec: BoxSpec, image_tag: str) -> Facts:
-    return parse_facts(host.run(gather_script(spec, image_tag), check=False).stdout)
+    return parse_facts(host.run(gather_script(spec, image_tag), check=False).stdout, image_tag)
 
 
 def identity_for(host: Host) -> Path:
@@ -65,7 +65,7 @@ def expectations(spec: BoxSpec) -> Expectations:
 
 
 def up_host(spec: BoxSpec, keys: KeySet, *, dry_run: bool = False, force: bool = False, repin: bool = False,
-            verify: bool = True, progress: Progress = lambda m: None, host: Host | None = None) -> HostReport:
+            verify: bool | None = None, progress: Progress = lambda m: None, host: Host | None = None) -> HostReport:
     report = HostReport(spec.host, ssh_alias=sshconfig.BOX_PREFIX + spec.host)
     start = time.monotonic()
     host = host or Host(spec.host)
@@ -82,8 +82,9 @@ def up_host(spec: BoxSpec, keys: KeySet, *, dry_run: bool = False, force: bool =
         report.delivery = applied.get("delivery", "none")
         report.bytes_sent = applied.get("bytes_sent", 0)
         report.changed = plan.changes
-        report.changed |= connect(host, plan, identity_for(host), repin, report)
-        if verify:
+        known_key = facts.box_host_key if facts.box_running and not plan.steps else None
+        report.changed |= connect(host, plan, identity_for(host), repin, report, known_key)
+        if verify or (verify is None and report.changed):
             report.checks = verify_box(host, plan.spec, plan.port)
             report.exit_code = 1 if any(c.status == FAIL for c in report.checks) else 0
     except DevboxError as exc:
@@ -94,9 +95,9 @@ def up_host(spec: BoxSpec, keys: KeySet, *, dry_run: bool = False, force: bool =
     return report
 
 
-def connect(host: Host, plan: Plan, identity: Path, repin: bool, report: HostReport) -> bool:
+def connect(host: Host, plan: Plan, identity: Path, repin: bool, report: HostReport, known_key: str | None = None) -> bool:
     """Pin the box's host key (read over the trusted host link) and write the ssh entry."""
-    key = read_host_key(host, plan.spec)
+    key = known_key or read_host_key(host, plan.spec)
     changed = sshconfig.pin_host_key(plan.spec.host, key, replace=repin)
     entry = sshconfig.BoxEntry(plan.spec.host, plan.port, plan.spec.user, str(identity))
     changed |= sshconfig.write_entry(entry)
@@ -108,29 +109,45 @@ def connect(host: Host, plan: Plan, identity: Path, repin: bool, report: HostRep
 
 
 def verify_box(host: Host, spec: BoxSpec, port: int) -> list[Check]:
-    """All checks through the host tunnel with the entry's key and the pinned host key."""
+    """All checks through the host tunnel with the entry's key and the pinned host key.
+
+    The OpenSSH-client check is a separate process: it runs alongside the others.
+    """
     alias = sshconfig.BOX_PREFIX + spec.host
     pinned = sshconfig.pinned_keys().get(alias)
     if not pinned:
         raise DevboxError(f"no pinned host key for {alias}", f"run `devbox up {spec.host}` first")
+    openssh = start_openssh_check(alias)
     session = BoxSession(lambda: host.open_tunnel(port), pinned, spec.user, load_identity(identity_for(host)), alias)
-    session.login()
     try:
+        session.login()
         checks = run_checks(session, expectations(spec))
     finally:
         session.close()
-    return checks + [openssh_check(alias)]
+        result = finish_openssh_check(alias, openssh)
+    return checks + [result]
 
 
-def openssh_check(alias: str) -> Check:
+def start_openssh_check(alias: str) -> subprocess.Popen | None:
     """The exact path VS Code Remote-SSH takes: the OpenSSH client with the user's config."""
     if not shutil.which("ssh"):
+        return None
+    argv = ["ssh", "-F", str(sshconfig.user_config_path()), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", alias, "true"]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+
+
+def finish_openssh_check(alias: str, process: subprocess.Popen | None) -> Check:
+    if process is None:
         return Check("openssh client path", SKIPPED, "no ssh client on this machine")
-    config = sshconfig.user_config_path()
-    argv = ["ssh", "-F", str(config), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", alias, "true"]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-    detail = f"ssh {alias}" if done.returncode == 0 else done.stderr.strip().splitlines()[-1:][0] if done.stderr.strip() else f"exit {done.returncode}"
-    return Check("openssh client path", OK if done.returncode == 0 else FAIL, detail)
+    try:
+        _, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return Check("openssh client path", FAIL, "timed out after 60 s")
+    if process.returncode == 0:
+        return Check("openssh client path", OK, f"ssh {alias}")
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    return Check("openssh client path", FAIL, lines[-1] if lines else f"exit {process.returncode}")
 
 
 def for_each_host(items: list, work: Callable, max_workers: int = 32) -> list:

@@ -34,14 +34,23 @@ CPU = BoxSpec("gpu-host-1", gpus="none")
 
 def test_gather_output_is_parsed_into_facts():
     text = (section("docker", "24.0.7") + section("runtimes", '{"nvidia":{},"runc":{}}')
-            + section("disk", "overlay 100 50 2048000 3% /var/lib/docker") + section("image", "sha256:1")
-            + section("base", "") + section("box", "[]") + section("ports", "127.0.0.1:20001->2222/tcp\n0.0.0.0:22")
+            + section("disk", "overlay 100 50 2048000 3% /var/lib/docker") + section("images", f'["{TAG}"]')
+            + section("box", "[]") + section("ports", "127.0.0.1:20001->2222/tcp\n0.0.0.0:22")
             + section("keys", KEYS) + section("jobs", "train running\nold ended"))
-    f = parse_facts(text)
+    f = parse_facts(text, TAG)
     assert f.docker_version == "24.0.7" and f.runtimes == ("nvidia", "runc")
     assert f.docker_root_free_kib == 2048000 and f.image_present and not f.base_present
     assert f.box is None and 20001 in f.used_ports and 22 in f.used_ports
     assert f.running_jobs == ("train",) and f.job_count == 2
+
+
+def test_base_and_image_are_told_apart_by_their_tags():
+    both = parse_facts(section("images", f'["{TAG}"]\n["local/debian:bookworm"]'), TAG)
+    assert both.image_present and both.base_present
+    base_only = parse_facts(section("images", '["local/debian:bookworm"]'), TAG)
+    assert not base_only.image_present and base_only.base_present
+    neither = parse_facts(section("images", ""), TAG)
+    assert not neither.image_present and not neither.base_present
 
 
 def test_docker_permission_error_is_kept_for_the_message():
