@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from devbox.errors import EXIT_USAGE, ConfigError, DevboxError
+from devbox.errors import ConfigError, DevboxError
 
 app = typer.Typer(
     help="A hardened, GPU-ready SSH dev box on your own GPU servers, in one command.\n\n"

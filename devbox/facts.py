@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from devbox.config import BoxSpec
 

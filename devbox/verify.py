@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -232,11 +232,12 @@ def gpu_checks(session: BoxSession, wanted: int | None) -> list[Check]:
     script = ('f=$(mktemp /tmp/devbox-gpu-probe.XXXXXX) && cat > "$f" && '
               '{ if command -v python3 >/dev/null; then python3 "$f"; else python "$f"; fi; }; rc=$?; rm -f "$f"; exit $rc')
     code, out, err = session.run(script, stdin=GPU_PROBE().encode(), timeout=300)
-    report = _last_json(out) or {"error": (err.strip() or out.strip())[-300:] or f"probe exited {code}"}
+    report = last_json(out) or {"error": (err.strip() or out.strip())[-300:] or f"probe exited {code}"}
     return checks + torch_checks(report, wanted, len(gpus))
 
 
-def _last_json(text: str) -> dict | None:
+def last_json(text: str) -> dict | None:
+    """The last JSON object line of a program's output (the probe prints one)."""
     for line in reversed(text.splitlines()):
         if line.startswith("{"):
             try:

@@ -1,12 +1,11 @@
 """Pure planning: facts parsed from recorded host output, then the steps decided from them."""
-import json
 from pathlib import Path
 
 import pytest
 
 from devbox.config import BoxSpec, Volume
 from devbox.errors import HostUnreachable
-from devbox.facts import MARK, Facts, Gpu, image_cuda, parse_driver_cuda, parse_facts, parse_gpu_csv, parse_ports
+from devbox.facts import MARK, Facts, Gpu, image_cuda, parse_driver_cuda, parse_facts, parse_gpu_csv
 from devbox.plan import RunningJobs, choose_port, plan_up, run_args
 
 FIXTURES = Path(__file__).parent / "fixtures"

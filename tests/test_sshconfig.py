@@ -1,5 +1,4 @@
 """SSH config handling (pure file logic): Include following, the Include line, pinning."""
-from pathlib import Path
 
 import pytest
 

@@ -44,16 +44,6 @@ def _read(folder: str | None, name: str) -> str:
     return path.read_text(errors="replace") if path.is_file() else ""
 
 
-def _last_json(text: str) -> dict | None:
-    for line in reversed(text.splitlines()):
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except json.JSONDecodeError:
-                return None
-    return None
-
-
 @pytest.fixture(scope="module")
 def verified():
     """Run devbox verify's checks once; write the JSON report whatever they find."""
@@ -62,7 +52,7 @@ def verified():
         pytest.skip(reason)
     import paramiko  # noqa: F401  (a dependency of devbox; here only to fail early and clearly)
 
-    from devbox.verify import BoxSession, Expectations, load_identity, run_checks
+    from devbox.verify import BoxSession, Expectations, last_json, load_identity, run_checks
 
     port = int(os.environ["DEVBOX_GPU_SSH_PORT"])
     user = os.environ["DEVBOX_GPU_USER"]
@@ -95,7 +85,7 @@ def verified():
         session.close()
     seconds = round(time.monotonic() - started, 1)
 
-    probe = next((_last_json(t["stdout_tail"]) for t in session.transcript if "devbox-gpu-probe" in t["command"]), None) or {}
+    probe = next((last_json(t["stdout_tail"]) for t in session.transcript if "devbox-gpu-probe" in t["command"]), None) or {}
     artifacts = os.environ.get("DEVBOX_GPU_ARTIFACTS")
     query_csv = _read(artifacts, "nvidia-smi-query.csv")
     from devbox.facts import parse_gpu_csv
