@@ -1,9 +1,10 @@
 """Long jobs as tmux sessions in the box, with a log and an exit code on the home volume.
 
-Each job owns ~/.devbox/jobs/NAME/: `run.sh` (the exact argv, quoted by shlex.join, so
-spaces, quotes, `$` and `;` reach the program untouched), `log`, `started`, and when it
-ends `exit_code` and `ended`. tmux keeps it alive across SSH drops; the files keep
-its story across box re-creation (a job whose tmux died without an exit code is "lost").
+Each job owns ~/.devbox/jobs/NAME/: `run.sh` (the exact argv, quoted by shlex.join and
+handed to `exec "$@"`, so spaces, quotes, `$` and `;` reach the program untouched),
+`command`, `started`, `pid` (the program's), `log`, and when it ends `exit_code` and
+`ended`. tmux keeps it alive across SSH drops; the files keep its story across box
+re-creation (a job whose tmux died without an exit code is "lost").
 """
 from __future__ import annotations
 
@@ -18,11 +19,15 @@ from devbox.config import BoxSpec
 from devbox.errors import ConfigError, DevboxError
 from devbox.remote import Host
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-NAME_RULE = "job names are 1-64 characters of A-Z a-z 0-9 _ . - starting with a letter or digit"
+# No "." or ":": tmux silently turns them into "_" in session names, so a job named
+# "a.b" would run as session "a_b" and read as lost at once.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
+NAME_RULE = "job names are 1-64 characters of A-Z a-z 0-9 _ - starting with a letter or digit"
 ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 JOBS = "$HOME/.devbox/jobs"
 TAKEN_EXIT = 17
+NO_CWD_EXIT = 18
+NOW = "date -u +%Y-%m-%dT%H:%M:%SZ"
 
 
 def validate_name(name: str) -> str:
@@ -31,22 +36,41 @@ def validate_name(name: str) -> str:
     return name
 
 
+def _job_dir(name: str) -> str:
+    return f'"{JOBS}/{validate_name(name)}"'
+
+
+def _shell_path(path: str) -> str:
+    """A path for sh, with a leading ~ meaning the box user's home (quoted ~ would not expand)."""
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
 def run_script(name: str, argv: list[str], cwd: str | None, env: list[str]) -> str:
-    """The job's run.sh: cd, env, then argv with output to the pane and the log."""
+    """The job's run.sh: cd, env, then exec argv with output to the pane and the log.
+
+    The program runs as `sh -c 'echo $$ > pid; exec "$@"' ARGV`: it keeps the pid that
+    was written (so `stop` can signal it alone, letting it clean up while the log keeps
+    recording) and gets its arguments as "$@", never re-parsed by a shell.
+    """
     if not argv:
         raise ConfigError("no command given", "put the command after --, e.g. devbox run HOST --name train -- python train.py")
     for item in env:
         if not ENV_RE.match(item):
-            raise ConfigError(f"bad --env {item!r}", "use --env NAME=VALUE")
-    d = f'"{JOBS}/{name}"'
-    lines = ["#!/bin/sh", f"d={d}"]
-    if cwd:
-        lines.append(f"cd {shlex.quote(cwd)} || {{ echo 'devbox: cannot cd to {cwd}' >> \"$d/log\"; echo 1 > \"$d/exit_code\"; exit 1; }}")
-    lines += [f"export {shlex.quote(item.split('=', 1)[0])}={shlex.quote(item.split('=', 1)[1])}" for item in env]
+            raise ConfigError(f"bad --env {item!r}", "use --env NAME=VALUE (NAME: letters, digits, _)")
+    where = _shell_path(cwd or "~")
+    lines = [
+        "#!/bin/sh",
+        f"d={_job_dir(name)}",
+        f'cd {where} || {{ echo "devbox: cannot cd to "{where} >> "$d/log"; echo 1 > "$d/exit_code"; {NOW} > "$d/ended"; exit 1; }}',
+    ]
+    lines += [f"export {item.split('=', 1)[0]}={shlex.quote(item.split('=', 1)[1])}" for item in env]
     lines += [
-        'date -u +%Y-%m-%dT%H:%M:%SZ > "$d/started"',
-        f"{{ {shlex.join(argv)}; echo $? > \"$d/exit_code.new\"; }} 2>&1 | tee -a \"$d/log\"",
-        'mv -f "$d/exit_code.new" "$d/exit_code"; date -u +%Y-%m-%dT%H:%M:%SZ > "$d/ended"',
+        f"{{ sh -c 'echo $$ > \"$0\"; exec \"$@\"' \"$d/pid\" {shlex.join(argv)}; echo $? > \"$d/exit_code.new\"; }} 2>&1 | tee -a \"$d/log\"",
+        f'mv -f "$d/exit_code.new" "$d/exit_code"; {NOW} > "$d/ended"',
     ]
     return "\n".join(lines) + "\n"
 
@@ -55,18 +79,22 @@ def start_job(host: Host, spec: BoxSpec, name: str, argv: list[str], cwd: str | 
               env: list[str] | None = None, replace: bool = False) -> None:
     validate_name(name)
     script = run_script(name, argv, cwd, env or [])
+    if replace:
+        stop_job(host, spec, name, missing_ok=True)
     q = shlex.quote(name)
     setup = (
-        f'd="{JOBS}/"{q}; umask 077; '
-        f"if tmux has-session -t ={q} 2>/dev/null; then "
-        + (f"tmux kill-session -t ={q}; " if replace else f"exit {TAKEN_EXIT}; ")
-        + "fi; "
+        f"d={_job_dir(name)}; umask 077; "
+        f"if tmux has-session -t ={q} 2>/dev/null; then exit {TAKEN_EXIT}; fi; "
+        f"[ -d {_shell_path(cwd or '~')} ] || exit {NO_CWD_EXIT}; "
         f'rm -rf "$d"; mkdir -p "$d" && cat > "$d/run.sh" && printf "%s\\n" {shlex.quote(shlex.join(argv))} > "$d/command" && '
-        f'tmux new-session -d -s {q} -x 200 -y 50 "sh $d/run.sh"'
+        f'{NOW} > "$d/started" && : > "$d/log" && '
+        f'tmux new-session -d -s {q} -x 200 -y 50 "exec sh \'$d/run.sh\'"'
     )
     result = box_sh(host, spec, setup, stdin=script.encode(), check=False)
     if result.exit_code == TAKEN_EXIT:
         raise ConfigError(f"a job named {name!r} is already running on {spec.host}", "pick another --name, or pass --replace to stop it first")
+    if result.exit_code == NO_CWD_EXIT:
+        raise ConfigError(f"--cwd {cwd!r}: no such directory in the box on {spec.host}", "create it first (devbox ssh HOST -- mkdir -p DIR) or pick another")
     if not result.ok:
         raise DevboxError(f"{spec.host}: could not start job {name!r}: {result.stderr.strip()[:200]}", f"check `devbox status {spec.host}`")
 
@@ -84,13 +112,14 @@ class Job:
         return dict(self.__dict__)
 
 
-# One line per job, tab-separated: name, tmux alive, exit code, started, ended, command, last log line.
+# One line per job, tab-separated: name, tmux alive, exit code, started, ended, command,
+# last log line (the text after a progress bar's last \r; blank lines skipped).
 LIST_JOBS = (
     f'cd "{JOBS}" 2>/dev/null || exit 0; for n in *; do [ -d "$n" ] || continue; '
     'alive=no; tmux has-session -t "=$n" 2>/dev/null && alive=yes; '
     'code=$(cat "$n/exit_code" 2>/dev/null); st=$(cat "$n/started" 2>/dev/null); en=$(cat "$n/ended" 2>/dev/null); '
-    'cmd=$(head -c 300 "$n/command" 2>/dev/null | head -n 1); '
-    'last=$(tail -n 1 "$n/log" 2>/dev/null | tr -d "\\r\\t" | cut -c1-200); '
+    'cmd=$(head -c 300 "$n/command" 2>/dev/null | head -n 1 | tr "\\t" " "); '
+    'last=$(tail -c 4096 "$n/log" 2>/dev/null | tr "\\r\\t" "\\n " | grep -v "^ *$" | tail -n 1 | cut -c1-200); '
     'printf "%s\\t%s\\t%s\\t%s\\t%s\\t%s\\t%s\\n" "$n" "$alive" "$code" "$st" "$en" "$cmd" "$last"; done'
 )
 
@@ -104,8 +133,11 @@ def parse_jobs(text: str, now: datetime | None = None) -> list[Job]:
         name, alive, code, started, ended, command, last = parts
         if not name:
             continue
-        state = "running" if alive == "yes" else (f"exited {code}" if code.strip() else "lost")
-        jobs.append(Job(name, state, started, _duration(started, ended if alive != "yes" else "", now), last, command))
+        state = "running" if alive == "yes" else (f"exited {code.strip()}" if code.strip() else "lost")
+        # A lost job has no end time: its duration is unknown, not "until now".
+        end = ended if alive != "yes" else ""
+        duration = None if state == "lost" and not ended else _duration(started, end, now)
+        jobs.append(Job(name, state, started, duration, last, command))
     return jobs
 
 
@@ -115,7 +147,7 @@ def _duration(started: str, ended: str, now: datetime) -> int | None:
         end = datetime.fromisoformat(ended.replace("Z", "+00:00")) if ended else now
     except ValueError:
         return None
-    return int((end - start).total_seconds())
+    return max(0, int((end - start).total_seconds()))
 
 
 def list_jobs(host: Host, spec: BoxSpec) -> list[Job]:
@@ -123,8 +155,7 @@ def list_jobs(host: Host, spec: BoxSpec) -> list[Job]:
 
 
 def _require_job(host: Host, spec: BoxSpec, name: str) -> None:
-    validate_name(name)
-    if not box_sh(host, spec, f'[ -d "{JOBS}/"{shlex.quote(name)} ]', check=False).ok:
+    if not box_sh(host, spec, f"[ -d {_job_dir(name)} ]", check=False).ok:
         known = ", ".join(j.name for j in list_jobs(host, spec)) or "none"
         raise ConfigError(f"no job named {name!r} on {spec.host}", f"known jobs: {known}")
 
@@ -133,31 +164,53 @@ def logs(host: Host, spec: BoxSpec, name: str, tail: int = 100, follow: bool = F
     """Print the log; with follow, stream until the job ends (or Ctrl-C)."""
     _require_job(host, spec, name)
     q = shlex.quote(name)
-    log = f'"{JOBS}/"{q}/log'
+    log = f"{_job_dir(name)}/log"
     if not follow:
-        write(box_sh(host, spec, f"tail -n {int(tail)} {log}").stdout, end="")
+        write(box_sh(host, spec, f"tail -n {max(0, int(tail))} {log}").stdout, end="")
         return
-    # tail --pid ends the stream once the job's pane process exits.
-    script = (f'pid=$(tmux display-message -p -t ={q} "#{{pane_pid}}" 2>/dev/null); '
-              f'if [ -n "$pid" ]; then exec tail -n {int(tail)} -F --pid="$pid" {log} 2>/dev/null; else exec tail -n {int(tail)} {log}; fi')
+    # tail --pid ends the stream (after printing what is left) once the job's pane process exits.
+    script = (f'pid=$(tmux display-message -p -t ={q}: "#{{pane_pid}}" 2>/dev/null); '
+              f'if [ -n "$pid" ]; then exec tail -n {max(0, int(tail))} -s 0.5 -F --pid="$pid" {log} 2>/dev/null; '
+              f"else exec tail -n {max(0, int(tail))} {log}; fi")
     box_sh(host, spec, script, timeout=None, on_stdout=lambda chunk: write(chunk.decode(errors="replace"), end="", flush=True))
 
 
-def stop_job(host: Host, spec: BoxSpec, name: str, sig: str = "TERM", wait_s: int = 10) -> Job:
-    """Signal the job's whole process group; record 128+N when it could not record itself."""
-    _require_job(host, spec, name)
+def signal_number(sig: str) -> tuple[int, str]:
+    """'TERM', 'SIGTERM', 'term' or '15' -> (15, 'SIGTERM')."""
+    text = sig.strip().upper()
     try:
-        number = signal.Signals["SIG" + sig.upper().removeprefix("SIG")].value
-    except KeyError:
-        raise ConfigError(f"unknown signal {sig!r}", "use a name like TERM, INT, KILL") from None
+        s = signal.Signals(int(text)) if text.isdigit() else signal.Signals["SIG" + text.removeprefix("SIG")]
+    except (KeyError, ValueError):
+        raise ConfigError(f"unknown signal {sig!r}", "use a name like TERM, INT, HUP, KILL") from None
+    return s.value, s.name
+
+
+def stop_job(host: Host, spec: BoxSpec, name: str, sig: str = "TERM", wait_s: int = 10, missing_ok: bool = False) -> Job | None:
+    """Signal the job's program and wait for it to end; KILL the whole job after wait_s.
+
+    The program alone gets the signal (as from `kill`), so it can clean up while tee keeps
+    logging and run.sh records its real exit code (143 for an unhandled TERM). When it
+    could not record one (killed after wait_s), 128+N of the signal that ended it is.
+    """
+    if missing_ok:
+        validate_name(name)
+    else:
+        _require_job(host, spec, name)
+    number, signame = signal_number(sig)
     q = shlex.quote(name)
     script = (
-        f'd="{JOBS}/"{q}; pid=$(tmux display-message -p -t ={q} "#{{pane_pid}}" 2>/dev/null) || exit 0; '
-        f"kill -{number} -- -$pid 2>/dev/null || kill -{number} $pid; "
-        f'i=0; while tmux has-session -t ={q} 2>/dev/null && [ $i -lt {wait_s * 5} ]; do sleep 0.2; i=$((i+1)); done; '
-        f"tmux kill-session -t ={q} 2>/dev/null; "
-        f'[ -s "$d/exit_code" ] || {{ echo {128 + number} > "$d/exit_code"; date -u +%Y-%m-%dT%H:%M:%SZ > "$d/ended"; }}; '
-        f'echo "devbox: stopped with SIG{sig.upper().removeprefix("SIG")}" >> "$d/log"'
+        f"d={_job_dir(name)}; tmux has-session -t ={q} 2>/dev/null || exit 0; "
+        f'pane=$(tmux display-message -p -t ={q}: "#{{pane_pid}}" 2>/dev/null); pid=$(cat "$d/pid" 2>/dev/null); '
+        f'echo "devbox: stop: sending {signame}" >> "$d/log"; '
+        f'if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -{number} "$pid"; '
+        f'elif [ -n "$pane" ]; then kill -{number} -- "-$pane" 2>/dev/null || kill -{number} "$pane"; fi; '
+        f"i=0; while tmux has-session -t ={q} 2>/dev/null && [ $i -lt {int(wait_s * 10)} ]; do sleep 0.1; i=$((i+1)); done; "
+        f"code={128 + number}; "
+        f"if tmux has-session -t ={q} 2>/dev/null; then code=137; "
+        f'echo "devbox: stop: still running after {wait_s} s, sending SIGKILL" >> "$d/log"; '
+        f'[ -n "$pane" ] && kill -9 -- "-$pane" 2>/dev/null; tmux kill-session -t ={q} 2>/dev/null; sleep 0.2; fi; '
+        f'[ -s "$d/exit_code" ] || {{ echo $code > "$d/exit_code"; {NOW} > "$d/ended"; }}; '
+        f'echo "devbox: stopped ({signame}), exit code $(cat "$d/exit_code")" >> "$d/log"'
     )
-    box_sh(host, spec, script)
-    return next(j for j in list_jobs(host, spec) if j.name == name)
+    box_sh(host, spec, script, timeout=wait_s + 60)
+    return next((j for j in list_jobs(host, spec) if j.name == name), None)
