@@ -25,7 +25,7 @@ WRITE_AUTHORIZED_KEYS = (
 
 def box_exec(host: Host, spec: BoxSpec, argv: list[str], stdin: bytes | None = None, check: bool = True, **kw) -> Result:
     """Run argv in the box as the login user (uid:gid), never root."""
-    flags = ["-i"] if stdin is not None else []
+    flags = ["-i"] if stdin is not None or kw.get("keep_stdin_open") else []
     return host.docker("exec", *flags, "-u", f"{spec.uid}:{spec.gid}", "-e", f"HOME={spec.home}",
                        spec.box_name, *argv, stdin=stdin, check=check, **kw)
 

@@ -168,11 +168,18 @@ def logs(host: Host, spec: BoxSpec, name: str, tail: int = 100, follow: bool = F
     if not follow:
         write(box_sh(host, spec, f"tail -n {max(0, int(tail))} {log}").stdout, end="")
         return
-    # tail --pid ends the stream (after printing what is left) once the job's pane process exits.
+    # tail --pid ends the stream (after printing what is left) once the job's pane process
+    # exits. The watcher ends it when devbox goes away (Ctrl-C, dropped link): our stdin,
+    # forwarded by `docker exec -i`, reaches EOF then, and no tail is left in the box.
+    n = max(0, int(tail))
     script = (f'pid=$(tmux display-message -p -t ={q}: "#{{pane_pid}}" 2>/dev/null); '
-              f'if [ -n "$pid" ]; then exec tail -n {max(0, int(tail))} -s 0.5 -F --pid="$pid" {log} 2>/dev/null; '
-              f"else exec tail -n {max(0, int(tail))} {log}; fi")
-    box_sh(host, spec, script, timeout=None, on_stdout=lambda chunk: write(chunk.decode(errors="replace"), end="", flush=True))
+              f'if [ -z "$pid" ]; then exec tail -n {n} {log}; fi; '
+              f'tail -n {n} -s 0.5 -F --pid="$pid" {log} 2>/dev/null & t=$!; '
+              # a background job's stdin is /dev/null in sh: hand it ours as fd 3
+              'exec 3<&0; (cat <&3 >/dev/null; kill "$t" 2>/dev/null) & w=$!; '
+              'wait "$t"; kill "$w" 2>/dev/null; exit 0')
+    box_sh(host, spec, script, timeout=None, keep_stdin_open=True,
+           on_stdout=lambda chunk: write(chunk.decode(errors="replace"), end="", flush=True))
 
 
 def signal_number(sig: str) -> tuple[int, str]:

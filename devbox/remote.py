@@ -147,6 +147,7 @@ class Host:
         timeout: float | None = 600,
         on_stdout: Callable[[bytes], None] | None = None,
         on_stdin: Callable[[int], None] | None = None,
+        keep_stdin_open: bool = False,
     ) -> Result:
         """Run a command (argv is quoted with shlex.join) and collect its output."""
         command = argv if isinstance(argv, str) else shlex.join(argv)
@@ -155,7 +156,7 @@ class Host:
             channel = transport.open_session(timeout=self.connect_timeout)
         except Exception as exc:
             raise HostUnreachable(f"{self.alias}: SSH session failed ({exc})", f"check `ssh {self.alias}`") from exc
-        result = _exchange(channel, command, stdin, timeout, on_stdout, on_stdin)
+        result = _exchange(channel, command, stdin, timeout, on_stdout, on_stdin, keep_stdin_open)
         if check and not result.ok:
             raise RemoteCommandFailed(
                 f"{self.alias}: `{_short(command)}` exited {result.exit_code}: {_reason(result)}",
@@ -189,13 +190,14 @@ def _short(command: str, limit: int = 80) -> str:
     return command if len(command) <= limit else command[: limit - 1] + "…"
 
 
-def _exchange(channel, command: str, stdin, timeout, on_stdout, on_stdin=None) -> Result:
+def _exchange(channel, command: str, stdin, timeout, on_stdout, on_stdin=None, keep_stdin_open=False) -> Result:
     """Send stdin, read stdout/stderr until exit; bounded by `timeout` seconds."""
     deadline = None if timeout is None else time.monotonic() + timeout
     channel.exec_command(command)
     if stdin is not None:
         _send_all(channel, stdin, on_stdin)
-    channel.shutdown_write()
+    if not keep_stdin_open:  # open: the remote side learns we left when the channel closes
+        channel.shutdown_write()
     out, err = bytearray(), bytearray()
     channel.settimeout(0.2)
     while True:

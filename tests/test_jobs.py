@@ -11,6 +11,7 @@ import queue
 import re
 import select
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -393,3 +394,26 @@ def test_names_signals_and_scripts_validate_their_input():
         run_script("x", [], None, [])
     with pytest.raises(ConfigError):
         run_script("x", ["true"], None, ["1BAD=x"])
+
+
+def test_ctrl_c_on_logs_follow_ends_cleanly_and_leaves_no_tail_in_the_box(jobs):
+    jobs.run("ticker", ["sh", "-c", "while true; do echo tick; sleep 0.2; done"])
+    proc = subprocess.Popen([sys.executable, "-m", "devbox.cli", "logs", jobs.host, "ticker", "-f"],
+                            cwd=jobs.laptop.devbox.cwd, env=jobs.laptop.devbox.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "tick"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 130
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    count_tails = "grep -l '^tail' /proc/[0-9]*/cmdline 2>/dev/null | wc -l"
+    for _ in range(50):
+        left = subprocess.run(["docker", "exec", jobs.box, "sh", "-c", count_tails], capture_output=True, text=True).stdout.strip()
+        if left == "0":
+            break
+        time.sleep(0.2)
+    assert left == "0", "the box still runs the follower's tail"
+    assert jobs.state("ticker") == "running", "Ctrl-C on logs never touches the job"
