@@ -43,6 +43,7 @@ class Facts:
     missing_paths: tuple[str, ...] = ()
     authorized_keys: str | None = None     # the box's current file, when it runs
     box_host_key: str | None = None        # the box's host public key, when it runs
+    volume_owner: str | None = None        # "uid:gid" the box's volumes were made for
     running_jobs: tuple[str, ...] = ()
     job_count: int = 0
 
@@ -71,6 +72,7 @@ def gather_script(spec: BoxSpec, image_tag: str) -> str:
         "sec cdi; ls /etc/cdi/nvidia.yaml /var/run/cdi/nvidia.yaml 2>/dev/null",
         'sec disk; df -Pk "${rest%%|*}" 2>/dev/null | tail -1',
         f"sec images; docker image inspect --format '{{{{json .RepoTags}}}}' {q(image_tag)} {q(spec.base_image)} 2>/dev/null",
+        f"sec owner; docker volume inspect --format '{{{{index .Labels \"devbox.uid\"}}}}:{{{{index .Labels \"devbox.gid\"}}}}' {q(spec.volume_name(spec.all_volumes()[0]))} 2>/dev/null",
         f"box=$(docker container inspect {box} 2>/dev/null)",
         'sec box; echo "$box"',
         # Ports are only needed to choose one: not for a box that already has its own.
@@ -136,6 +138,8 @@ def parse_facts(text: str, image_tag: str = "") -> Facts:
     facts.image_present = any(image_tag in tags for tags in found)
     facts.base_present = any(image_tag not in tags for tags in found)
     facts.box = parse_inspect(s.get("box", ""))
+    owner = s.get("owner", "")
+    facts.volume_owner = owner if re.match(r"^\d+:\d+$", owner) else None
     facts.used_ports = parse_ports(s.get("ports", ""))
     facts.missing_paths = tuple(p for p in paths if p)
     if "gpus" in s:

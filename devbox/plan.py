@@ -69,6 +69,21 @@ def preflight(spec: BoxSpec, facts: Facts) -> None:
         )
     if spec.wants_gpus:
         _preflight_gpus(spec, facts)
+    _preflight_owner(spec, facts)
+
+
+def _preflight_owner(spec: BoxSpec, facts: Facts) -> None:
+    """Kept volumes belong to the uid:gid they were made for: a box of another user
+    could not even write its home (it would restart forever), so refuse and say how."""
+    wanted = f"{spec.uid}:{spec.gid}"
+    if facts.volume_owner and facts.volume_owner != wanted:
+        volume = spec.volume_name(spec.all_volumes()[0])
+        raise DevboxError(
+            f"{spec.host}: the box's volumes belong to uid:gid {facts.volume_owner}, the config now asks for {wanted}",
+            f"set uid/gid back to {facts.volume_owner.replace(':', ' / ')} in devbox.toml, or copy your data out "
+            f"and start afresh with `devbox down {spec.host} --purge` (this deletes {volume} and the other volumes)",
+            exit_code=2,
+        )
 
 
 def _preflight_gpus(spec: BoxSpec, facts: Facts) -> None:
@@ -211,7 +226,8 @@ def plan_up(
         for volume in spec.all_volumes():
             if volume.is_named:
                 name = spec.volume_name(volume)
-                steps.append(Step("create_volume", f"ensure volume {name} for {volume.target}", {"name": name}))
+                steps.append(Step("create_volume", f"ensure volume {name} for {volume.target}",
+                                  {"name": name, "owner": (spec.uid, spec.gid)}))
         labels = box_labels(spec, port, image_tag, spec_hash, keyset)
         argv = run_args(spec, facts, port, image_tag, labels)
         steps.append(Step("create_box", f"start box {spec.box_name} on 127.0.0.1:{port} as {spec.user} ({spec.uid}:{spec.gid})", {"argv": argv}))

@@ -66,7 +66,9 @@ def _meter(progress: Progress, host: str, total: int):
 
 
 def create_volume(host: Host, plan: Plan, step: Step, progress: Progress) -> dict:
-    host.docker("volume", "create", "--label", "devbox.managed=true", "--label", f"devbox.host={plan.spec.host}", step.detail["name"])
+    uid, gid = step.detail["owner"]
+    host.docker("volume", "create", "--label", "devbox.managed=true", "--label", f"devbox.host={plan.spec.host}",
+                "--label", f"devbox.uid={uid}", "--label", f"devbox.gid={gid}", step.detail["name"])
     return {}
 
 

@@ -185,3 +185,13 @@ def test_stream_without_a_local_image_says_how_to_build_it():
     with pytest.raises(DevboxError, match="not on this machine") as err:
         plan_up(BoxSpec("h", gpus="none", delivery="stream"), facts(image_present=False), TAG, KEYS, "k")
     assert "devbox build" in err.value.remedy and err.value.exit_code == 2
+
+
+def test_changing_uid_with_kept_volumes_is_refused_before_anything_changes():
+    from devbox.errors import DevboxError
+    spec = BoxSpec("gpu-host-1", gpus="none", uid=4242, gid=4242)
+    with pytest.raises(DevboxError) as err:
+        plan_up(spec, facts(volume_owner="1000:1000"), TAG, KEYS, "k")
+    assert "1000:1000" in err.value.message and "4242:4242" in err.value.message
+    assert err.value.exit_code == 2 and "--purge" in err.value.remedy
+    assert plan_up(BoxSpec("gpu-host-1", gpus="none"), facts(volume_owner="1000:1000"), TAG, KEYS, "k").steps

@@ -235,3 +235,13 @@ def test_host_with_its_own_engine_gets_only_the_layers_it_lacks_streamed(engine_
     assert box_ssh(laptop, laptop.engine_host, "whoami").stdout.strip() == "dev"
     again, _ = laptop.devbox.json("up", laptop.engine_host)
     assert again[0]["changed"] is False and again[0]["delivery"] == "none"
+
+
+def test_a_uid_change_is_refused_and_the_running_box_is_left_alone(laptop):
+    laptop.devbox.json("up", laptop.host1)
+    before = container_id(f"devbox-{laptop.host1}")
+    set_config(laptop, "uid = 4242\ngid = 4242\n")
+    done = laptop.devbox("up", laptop.host1)
+    assert done.returncode == 2 and "belong to uid:gid 1000:1000" in done.stdout
+    assert container_id(f"devbox-{laptop.host1}") == before
+    assert box_ssh(laptop, laptop.host1, "true").returncode == 0
