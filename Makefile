@@ -4,12 +4,16 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: setup prereqs demo test bench
+.PHONY: setup prereqs ubuntu-bases demo test bench
 
 setup: prereqs $(VENV)/.installed
 
 prereqs:
 	@bash scripts/testbed-prereqs.sh
+
+# Local stand-ins for the pytorch images' Ubuntu 22.04/24.04 bases (tests only; cached).
+ubuntu-bases: prereqs
+	@bash scripts/ubuntu-bases.sh
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(PY) -m devbox.demo
 
-test: setup
+test: setup ubuntu-bases
 	$(PY) -m pytest -v tests
 
 bench: setup

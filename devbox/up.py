@@ -37,7 +37,7 @@ class HostReport:
     checks: list[Check] = field(default_factory=list)
     error: str = ""
     ssh_alias: str = ""
-    container: str = ""
+    container: str = ""  # the box's container name on the host (docker commands take it)
     port: int | None = None
     delivery: str = "none"
     bytes_sent: int = 0
@@ -66,7 +66,7 @@ def expectations(spec: BoxSpec) -> Expectations:
 
 def up_host(spec: BoxSpec, keys: KeySet, *, dry_run: bool = False, force: bool = False, repin: bool = False,
             verify: bool | None = None, progress: Progress = lambda m: None, host: Host | None = None) -> HostReport:
-    report = HostReport(spec.host, ssh_alias=sshconfig.BOX_PREFIX + spec.host)
+    report = HostReport(spec.host, ssh_alias=sshconfig.BOX_PREFIX + spec.host, container=spec.box_name)
     start = time.monotonic()
     host = host or Host(spec.host)
     try:
@@ -162,7 +162,7 @@ def verify_host(spec: BoxSpec) -> HostReport:
     """`devbox verify`: only the checks, over the already-written entry."""
     from devbox.facts import parse_inspect
 
-    report = HostReport(spec.host, ssh_alias=sshconfig.BOX_PREFIX + spec.host)
+    report = HostReport(spec.host, ssh_alias=sshconfig.BOX_PREFIX + spec.host, container=spec.box_name)
     start = time.monotonic()
     try:
         with Host(spec.host) as host:
@@ -170,7 +170,7 @@ def verify_host(spec: BoxSpec) -> HostReport:
             if not box or not box.get("State", {}).get("Running"):
                 raise DevboxError(f"{spec.host}: no running box", f"run `devbox up {spec.host}`", exit_code=3)
             port = int(box["Config"]["Labels"]["devbox.port"])
-            report.port, report.container = port, box["Id"][:12]
+            report.port = port
             report.checks = verify_box(host, spec, port)
         report.exit_code = 1 if any(c.status == FAIL for c in report.checks) else 0
     except DevboxError as exc:

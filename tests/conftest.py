@@ -27,12 +27,23 @@ HOSTS = [HOST1, HOST2, NODOCKER, NORUNTIME]
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _require_testbed() -> None:
-    reason = tb.testbed_unavailable_reason()
+def _require(reason: str | None) -> None:
     if reason:
         if os.environ.get("CI") or os.environ.get("DEVBOX_REQUIRE_TESTBED"):
             pytest.fail(f"test bed required here but unavailable: {reason}")
         pytest.skip(f"needs the real test bed: {reason}")
+
+
+def _require_testbed() -> None:
+    _require(tb.testbed_unavailable_reason())
+
+
+@pytest.fixture(params=tb.UBUNTU_BASES)
+def ubuntu_base(request, testbed) -> str:
+    """Each Ubuntu base the real pytorch images are built on (local stand-ins)."""
+    missing = subprocess.run(["docker", "image", "inspect", request.param], capture_output=True).returncode != 0
+    _require(f"{request.param} missing: run scripts/ubuntu-bases.sh (make test does)" if missing else None)
+    return request.param
 
 
 @pytest.fixture(scope="session")

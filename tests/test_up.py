@@ -1,6 +1,7 @@
 """`devbox up / verify / status / down` end to end on the real test bed (gpus = "none")."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import tempfile
@@ -21,8 +22,8 @@ def volumes_of(host: str) -> list[str]:
                           capture_output=True, text=True).stdout.split()
 
 
-def set_config(laptop, extra: str = "", playbook: str = "cpu") -> None:
-    (laptop.work / "devbox.toml").write_text(f'[defaults]\nplaybook = "{playbook}"\nbase_image = "{tb.BASE_IMAGE}"\n{extra}')
+def set_config(laptop, extra: str = "", playbook: str = "cpu", base: str = tb.BASE_IMAGE) -> None:
+    (laptop.work / "devbox.toml").write_text(f'[defaults]\nplaybook = "{playbook}"\nbase_image = "{base}"\n{extra}')
 
 
 def box_ssh(laptop, host: str, *command: str):
@@ -245,3 +246,25 @@ def test_a_uid_change_is_refused_and_the_running_box_is_left_alone(laptop):
     assert done.returncode == 2 and "belong to uid:gid 1000:1000" in done.stdout
     assert container_id(f"devbox-{laptop.host1}") == before
     assert box_ssh(laptop, laptop.host1, "true").returncode == 0
+
+
+def test_up_on_the_ubuntu_bases_of_the_real_pytorch_images(laptop, ubuntu_base):
+    """22.04 carries the pytorch images' conda PATH; 24.04 has its own "ubuntu" user at UID 1000."""
+    set_config(laptop, base=ubuntu_base)
+    reports, _ = laptop.devbox.json("up", laptop.host1)
+    report = reports[0]
+    assert report["error"] == "" and report["delivery"] in ("build-on-host", "none"), report
+    assert {c["status"] for c in report["checks"]} <= {"ok", "skipped"}, report["checks"]
+    probe = box_ssh(laptop, laptop.host1, "id -un; id -u; getent passwd ubuntu || echo no-ubuntu-user; echo $PATH; "
+                    "tmux -V; sshd -V 2>&1 | head -1; grep -h '^Uid:' /proc/[0-9]*/status | sort -u")
+    lines = probe.stdout.splitlines()
+    assert lines[:3] == ["dev", "1000", "no-ubuntu-user"], probe
+    box_env = json.loads(subprocess.run(["docker", "inspect", report["container"]], capture_output=True,
+                                        text=True).stdout)[0]["Config"]["Env"]
+    assert f"PATH={lines[3]}" in box_env, "an ssh session gets the image's PATH (conda first in pytorch images)"
+    assert ("/opt/conda/bin" in lines[3]) == ("22.04" in ubuntu_base)
+    assert lines[4].startswith("tmux ")
+    assert lines[-1].split()[1:] == ["1000"] * 4, "no process in the box runs as root"
+    audit = tb.ssh_audit(report["port"])
+    assert audit["fail"] == [], audit["fail"]
+    assert all(name.startswith("curve25519") and "post-quantum" in note for name, note in audit["warn"]), audit["warn"]
