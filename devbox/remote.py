@@ -211,7 +211,10 @@ def _exchange(channel, command: str, stdin, timeout, on_stdout, on_stdin=None, k
         while channel.recv_stderr_ready():
             err += channel.recv_stderr(65536)
             progressed = True
-        if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+        # sshd may send exit-status before the last output (OpenSSH does when the child
+        # exits with data still in its pipe): done only at EOF, with the buffers drained.
+        ended = channel.exit_status_ready() and (channel.eof_received or channel.closed)
+        if ended and not channel.recv_ready() and not channel.recv_stderr_ready():
             break
         if deadline is not None and time.monotonic() > deadline:
             channel.close()
