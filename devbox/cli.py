@@ -67,7 +67,7 @@ def build(
     gid: int = typer.Option(1000, help="GID of the login user."),
     as_json: bool = JSON,
 ):
-    """Build the SSH box image locally; the tag is a content hash, so same inputs reuse it."""
+    """Build the box image locally. The tag is a content hash of context, base and args: same inputs reuse it."""
     from devbox.image import DEFAULT_BASE_IMAGE, ImageSpec, build_locally
 
     spec = ImageSpec(base or DEFAULT_BASE_IMAGE, user, uid, gid)
@@ -92,7 +92,7 @@ def up(
                                           help="Verify over SSH (default: only when up changed something; `devbox verify` re-checks any time)."),
     as_json: bool = JSON,
 ):
-    """Check each host, deliver the image, start the box, pin its key, write `ssh devbox-HOST`, verify."""
+    """Provision the box on each host. Checks the host, delivers the image, starts the box, pins its key, writes `ssh devbox-HOST`, verifies."""
     from devbox.keyset import desired_keys
     from devbox.up import for_each_host, up_host
 
@@ -132,7 +132,7 @@ def verify(
     config: Optional[Path] = CONFIG,
     as_json: bool = JSON,
 ):
-    """Log in exactly as you will (same entry, same key) and report each check. Exit 1 on any failure."""
+    """Check the box over the path you will use. Same entry, same key; each check reported; exit 1 on any failure."""
     from devbox.up import for_each_host, verify_host
 
     reports = for_each_host(_specs(hosts, config, playbook), verify_host)
@@ -149,7 +149,7 @@ def status(
     config: Optional[Path] = CONFIG,
     as_json: bool = JSON,
 ):
-    """Each box's state, image, uptime, port, GPUs, key and job counts, read from the host."""
+    """Show each box: state, image, uptime, port, GPUs, keys, jobs. Read from the host's labels, not a local database."""
     from devbox.status import status_host
     from devbox.up import for_each_host
 
@@ -183,7 +183,7 @@ def down(
     config: Optional[Path] = CONFIG,
     as_json: bool = JSON,
 ):
-    """Remove the box's container. Volumes, host key and ssh entry are kept unless --purge."""
+    """Remove the box, keeping its data. Volumes, host key and ssh entry stay unless --purge."""
     from devbox.down import down_host
 
     spec = _specs([host], config, playbook)[0]
@@ -203,7 +203,7 @@ def ssh(
     host: str = typer.Argument(..., help="Host whose box to enter."),
     command: List[str] = typer.Argument(None, help="Command to run in the box (after --)."),
 ):
-    """Open a shell in the box (or run a command) with the OpenSSH client and devbox's entry."""
+    """Open a shell in the box, or run a command. Uses the OpenSSH client and devbox's entry."""
     from devbox import sshconfig
 
     argv = ["ssh", "-F", str(sshconfig.user_config_path()), sshconfig.BOX_PREFIX + host, *(command or [])]
@@ -215,7 +215,7 @@ def code(
     host: str = typer.Argument(..., help="Host whose box to open in VS Code."),
     path: str = typer.Argument("/workspace", help="Folder in the box to open."),
 ):
-    """Open VS Code Remote-SSH on the box (prints the command when `code` is not installed)."""
+    """Open VS Code Remote-SSH on the box. Prints the command when `code` is not installed."""
     import shutil
 
     from devbox import sshconfig
@@ -247,7 +247,7 @@ def keys_add(
     keys_dir: Optional[Path] = KEYS_DIR,
     as_json: bool = JSON,
 ):
-    """Validate and store a public key (private keys, DSA, RSA < 3072 and options are refused)."""
+    """Validate and store NAME's public key. Private keys, DSA, RSA < 3072 and options are refused."""
     from devbox.errors import KeyRejected
 
     if source == "-":
@@ -265,7 +265,7 @@ def keys_add(
 
 @keys_app.command("list")
 def keys_list(keys_dir: Optional[Path] = KEYS_DIR, as_json: bool = JSON):
-    """Name, type, bits, SHA256 fingerprint (as ssh-keygen -lf prints it) and comment."""
+    """List the team's keys. Name, type, bits, SHA256 fingerprint (as ssh-keygen -lf prints it), comment."""
     store = _store(keys_dir)
     rows = [{"name": n, "type": k.type, "bits": k.bits, "fingerprint": k.fingerprint, "comment": k.comment}
             for n, k in (store.list() if store.directory.is_dir() else [])]
@@ -275,7 +275,7 @@ def keys_list(keys_dir: Optional[Path] = KEYS_DIR, as_json: bool = JSON):
 
 @keys_app.command("gen")
 def keys_gen(path: Path = typer.Argument(Path("~/.ssh/id_ed25519"), help="Where to write the private key (.pub beside it).")):
-    """Make a new ed25519 key pair for you (private 0600 in a 0700 folder; never overwrites)."""
+    """Make a new ed25519 key pair for you. Private key 0600 in a 0700 folder; never overwrites."""
     from devbox.keys import generate_keypair
 
     key = generate_keypair(path)
@@ -284,7 +284,7 @@ def keys_gen(path: Path = typer.Argument(Path("~/.ssh/id_ed25519"), help="Where 
 
 @keys_app.command("revoke")
 def keys_revoke(name: str = typer.Argument(..., help="Whose key to remove."), keys_dir: Optional[Path] = KEYS_DIR, as_json: bool = JSON):
-    """Remove NAME's key and record it as revoked, so every later sync and up removes it."""
+    """Revoke NAME's key. It is recorded, so every later sync and up removes it from boxes."""
     removed = _store(keys_dir).revoke(name)
     _emit([k.fingerprint for k in removed], as_json,
           "\n".join(f"revoked {name}: {k.fingerprint}" for k in removed) + "\nrun `devbox keys sync --all` to remove it from the boxes now")
@@ -299,7 +299,7 @@ def keys_sync(
     config: Optional[Path] = CONFIG,
     as_json: bool = JSON,
 ):
-    """Rewrite each running box's authorized_keys atomically, live, without a restart."""
+    """Push keys/ to running boxes. authorized_keys is rewritten atomically, live, without a restart."""
     from devbox.keyset import desired_keys
     from devbox.sync import sync_host
     from devbox.up import for_each_host
@@ -333,7 +333,7 @@ def run(
     playbook: Optional[str] = PLAYBOOK,
     config: Optional[Path] = CONFIG,
 ):
-    """Start a long job in a detached tmux session in the box; it survives SSH drops.
+    """Start a long job in tmux in the box. It survives SSH drops.
 
     Example: devbox run gpu-host-3 --name train -- python train.py --lr 3e-4
     """
@@ -347,7 +347,7 @@ def run(
 
 @app.command()
 def ps(host: str = typer.Argument(...), playbook: Optional[str] = PLAYBOOK, config: Optional[Path] = CONFIG, as_json: bool = JSON):
-    """List the box's jobs: running, exited N, or lost (the box was re-created while it ran)."""
+    """List the box's jobs. Each is running, exited N, or lost (the box was re-created while it ran)."""
     from devbox.jobs import list_jobs
 
     spec, remote = _job_host(host, config, playbook)
@@ -367,7 +367,7 @@ def logs(
     playbook: Optional[str] = PLAYBOOK,
     config: Optional[Path] = CONFIG,
 ):
-    """Print a job's log (kept on the box's volume, readable after the job or box is gone)."""
+    """Print or follow a job's log. It is kept on the box's volume, readable after the job or box is gone."""
     from devbox.jobs import logs as job_logs
 
     spec, remote = _job_host(host, config, playbook)
@@ -381,7 +381,7 @@ def attach(
     name: str = typer.Argument(..., help="Job name."),
     read_only: bool = typer.Option(False, "--read-only", "-r", help="Watch without being able to type into the job."),
 ):
-    """Attach your terminal to a job's tmux session (detach with Ctrl-b d)."""
+    """Attach to a job's tmux session. Detach with Ctrl-b d."""
     from devbox import sshconfig
     from devbox.jobs import validate_name
 
