@@ -191,7 +191,21 @@ def _short(command: str, limit: int = 80) -> str:
 
 
 def _exchange(channel, command: str, stdin, timeout, on_stdout, on_stdin=None, keep_stdin_open=False) -> Result:
-    """Send stdin, read stdout/stderr until exit; bounded by `timeout` seconds."""
+    """Send stdin, read stdout/stderr until exit; bounded by `timeout` seconds.
+
+    A link that drops mid-command is a HostUnreachable (one line, per host), never a traceback.
+    """
+    import paramiko
+
+    try:
+        return _exchange_on(channel, command, stdin, timeout, on_stdout, on_stdin, keep_stdin_open)
+    except (OSError, EOFError, paramiko.SSHException) as exc:
+        channel.close()
+        raise HostUnreachable(f"SSH connection lost during `{_short(command)}` ({exc.__class__.__name__}: {exc})",
+                              "check the link and re-run: every devbox step is safe to repeat") from exc
+
+
+def _exchange_on(channel, command: str, stdin, timeout, on_stdout, on_stdin, keep_stdin_open) -> Result:
     deadline = None if timeout is None else time.monotonic() + timeout
     channel.exec_command(command)
     if stdin is not None:
@@ -213,8 +227,10 @@ def _exchange(channel, command: str, stdin, timeout, on_stdout, on_stdin=None, k
             progressed = True
         # sshd may send exit-status before the last output (OpenSSH does when the child
         # exits with data still in its pipe): done only at EOF, with the buffers drained.
-        ended = channel.exit_status_ready() and (channel.eof_received or channel.closed)
-        if ended and not channel.recv_ready() and not channel.recv_stderr_ready():
+        drained = not channel.recv_ready() and not channel.recv_stderr_ready()
+        if drained and channel.closed and not channel.eof_received and not channel.get_transport().is_active():
+            raise EOFError("the SSH transport closed before the command ended")
+        if drained and channel.exit_status_ready() and (channel.eof_received or channel.closed):
             break
         if deadline is not None and time.monotonic() > deadline:
             channel.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -82,10 +83,22 @@ class BoxSession:
         self.connect, self.pinned_key, self.user, self.keys, self.label = connect, pinned_key, user, keys, label
         self.transport = None
 
-    def login(self) -> None:
+    def login(self, wait_s: float = 30) -> None:
+        """Log in; a box that was just started gets wait_s for its sshd to answer."""
         import paramiko
 
-        transport = open_transport(self.connect(), self.pinned_key, self.label)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                transport = open_transport(self.connect(), self.pinned_key, self.label)
+                break
+            except (HostUnreachable, paramiko.SSHException, EOFError, OSError) as exc:
+                # The host's port proxy accepts before sshd listens: "Error reading SSH
+                # protocol banner" until the entrypoint has exec'd sshd.
+                if time.monotonic() > deadline:
+                    raise HostUnreachable(f"{self.label}: the box's sshd did not answer within {wait_s:.0f} s ({exc})",
+                                          "read the box's log on the host (`docker logs` of its container), then run `devbox verify`") from None
+                time.sleep(0.3)
         for key in self.keys:
             try:
                 transport.auth_publickey(self.user, key)

@@ -6,6 +6,7 @@ import os
 import socket
 import sys
 import subprocess
+import threading
 import time
 
 import paramiko
@@ -193,3 +194,28 @@ def test_workspace_is_writable_and_files_belong_to_the_configured_uid(box_image,
     finally:
         running.remove()
         running.volume_remove()
+
+
+def test_login_waits_for_a_box_whose_sshd_does_not_answer_yet(box):
+    """Right after `docker run` the port proxy accepts and hangs up until sshd listens."""
+    from devbox.errors import HostUnreachable
+    from devbox.verify import BoxSession
+
+    hang_up = socket.create_server(("127.0.0.1", 0))
+    threading.Thread(target=lambda: [c.close() for c, _ in iter(hang_up.accept, None)], daemon=True).start()
+    attempts = []
+
+    def connect():
+        attempts.append(1)
+        port = hang_up.getsockname()[1] if len(attempts) <= 2 else box.port
+        return socket.create_connection(("127.0.0.1", port))
+
+    key = [paramiko.Ed25519Key.from_private_key_file(str(box.key))]
+    session = BoxSession(connect, box.host_key, "dev", key, "devbox-test")
+    session.login(wait_s=20)
+    assert session.run("id -un")[1].strip() == "dev" and len(attempts) == 3
+    session.close()
+    never = BoxSession(lambda: socket.create_connection(hang_up.getsockname()), box.host_key, "dev", key, "devbox-test")
+    with pytest.raises(HostUnreachable, match="did not answer within 1 s"):
+        never.login(wait_s=1)
+    hang_up.close()

@@ -1,6 +1,11 @@
 """devbox.remote against a real sshd: what a command prints is never cut short."""
 from __future__ import annotations
 
+import threading
+import time
+
+import pytest
+
 from devbox.remote import Host
 
 
@@ -17,3 +22,16 @@ def test_a_large_output_arrives_whole(laptop):
     with Host(laptop.host1) as host:
         result = host.run("head -c 3000000 /dev/zero | tr '\\0' x; echo; echo end")
     assert len(result.stdout) == 3_000_000 + len("\nend\n") and result.stdout.endswith("x\nend\n")
+
+
+def test_a_link_that_drops_mid_command_is_one_line_not_a_hang(laptop):
+    from devbox.errors import HostUnreachable
+
+    with Host(laptop.host1) as host:
+        host.run("true")
+        threading.Timer(0.5, host.connection.transport.sock.close).start()
+        started = time.monotonic()
+        with pytest.raises(HostUnreachable) as lost:
+            host.run("sleep 30", timeout=60)
+    assert time.monotonic() - started < 15
+    assert "connection lost during `sleep 30`" in lost.value.one_line() and "\n" not in lost.value.one_line()
