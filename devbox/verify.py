@@ -10,6 +10,7 @@ import json
 import re
 import shlex
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -160,23 +161,31 @@ class BoxSession:
 
 
 def run_checks(session: BoxSession, expect: Expectations) -> list[Check]:
-    checks = [Check("key login", OK, f"as {session.user}")]
-    checks += _auth_checks(session)
-    checks += _identity_checks(session, expect)
-    checks.append(_tmux_check(session))
-    checks += [_mount_check(session, target, ro) for target, ro in expect.mounts]
-    checks += gpu_checks(session, expect.gpus)
-    return checks
+    """Every check; the login attacks (each a fresh SSH handshake) run alongside the rest."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        attacks = _start_auth_attacks(session, pool)
+        inside = _identity_checks(session, expect)
+        inside.append(_tmux_check(session))
+        inside += [_mount_check(session, target, ro) for target, ro in expect.mounts]
+        inside += gpu_checks(session, expect.gpus)
+        refused = _auth_checks(*(attack.result() for attack in attacks))
+    return [Check("key login", OK, f"as {session.user}")] + refused + inside
 
 
-def _auth_checks(session: BoxSession) -> list[Check]:
-    methods = session.allowed_methods()
+def _start_auth_attacks(session: BoxSession, pool: ThreadPoolExecutor) -> list[Future]:
+    return [pool.submit(session.allowed_methods),
+            pool.submit(session.try_password, session.user),
+            pool.submit(session.try_keyboard_interactive, session.user),
+            pool.submit(session.try_key_as, "root")]
+
+
+def _auth_checks(methods: list[str], password_in: bool, keyboard_in: bool, root_in: bool) -> list[Check]:
     only_keys = methods == ["publickey"]
     return [
         Check("only publickey offered", OK if only_keys else FAIL, ",".join(methods)),
-        _refused("password refused", session.try_password(session.user)),
-        _refused("keyboard-interactive refused", session.try_keyboard_interactive(session.user)),
-        _refused("root login refused", session.try_key_as("root")),
+        _refused("password refused", password_in),
+        _refused("keyboard-interactive refused", keyboard_in),
+        _refused("root login refused", root_in),
     ]
 
 
