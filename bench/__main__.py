@@ -100,7 +100,7 @@ def stage_status(bed: B.Bed, runs: int) -> dict:
 
     sys.path.insert(0, str(B.REPO))
     from devbox.config import load_spec
-    from devbox.facts import gather_script
+    from devbox.facts import state_script
     from devbox.image import content_tag
 
     def status(n):
@@ -113,11 +113,11 @@ def stage_status(bed: B.Bed, runs: int) -> dict:
 
     def raw(n):
         """The floor for the same work: n OpenSSH clients in parallel (32 at a time, as
-        devbox's pool), each running the very gather script devbox sends."""
+        devbox's pool), each running the very script `devbox status` sends (state_script)."""
         scripts = {}
         for h in bed.hosts[:n]:
             spec = load_spec(h, bed.project / "devbox.toml")
-            scripts[h] = "bash -c " + shlex.quote(gather_script(spec, content_tag(spec.image)))
+            scripts[h] = "bash -c " + shlex.quote(state_script(spec, content_tag(spec.image)))
 
         def run(i):
             with ThreadPoolExecutor(32) as pool:
@@ -125,7 +125,7 @@ def stage_status(bed: B.Bed, runs: int) -> dict:
             assert all(d.returncode == 0 for d in done)
         return run
     cmds = [Cmd(f"status {n} host{'s' if n > 1 else ''}", status(n)) for n in sizes]
-    floors = [Cmd(f"raw: {n} x ssh HOST gather-script, parallel", raw(n)) for n in sizes]
+    floors = [Cmd(f"raw: {n} x ssh HOST state-script, parallel", raw(n)) for n in sizes]
     interleave([c for pair in zip(cmds, floors) for c in pair], runs, log=log)
     r = ratio(cmds[-1], cmds[0])
     rf = ratio(floors[-1], floors[0])

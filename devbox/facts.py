@@ -1,7 +1,8 @@
 """Read-only questions to a host, asked in one SSH round trip, parsed by pure functions.
 
-One script prints every answer between markers; `parse_sections` splits them and
-each `parse_*` turns one answer into data. No-op `up` costs this one exchange.
+Scripts print their answers between markers; `parse_sections` splits them and each
+`parse_*` turns one answer into data. A no-op `up` costs one exchange (state_script);
+one that will create something asks host_check_script too, on the same connection.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from devbox.config import BoxSpec
 
 MARK = "@@devbox@@"
+SECTION = f"sec() {{ echo; echo '{MARK}' \"$1\"; }}"
 BOX_STATE_DIR = ".devbox"
 
 
@@ -46,6 +48,7 @@ class Facts:
     volume_owner: str | None = None        # "uid:gid" the box's volumes were made for
     running_jobs: tuple[str, ...] = ()
     job_count: int = 0
+    host_checked: bool = False             # runtimes, disk, GPUs were asked (host_check_script)
 
     @property
     def box_labels(self) -> dict:
@@ -56,21 +59,18 @@ class Facts:
         return bool(self.box and self.box.get("State", {}).get("Running"))
 
 
-def gather_script(spec: BoxSpec, image_tag: str) -> str:
-    """The shell script whose sections `parse_facts` reads; every value is quoted.
+def state_script(spec: BoxSpec, image_tag: str) -> str:
+    """What the host holds for this box; every `up` and `status` asks it (one exchange).
 
-    Few docker calls on purpose (each costs 50-150 ms on a host): one `docker info`,
-    one image inspect for tag and base, one container inspect, one exec into the box.
+    Few docker calls on purpose (each costs 20-150 ms on a host): `docker version` (not
+    `docker info`, 0.13 s), one image inspect for tag and base, one container inspect,
+    one exec into the box. Every value is quoted.
     """
     box = shlex.quote(spec.box_name)
     q = shlex.quote
     lines = [
-        f"sec() {{ echo; echo '{MARK}' \"$1\"; }}",
-        "info=$(docker info --format '{{.ServerVersion}}|{{.DockerRootDir}}|{{json .Runtimes}}' 2>&1)",
-        'sec docker; echo "${info%%|*}"',
-        'rest="${info#*|}"; sec runtimes; echo "${rest#*|}"',
-        "sec cdi; ls /etc/cdi/nvidia.yaml /var/run/cdi/nvidia.yaml 2>/dev/null",
-        'sec disk; df -Pk "${rest%%|*}" 2>/dev/null | tail -1',
+        SECTION,
+        "sec docker; docker version --format '{{.Server.Version}}' 2>&1",
         f"sec images; docker image inspect --format '{{{{json .RepoTags}}}}' {q(image_tag)} {q(spec.base_image)} 2>/dev/null",
         f"sec owner; docker volume inspect --format '{{{{index .Labels \"devbox.uid\"}}}}:{{{{index .Labels \"devbox.gid\"}}}}' {q(spec.volume_name(spec.all_volumes()[0]))} 2>/dev/null",
         f"box=$(docker container inspect {box} 2>/dev/null)",
@@ -81,13 +81,8 @@ def gather_script(spec: BoxSpec, image_tag: str) -> str:
     for volume in spec.volumes:
         if not volume.is_named:
             lines.append(f"sec path; [ -e {q(volume.source)} ] || echo {q(volume.source)}")
-    if spec.wants_gpus:
-        lines += [
-            "sec gpus; nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader,nounits 2>&1",
-            "sec smi; nvidia-smi 2>/dev/null | head -5",
-        ]
     # Inside the box (only when it runs), in one exec: keys file, host key, jobs.
-    inside = (f"sec() {{ echo; echo '{MARK}' \"$1\"; }}; sec keys; cat \"$HOME/{BOX_STATE_DIR}/authorized_keys\" 2>/dev/null; "
+    inside = (f"{SECTION}; sec keys; cat \"$HOME/{BOX_STATE_DIR}/authorized_keys\" 2>/dev/null; "
               f"sec hostkey; cat \"$HOME/{BOX_STATE_DIR}/hostkeys/ssh_host_ed25519_key.pub\" 2>/dev/null; sec jobs; {JOBS_SCAN}")
     lines += [
         'case "$box" in *\'"Running": true\'*)',
@@ -96,6 +91,33 @@ def gather_script(spec: BoxSpec, image_tag: str) -> str:
         "true",
     ]
     return "\n".join(lines) + "\n"
+
+
+def host_check_script(spec: BoxSpec) -> str:
+    """What preflight needs before creating anything: runtimes, disk, GPUs and driver.
+
+    Asked only when `up` will create or re-create something (`docker info` alone costs
+    0.13 s): a box that already matches its spec needs no preflight.
+    """
+    lines = [
+        SECTION,
+        "sec checked; echo yes",
+        "info=$(docker info --format '{{.DockerRootDir}}|{{json .Runtimes}}' 2>/dev/null)",
+        'sec runtimes; echo "${info#*|}"',
+        "sec cdi; ls /etc/cdi/nvidia.yaml /var/run/cdi/nvidia.yaml 2>/dev/null",
+        'sec disk; df -Pk "${info%%|*}" 2>/dev/null | tail -1',
+    ]
+    if spec.wants_gpus:
+        lines += [
+            "sec gpus; nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader,nounits 2>&1",
+            "sec smi; nvidia-smi 2>/dev/null | head -5",
+        ]
+    return "\n".join(lines + ["true"]) + "\n"
+
+
+def gather_script(spec: BoxSpec, image_tag: str) -> str:
+    """Both scripts in one: everything a first `up` asks (the bench runs it raw)."""
+    return state_script(spec, image_tag) + host_check_script(spec)
 
 
 # Lists "<name> <running|ended>" per job dir: running when its tmux session exists.
@@ -131,6 +153,7 @@ def parse_facts(text: str, image_tag: str = "") -> Facts:
         facts.docker_version = version.splitlines()[0]
     else:
         facts.docker_error = version.splitlines()[-1] if version else "docker not found"
+    facts.host_checked = s.get("checked") == "yes"
     facts.runtimes = parse_runtimes(s.get("runtimes", ""))
     facts.cdi_nvidia = bool(s.get("cdi"))
     facts.docker_root_free_kib = parse_df(s.get("disk", ""))

@@ -67,9 +67,22 @@ def preflight(spec: BoxSpec, facts: Facts) -> None:
             f"{h}: host path {facts.missing_paths[0]} to mount does not exist",
             "create it on the host or drop it from `volumes`",
         )
-    if spec.wants_gpus:
+    if spec.wants_gpus and facts.host_checked:
         _preflight_gpus(spec, facts)
     _preflight_owner(spec, facts)
+
+
+def needs_host_check(spec: BoxSpec, facts: Facts, image_tag: str) -> bool:
+    """Whether `up` must ask the host's runtimes, disk and GPUs before planning.
+
+    Only when it will deliver, create or re-create: a running box that matches its
+    spec needs none, so a no-op `up` skips `docker info` (0.13 s) and nvidia-smi.
+    """
+    if facts.docker_version is None:
+        return False  # preflight stops at Docker already
+    if not facts.image_present or not facts.box_running:
+        return True
+    return facts.box_labels.get("devbox.spec-hash") != spec.spec_hash(choose_port(spec, facts), image_tag)
 
 
 def _preflight_owner(spec: BoxSpec, facts: Facts) -> None:
@@ -205,6 +218,8 @@ def plan_up(
     local_image: bool = False,
 ) -> Plan:
     """Every step needed to bring the host to `spec`; none when it already matches."""
+    if needs_host_check(spec, facts, image_tag) and not facts.host_checked:
+        raise ValueError("plan_up needs the host checks (facts.host_checked) to create anything")
     preflight(spec, facts)
     port = choose_port(spec, facts)
     spec_hash = spec.spec_hash(port, image_tag)

@@ -215,6 +215,12 @@ def _exchange_on(channel, command: str, stdin, timeout, on_stdout, on_stdin, kee
     out, err = bytearray(), bytearray()
     channel.settimeout(0.2)
     while True:
+        # Read the end state before draining: data precedes EOF on the wire, so once EOF
+        # is seen here, the drain below collects everything. sshd may send exit-status
+        # before the last output (OpenSSH does when a child still holds the pipe): done
+        # only at EOF.
+        finished = channel.exit_status_ready() and (channel.eof_received or channel.closed)
+        lost = channel.closed and not channel.eof_received and not channel.get_transport().is_active()
         progressed = False
         while channel.recv_ready():
             data = channel.recv(65536)
@@ -225,18 +231,15 @@ def _exchange_on(channel, command: str, stdin, timeout, on_stdout, on_stdin, kee
         while channel.recv_stderr_ready():
             err += channel.recv_stderr(65536)
             progressed = True
-        # sshd may send exit-status before the last output (OpenSSH does when the child
-        # exits with data still in its pipe): done only at EOF, with the buffers drained.
-        drained = not channel.recv_ready() and not channel.recv_stderr_ready()
-        if drained and channel.closed and not channel.eof_received and not channel.get_transport().is_active():
+        if lost:
             raise EOFError("the SSH transport closed before the command ended")
-        if drained and channel.exit_status_ready() and (channel.eof_received or channel.closed):
+        if finished:
             break
         if deadline is not None and time.monotonic() > deadline:
             channel.close()
             raise RemoteCommandFailed(f"`{_short(command)}` timed out after {timeout:.0f} s", "retry, or check the host is not overloaded")
-        if not progressed:
-            channel.status_event.wait(0.05)
+        if not progressed:  # status_event stays set once the status came: then sleep
+            time.sleep(0.01) if channel.exit_status_ready() else channel.status_event.wait(0.05)
     code = channel.recv_exit_status()
     channel.close()
     return Result(command, code, out.decode(errors="replace"), err.decode(errors="replace"))

@@ -55,7 +55,7 @@ def status_host(spec: BoxSpec) -> BoxStatus:
 
     try:
         with Host(spec.host) as host:
-            facts = gather(host, spec, content_tag(spec.image))
+            facts = gather(host, spec, content_tag(spec.image), host_check=False)
         if facts.docker_version is None:
             return BoxStatus(spec.host, "unreachable", reason=f"docker: {facts.docker_error}", exit_code=3)
         return status_from_facts(spec, facts)

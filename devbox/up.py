@@ -17,10 +17,10 @@ from devbox import sshconfig
 from devbox.box import read_host_key
 from devbox.config import BoxSpec
 from devbox.errors import DevboxError
-from devbox.facts import Facts, gather_script, parse_facts
+from devbox.facts import Facts, host_check_script, parse_facts, state_script
 from devbox.image import content_tag, local_has_image
 from devbox.keyset import KeySet, default_identity
-from devbox.plan import Plan, plan_up
+from devbox.plan import Plan, needs_host_check, plan_up
 from devbox.remote import Host
 from devbox.steps import apply
 from devbox.verify import FAIL, OK, SKIPPED, BoxSession, Check, Expectations, load_identity, run_checks
@@ -49,8 +49,14 @@ class HostReport:
         return data
 
 
-def gather(host: Host, spec: BoxSpec, image_tag: str) -> Facts:
-    return parse_facts(host.run(gather_script(spec, image_tag), check=False).stdout, image_tag)
+def gather(host: Host, spec: BoxSpec, image_tag: str, host_check: bool = True) -> Facts:
+    """The box's state in one exchange; the host checks in a second only when `up` will
+    create something (host_check=False: never, for `status`)."""
+    state = host.run(state_script(spec, image_tag), check=False).stdout
+    facts = parse_facts(state, image_tag)
+    if host_check and needs_host_check(spec, facts, image_tag):
+        facts = parse_facts(state + host.run(host_check_script(spec), check=False).stdout, image_tag)
+    return facts
 
 
 def identity_for(host: Host) -> Path:

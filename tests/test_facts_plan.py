@@ -6,7 +6,7 @@ import pytest
 from devbox.config import BoxSpec, Volume
 from devbox.errors import HostUnreachable
 from devbox.facts import MARK, Facts, Gpu, image_cuda, parse_driver_cuda, parse_facts, parse_gpu_csv
-from devbox.plan import RunningJobs, choose_port, plan_up, run_args
+from devbox.plan import RunningJobs, choose_port, needs_host_check, plan_up, run_args
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TAG = "devbox-ssh:abc"
@@ -18,7 +18,8 @@ def section(name: str, body: str) -> str:
 
 
 def facts(**kw) -> Facts:
-    base = dict(docker_version="24.0.7", docker_root_free_kib=50 * 1024 * 1024, image_present=True, base_present=True)
+    base = dict(docker_version="24.0.7", docker_root_free_kib=50 * 1024 * 1024, image_present=True, base_present=True,
+                host_checked=True)
     base.update(kw)
     return Facts(**base)
 
@@ -195,3 +196,29 @@ def test_changing_uid_with_kept_volumes_is_refused_before_anything_changes():
     assert "1000:1000" in err.value.message and "4242:4242" in err.value.message
     assert err.value.exit_code == 2 and "--purge" in err.value.remedy
     assert plan_up(BoxSpec("gpu-host-1", gpus="none"), facts(volume_owner="1000:1000"), TAG, KEYS, "k").steps
+
+
+def test_a_box_that_matches_its_spec_needs_no_host_check():
+    """No-op up skips `docker info` and nvidia-smi: only creating something needs them."""
+    gpu = BoxSpec("h", gpus="all")
+    port = choose_port(gpu, Facts())
+    current = dict(host_checked=False, docker_root_free_kib=None, box=running_box(gpu, port), authorized_keys=KEYS.strip())
+    assert not needs_host_check(gpu, facts(**current), TAG)
+    plan = plan_up(gpu, facts(**current), TAG, KEYS, "k")  # no GPU facts, yet no preflight failure
+    assert plan.steps == []
+    assert needs_host_check(gpu, facts(**{**current, "box": None}), TAG)
+    assert needs_host_check(gpu, facts(**{**current, "image_present": False}), TAG)
+    assert needs_host_check(BoxSpec("h", gpus="all", shm_size="1g"), facts(**current), TAG)
+    stopped = {**running_box(gpu, port), "State": {"Running": False}}
+    assert needs_host_check(gpu, facts(**{**current, "box": stopped}), TAG)
+    assert not needs_host_check(gpu, facts(docker_version=None, host_checked=False), TAG)
+
+
+def test_planning_a_new_box_without_the_host_checks_is_a_bug_not_a_silent_skip():
+    with pytest.raises(ValueError, match="host checks"):
+        plan_up(BoxSpec("h", gpus="all"), facts(host_checked=False), TAG, KEYS, "k")
+
+
+def test_the_host_check_section_marks_the_facts_checked():
+    assert parse_facts(section("checked", "yes") + section("runtimes", '{"runc":{}}')).host_checked
+    assert not parse_facts(section("docker", "24.0.7")).host_checked

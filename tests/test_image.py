@@ -202,7 +202,15 @@ def test_login_waits_for_a_box_whose_sshd_does_not_answer_yet(box):
     from devbox.verify import BoxSession
 
     hang_up = socket.create_server(("127.0.0.1", 0))
-    threading.Thread(target=lambda: [c.close() for c, _ in iter(hang_up.accept, None)], daemon=True).start()
+
+    def accept_and_hang_up():
+        try:
+            while True:
+                hang_up.accept()[0].close()
+        except OSError:  # the listener was closed: the test is over
+            pass
+
+    threading.Thread(target=accept_and_hang_up, daemon=True).start()
     attempts = []
 
     def connect():
