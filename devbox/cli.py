@@ -65,12 +65,16 @@ def build(
     user: str = typer.Option("dev", help="Login user inside the box."),
     uid: int = typer.Option(1000, help="UID of the login user (match the owner of your data on the host)."),
     gid: int = typer.Option(1000, help="GID of the login user."),
+    refresh: str = typer.Option("", "--refresh", help="A label (e.g. today's date): a new one rebuilds with current openssh/tmux packages; `refresh` in devbox.toml does the same for up."),
     as_json: bool = JSON,
 ):
     """Build the box image locally. The tag is a content hash of context, base and args: same inputs reuse it."""
+    from devbox.config import REFRESH_RE
     from devbox.image import DEFAULT_BASE_IMAGE, ImageSpec, build_locally
 
-    spec = ImageSpec(base or DEFAULT_BASE_IMAGE, user, uid, gid)
+    if not REFRESH_RE.match(refresh):
+        raise ConfigError(f"--refresh {refresh!r} is not a label", "use up to 32 letters, digits, '.', '_' or '-', e.g. 2026-11-23")
+    spec = ImageSpec(base or DEFAULT_BASE_IMAGE, user, uid, gid, refresh)
     result = build_locally(spec, on_progress=_progress(as_json))
     verb = "built" if result.built else "reused"
     _emit(result.as_dict(), as_json, f"{verb} {result.tag} on {result.base} (adds {result.size_added / 1e6:.1f} MB, {result.seconds:.1f} s)")

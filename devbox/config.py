@@ -21,6 +21,7 @@ HOME_MOUNT = "/home/{user}"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 SIZE_RE = re.compile(r"^[0-9]+[bkmg]?$", re.IGNORECASE)
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+REFRESH_RE = re.compile(r"^[A-Za-z0-9._-]{0,32}$")
 ALLOWED_KEYS = {
     "base_image": "an image reference, e.g. pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime",
     "gpus": '"all", "none", or a list of GPU indices like [0, 1]',
@@ -34,6 +35,7 @@ ALLOWED_KEYS = {
     "port": "the host port for the box's sshd, 1024..65535 (default: chosen per host)",
     "playbook": "a playbook name in playbooks/ or a path to a .toml file",
     "delivery": '"auto" (default), "build" (on the host from the context) or "stream" (send the missing layers over SSH)',
+    "refresh": 'any label like "2026-11-23" (letters, digits, . _ -): change it to rebuild the image with today\'s openssh-server and tmux',
 }
 
 
@@ -69,6 +71,7 @@ class BoxSpec:
     expose: str = "loopback"
     port: int | None = None
     delivery: str = "auto"
+    refresh: str = ""
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -88,7 +91,7 @@ class BoxSpec:
 
     @property
     def image(self) -> ImageSpec:
-        return ImageSpec(self.base_image, self.user, self.uid, self.gid)
+        return ImageSpec(self.base_image, self.user, self.uid, self.gid, self.refresh)
 
     @property
     def home(self) -> str:
@@ -283,4 +286,5 @@ _PARSERS = {
     "port": _parse_port,
     "playbook": _parse_str(re.compile(r"^[A-Za-z0-9._/-]+$")),
     "delivery": _parse_choice("auto", "build", "stream"),
+    "refresh": _parse_str(REFRESH_RE),
 }

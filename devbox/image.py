@@ -22,20 +22,29 @@ CONTEXT_DIR = Path(__file__).resolve().parent.parent / "images" / "ssh"
 
 @dataclass(frozen=True)
 class ImageSpec:
-    """What decides the image's content: base and login user."""
+    """What decides the image's content: base, login user, and the package refresh label.
+
+    The same inputs give the same tag forever, so openssh-server and tmux are as new as
+    the first build. `refresh` is the knob: a new value is a new tag, and the build's
+    apt step runs again (the value is in that step's cache key).
+    """
 
     base: str = DEFAULT_BASE_IMAGE
     user: str = "dev"
     uid: int = 1000
     gid: int = 1000
+    refresh: str = ""
 
     def build_args(self) -> dict[str, str]:
-        return {
+        args = {
             "BASE_IMAGE": self.base,
             "DEVBOX_USER": self.user,
             "DEVBOX_UID": str(self.uid),
             "DEVBOX_GID": str(self.gid),
         }
+        if self.refresh:  # absent when unset: existing tags stay as they were
+            args["DEVBOX_REFRESH"] = self.refresh
+        return args
 
 
 def context_files(context: Path = CONTEXT_DIR) -> list[Path]:

@@ -45,6 +45,7 @@ def test_shipped_playbooks_say_what_the_issue_asks():
         ('[defaults]\nvolumes = ["relative/path:/x"]\n', "'volumes'"),
         ('[defaults]\nvolumes = ["data:/etc"]\n', "'volumes'"),
         ('[defaults]\nexpose = "public"\n', "'expose'"),
+        ('[defaults]\nrefresh = "next week; rm -rf /"\n', "'refresh'"),
         ("[defaults\n", "not valid TOML"),
         ('name = "x"\n', "unknown top-level key"),
     ],
@@ -81,3 +82,15 @@ def test_spec_hash_changes_with_what_needs_a_new_container_only():
     assert a.spec_hash(20000, "img:1") != BoxSpec("h", gpus="none", shm_size="1g").spec_hash(20000, "img:1")
     assert a.spec_hash(20000, "img:1") != a.spec_hash(20001, "img:1")
     assert a.spec_hash(20000, "img:1") != a.spec_hash(20000, "img:2")
+
+
+def test_refresh_is_a_new_image_tag_only_when_set(tmp_path):
+    """Unset, tags stay what they were; a new label is a new tag (and so a rebuild)."""
+    from devbox.image import ImageSpec, content_tag
+
+    plain = load_spec("h", write(tmp_path, "[defaults]\n"))
+    fresh = load_spec("h", write(tmp_path, '[defaults]\nrefresh = "2026-11-23"\n'))
+    assert plain.refresh == "" and fresh.refresh == "2026-11-23"
+    assert content_tag(plain.image) == content_tag(ImageSpec(plain.base_image))
+    assert content_tag(fresh.image) != content_tag(plain.image)
+    assert content_tag(fresh.image) != content_tag(ImageSpec(plain.base_image, refresh="2026-11-24"))

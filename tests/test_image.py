@@ -117,6 +117,20 @@ def test_build_cli_json_says_reused(testbed, box_image, tmp_path):
     assert json.loads(done.stdout)["built"] is False
 
 
+def test_a_refresh_label_reruns_the_package_step_with_the_label_in_its_cache_key(box_image, tmp_path):
+    fresh = build_locally(ImageSpec(tb.BASE_IMAGE, refresh="t-refresh-test"))
+    try:
+        assert fresh.built and fresh.tag != box_image.tag
+        history = subprocess.run(["docker", "history", "--no-trunc", "--format", "{{.CreatedBy}}", fresh.tag],
+                                 capture_output=True, text=True, check=True).stdout
+        apt_step = next(line for line in history.splitlines() if "apt-get install" in line)
+        assert "DEVBOX_REFRESH=t-refresh-test" in apt_step, apt_step
+    finally:
+        subprocess.run(["docker", "rmi", fresh.tag], capture_output=True)
+    bad = subprocess.run(["devbox", "build", "--refresh", "a b"], capture_output=True, text=True, cwd=tmp_path, env=VENV_ENV)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--refresh" in bad.stderr
+
+
 def test_missing_base_is_a_one_line_error_with_remedy(testbed, tmp_path):
     done = subprocess.run(["devbox", "build", "--base", "local/does-not-exist:1"], capture_output=True, text=True, cwd=tmp_path,
                           env=VENV_ENV)

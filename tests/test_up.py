@@ -268,3 +268,22 @@ def test_up_on_the_ubuntu_bases_of_the_real_pytorch_images(laptop, ubuntu_base):
     audit = tb.ssh_audit(report["port"])
     assert audit["fail"] == [], audit["fail"]
     assert all(name.startswith("curve25519") and "post-quantum" in note for name, note in audit["warn"]), audit["warn"]
+
+
+def test_a_new_refresh_label_rebuilds_on_the_host_and_keeps_the_data(laptop):
+    laptop.devbox.json("up", laptop.host1)
+    assert box_ssh(laptop, laptop.host1, "echo kept > /workspace/keep.txt").returncode == 0
+    label = f"t{laptop.home.parent.name[-12:]}".replace("_", "-")
+    set_config(laptop, f'refresh = "{label}"\n')
+    reports, _ = laptop.devbox.json("up", laptop.host1)
+    report = reports[0]
+    try:
+        assert report["error"] == "" and report["delivery"] == "build-on-host", report
+        assert any("re-create" in step for step in report["steps"])
+        assert box_ssh(laptop, laptop.host1, "cat /workspace/keep.txt").stdout.strip() == "kept"
+    finally:
+        tag = subprocess.run(["docker", "inspect", "-f", "{{.Config.Image}}", report["container"]],
+                             capture_output=True, text=True).stdout.strip()
+        laptop.devbox("down", laptop.host1)
+        if tag:
+            subprocess.run(["docker", "rmi", tag], capture_output=True)
