@@ -2,7 +2,7 @@
 
 The "GPU host" is a real sshd on 127.0.0.10 using this machine's Docker engine; the
 "laptop" is a HOME under /var/lib/devbox-demo, so your own ~/.ssh is never touched.
-Re-running restarts the host's sshd and re-runs `up` (a no-op when nothing changed).
+Re-running starts the same host again (same keys and port) and re-runs `up`: a no-op.
 """
 from __future__ import annotations
 
@@ -14,23 +14,43 @@ from pathlib import Path
 
 from devbox import testbed as tb
 
-DEMO = Path("/var/lib/devbox-demo")
-HOST = "local-gpu"
+# Overridable so a test can run the demo without touching yours.
+DEMO = Path(os.environ.get("DEVBOX_DEMO_DIR", "/var/lib/devbox-demo"))
+HOST = os.environ.get("DEVBOX_DEMO_HOST", "local-gpu")
 
 
-def restart_host() -> tb.TestBed:
+def stop_host() -> None:
     pidfile = DEMO / "sshd.pid"
     if pidfile.exists():
         try:
             os.kill(int(pidfile.read_text()), signal.SIGTERM)
         except (ProcessLookupError, ValueError):
             pass
-    bed_dir = DEMO / "host"
-    if bed_dir.exists():
-        subprocess.run(["rm", "-rf", str(bed_dir)], check=True)
-    bed = tb.start_testbed(bed_dir, [HOST], detach=True)
-    pidfile.write_text(str(bed.hosts[HOST].process.pid))
-    return bed
+
+
+def resume_host(home: Path) -> bool:
+    """Start the previous run's sshd again: same host key, address, port and laptop, so
+    the `up` that follows is the no-op it should be. False when there is none."""
+    config = DEMO / "host" / HOST / "sshd_config"
+    if not config.exists() or not (home / ".ssh" / "config").exists():
+        return False
+    listen = next(line.split()[1] for line in config.read_text().splitlines() if line.startswith("ListenAddress"))
+    address, port = listen.rsplit(":", 1)
+    try:
+        process = tb.launch_sshd(config.parent, address, int(port), detach=True)
+    except RuntimeError:  # the port was taken meanwhile: start afresh
+        return False
+    (DEMO / "sshd.pid").write_text(str(process.pid))
+    return True
+
+
+def fresh_host(home: Path) -> None:
+    for old in (DEMO / "host", home):
+        if old.exists():
+            subprocess.run(["rm", "-rf", str(old)], check=True)
+    bed = tb.start_testbed(DEMO / "host", [HOST], detach=True)
+    (DEMO / "sshd.pid").write_text(str(bed.hosts[HOST].process.pid))
+    tb.make_laptop(home, bed)
 
 
 def main() -> int:
@@ -39,11 +59,12 @@ def main() -> int:
         print(f"demo: cannot run here: {reason}", file=sys.stderr)
         return 2
     DEMO.mkdir(mode=0o755, exist_ok=True)
-    bed = restart_host()
+    DEMO.chmod(0o755)  # the host's ssh user reads authorized_keys below it
     home = DEMO / "laptop"
-    if home.exists():
-        subprocess.run(["rm", "-rf", str(home)], check=True)
-    laptop = tb.make_laptop(home, bed)
+    stop_host()
+    if not resume_host(home):
+        fresh_host(home)
+    laptop = tb.Laptop(home)
     work = DEMO / "project"
     (work / "keys").mkdir(parents=True, exist_ok=True)
     (work / "devbox.toml").write_text(f'[defaults]\nplaybook = "cpu"\nbase_image = "{tb.BASE_IMAGE}"\n')

@@ -124,12 +124,18 @@ def start_fake_host(name: str, index: int, workdir: Path, authorized: Path, user
         f"PermitRootLogin no\nAllowTcpForwarding yes\nAllowUsers {OPS_USER} {NODOCKER_USER}\n"
         f"MaxStartups 200:30:400\nMaxSessions 100\nLogLevel VERBOSE\n" + extra
     )
+    process = launch_sshd(hostdir, address, port, detach)
+    return FakeHost(name, address, port, user, host_key, process)
+
+
+def launch_sshd(hostdir: Path, address: str, port: int, detach: bool = False) -> subprocess.Popen:
+    """Run the sshd configured in hostdir (again, for the demo) and wait until it listens."""
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    log = open(hostdir / "sshd.log", "w")
-    process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=detach)
-    host = FakeHost(name, address, port, user, host_key, process)
+    log = open(hostdir / "sshd.log", "a")
+    process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(hostdir / "sshd_config")], stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=detach)
     _wait_listening(address, port, process, hostdir / "sshd.log")
-    return host
+    return process
 
 
 def _wait_listening(address: str, port: int, process: subprocess.Popen, log: Path) -> None:
