@@ -3,7 +3,7 @@
 Starts a one-host bed, brings the box up, then runs pyinstrument (from the bench's own
 venv, over this venv's packages) on `devbox up HOST --no-verify` and `devbox up HOST --verify`,
 plus `-X importtime` on the import of devbox.cli and the phases of the remote side
-(each command of the gather script timed on the host). Writes bench/results/profile-*.txt.
+(each command of the state script, what a no-op up sends, timed on the host). Writes bench/results/profile-*.txt.
 """
 from __future__ import annotations
 
@@ -38,15 +38,15 @@ def main() -> int:
                       key=lambda r: -int(r[1]))[:25]
         (OUT / "profile-imports.txt").write_text("cumulative us | module\n" + "".join(f"{r[1].strip():>10} | {r[2]}\n" for r in rows))
         print(f"wrote {OUT / 'profile-imports.txt'}")
-        # The remote side: time each section of the gather script on the host itself.
+        # The remote side: time each section of the state script on the host itself.
         sys.path.insert(0, str(B.REPO))
         os.environ["HOME"] = str(bed.laptop.home)
         os.chdir(bed.project)
         from devbox.config import load_spec
-        from devbox.facts import gather_script
+        from devbox.facts import state_script
         from devbox.image import content_tag
         spec = load_spec(host)
-        script = gather_script(spec, content_tag(spec.image))
+        script = state_script(spec, content_tag(spec.image))  # what a no-op up sends
         timed = script.replace("sec() { echo;", "sec() { echo \"T $(date +%s%N)\" >&2; echo;")
         t = time.perf_counter()
         done = bed.ssh(host, "bash -c " + _quote(timed + 'echo "T $(date +%s%N)" >&2\n'))

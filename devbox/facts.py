@@ -115,11 +115,6 @@ def host_check_script(spec: BoxSpec) -> str:
     return "\n".join(lines + ["true"]) + "\n"
 
 
-def gather_script(spec: BoxSpec, image_tag: str) -> str:
-    """Both scripts in one: everything a first `up` asks (the bench runs it raw)."""
-    return state_script(spec, image_tag) + host_check_script(spec)
-
-
 # Lists "<name> <running|ended>" per job dir: running when its tmux session exists.
 JOBS_SCAN = (
     'cd "$HOME/.devbox/jobs" 2>/dev/null || exit 0; '

@@ -82,7 +82,12 @@ def needs_host_check(spec: BoxSpec, facts: Facts, image_tag: str) -> bool:
         return False  # preflight stops at Docker already
     if not facts.image_present or not facts.box_running:
         return True
-    return facts.box_labels.get("devbox.spec-hash") != spec.spec_hash(choose_port(spec, facts), image_tag)
+    return not box_matches(facts, spec.spec_hash(choose_port(spec, facts), image_tag))
+
+
+def box_matches(facts: Facts, spec_hash: str) -> bool:
+    """The box on the host was made from this very spec (its label says so)."""
+    return facts.box_labels.get("devbox.spec-hash") == spec_hash
 
 
 def _preflight_owner(spec: BoxSpec, facts: Facts) -> None:
@@ -229,7 +234,7 @@ def plan_up(
     if deliver:
         steps.append(deliver)
     box = facts.box
-    recreate = box is not None and facts.box_labels.get("devbox.spec-hash") != spec_hash
+    recreate = box is not None and not box_matches(facts, spec_hash)
     if recreate:
         if facts.running_jobs and not force:
             raise RunningJobs(

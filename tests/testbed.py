@@ -1,11 +1,11 @@
 """The test bed lives in the package (devbox/testbed.py) so `make demo` can use it too."""
+import json
+import os
+import subprocess
+import sys
+
 from devbox.testbed import *  # noqa: F401,F403
 from devbox.testbed import FIXTURES, UNREACHABLE  # noqa: F401
-
-import json as _json
-import os as _os
-import subprocess as _subprocess
-import sys as _sys
 
 # Stand-ins for the real pytorch images' Ubuntu bases (scripts/ubuntu-bases.sh makes them).
 UBUNTU_BASES = ("local/ubuntu:22.04", "local/ubuntu:24.04")
@@ -13,10 +13,10 @@ UBUNTU_BASES = ("local/ubuntu:22.04", "local/ubuntu:24.04")
 
 def ssh_audit(port: int, address: str = "127.0.0.1") -> dict:
     """ssh-audit's verdict on one server: its banner, (algorithm, note) fails and warns, CVEs."""
-    env = {**_os.environ, "PATH": f"{_sys.prefix}/bin:{_os.environ['PATH']}"}
-    done = _subprocess.run(["ssh-audit", "-j", "-p", str(port), address], capture_output=True, text=True,
+    env = {**os.environ, "PATH": f"{sys.prefix}/bin:{os.environ['PATH']}"}
+    done = subprocess.run(["ssh-audit", "-j", "-p", str(port), address], capture_output=True, text=True,
                            timeout=120, env=env)
-    report = _json.loads(done.stdout)
+    report = json.loads(done.stdout)
     found = {"banner": report.get("banner", {}).get("raw", ""), "fail": [], "warn": [],
              "cves": report.get("cves", []), "raw": done.stdout}
     for section in ("kex", "key", "enc", "mac"):
