@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import tempfile
 import subprocess
@@ -18,9 +19,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import testbed as tb  # noqa: E402
 
-# A suffix keeps parallel pytest runs (several developers, one dockerd) out of each
-# other's boxes: box and volume names derive from the host alias.
-SUFFIX = os.environ.get("DEVBOX_TEST_SUFFIX", "")
+# A per-run suffix keeps this run out of every box it did not make: box and volume
+# names derive from the host alias, so an engine that already runs a real
+# `devbox-gpu-host-1` (or another developer's test run) is never touched.
+SUFFIX = os.environ.get("DEVBOX_TEST_SUFFIX") or "-t" + secrets.token_hex(3)
 HOST1, HOST2, NODOCKER = f"gpu-host-1{SUFFIX}", f"gpu-host-2{SUFFIX}", f"nodocker-host{SUFFIX}"
 NORUNTIME = f"gpu-noruntime{SUFFIX}"
 HOSTS = [HOST1, HOST2, NODOCKER, NORUNTIME]

@@ -50,3 +50,16 @@ def test_build_without_a_docker_engine_is_one_line_with_the_remedy(tmp_path):
     done = subprocess.run([sys.executable, "-m", "devbox.cli", "build"], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 3
     assert done.stderr.count("\n") == 1 and "start dockerd" in done.stderr
+
+
+def test_each_run_gets_its_own_host_suffix():
+    """Two test runs on one engine never share box names (a real box is never touched)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = "import conftest; print(conftest.HOST1)"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "DEVBOX_TEST_SUFFIX"}
+    names = {subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).parent, env=env,
+                            capture_output=True, text=True, check=True).stdout.strip() for _ in range(2)}
+    assert len(names) == 2 and all(n.startswith("gpu-host-1-t") for n in names), names
