@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import re
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -15,19 +16,34 @@ from pathlib import Path
 
 from devbox.errors import ConfigError
 from devbox.image import DEFAULT_BASE_IMAGE, ImageSpec
+from devbox.resources import shipped_dir
 
-PLAYBOOK_DIR = Path(__file__).resolve().parent.parent / "playbooks"
+PLAYBOOK_DIR = shipped_dir("playbooks")
 HOME_MOUNT = "/home/{user}"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-SIZE_RE = re.compile(r"^[0-9]+[bkmg]?$", re.IGNORECASE)
-USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-REFRESH_RE = re.compile(r"^[A-Za-z0-9._-]{0,32}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+SIZE_RE = re.compile(r"^[0-9]+[bkmg]?\Z", re.IGNORECASE)
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
+REFRESH_RE = re.compile(r"^[A-Za-z0-9._-]{0,32}\Z")
+# Mount paths travel inside `docker run --mount type=…,source=…,target=…`: a comma or
+# `=` would add mount options (a second `source=/`), so paths use a plain alphabet.
+PATH_RE = re.compile(r"^/[A-Za-z0-9._@+/-]*\Z")
+# Box paths a volume may not cover, nor sit inside: the image's system (a mount at
+# /etc/ssh would replace the hardened sshd_config) and the kernel's filesystems.
+SYSTEM_TARGETS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32",
+                  "/proc", "/root", "/run", "/sbin", "/sys", "/usr")
+# Box paths a volume may sit inside but not replace (/opt holds the pytorch images' conda).
+SHARED_TARGETS = ("/", "/home", "/opt", "/tmp", "/var")
+# Host paths that make every key holder root on the host, as themselves, inside or above them.
+HOST_ROOT_PATHS = ("/boot", "/dev", "/etc", "/proc", "/root", "/run", "/sys", "/var/lib/containerd",
+                   "/var/lib/docker", "/var/run")
+HOST_ROOT_SOCKETS = ("docker.sock", "containerd.sock", "podman.sock")
 ALLOWED_KEYS = {
     "base_image": "an image reference, e.g. pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime",
     "gpus": '"all", "none", or a list of GPU indices like [0, 1]',
     "volumes": 'a list like ["workspace:/workspace", "/data:/data:ro"]',
     "shm_size": 'a size like "16g"',
-    "memory": 'a size like "64g", or "" for no limit',
+    "memory": '"auto" (default: the host\'s memory less max(2 GiB, 10%)), a size like "64g", or "" for no limit',
+    "cpus": '"auto" (default: the host\'s CPUs less one, when it has more than two), a number like 7.5, or "" for no limit',
     "user": "a login name like dev",
     "uid": "an integer 1..65534",
     "gid": "an integer 1..65534",
@@ -36,6 +52,7 @@ ALLOWED_KEYS = {
     "playbook": "a playbook name in playbooks/ or a path to a .toml file",
     "delivery": '"auto" (default), "build" (on the host from the context) or "stream" (send the missing layers over SSH)',
     "refresh": 'any label like "2026-11-23" (letters, digits, . _ -): change it to rebuild the image with today\'s openssh-server and tmux',
+    "allow_host_root_mounts": "true to let volumes mount host paths that give root on the host (the Docker socket, /etc, /, …); every key holder becomes host root, and `up` warns each time",
 }
 
 
@@ -64,7 +81,8 @@ class BoxSpec:
     gpus: str | tuple[int, ...] = "all"
     volumes: tuple[Volume, ...] = (Volume("workspace", "/workspace"),)
     shm_size: str = "8g"
-    memory: str = ""
+    memory: str = "auto"
+    cpus: str = "auto"
     user: str = "dev"
     uid: int = 1000
     gid: int = 1000
@@ -72,7 +90,12 @@ class BoxSpec:
     port: int | None = None
     delivery: str = "auto"
     refresh: str = ""
+    allow_host_root_mounts: bool = False
     sources: tuple[str, ...] = field(default=(), compare=False)
+
+    # Not part of the container: changing them must not re-create a box (and the
+    # opt-in flag must not change the hash of configs written before it existed).
+    HASH_EXCLUDED = ("sources", "port", "host", "delivery", "allow_host_root_mounts")
 
     @property
     def box_name(self) -> str:
@@ -97,6 +120,16 @@ class BoxSpec:
     def home(self) -> str:
         return HOME_MOUNT.format(user=self.user)
 
+    @property
+    def keys_volume(self) -> str:
+        """The team's authorized_keys: mounted read-only in the box, written from the host."""
+        return f"{self.box_name}.keys"
+
+    @property
+    def network(self) -> str:
+        """The box's own bridge network: boxes on one host cannot reach each other."""
+        return f"{self.box_name}.net"
+
     def volume_name(self, volume: Volume) -> str:
         return f"{self.box_name}-{volume.source}"
 
@@ -104,9 +137,13 @@ class BoxSpec:
         """The configured mounts plus the home volume (it holds the host key and jobs)."""
         return (Volume("home", self.home), *self.volumes)
 
+    def dangerous_mounts(self) -> list[Volume]:
+        """Host paths that make key holders root on the host (allowed only by the opt-in)."""
+        return [v for v in self.volumes if not v.is_named and _gives_host_root(v.source)]
+
     def spec_hash(self, port: int, image_tag: str) -> str:
         """What, if changed, needs a new container (keys do not: they sync live)."""
-        data = {k: v for k, v in asdict(self).items() if k not in ("sources", "port", "host", "delivery")}
+        data = {k: v for k, v in asdict(self).items() if k not in self.HASH_EXCLUDED}
         data.update(port=port, image=image_tag)
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -151,7 +188,21 @@ def playbook_path(name: str) -> Path:
 def configured_hosts(config_file: Path | None = None) -> list[str]:
     """Host names that have a [hosts.NAME] table in the config (for --all)."""
     path = find_config(config_file)
-    return sorted(_read_toml(path).get("hosts", {})) if path else []
+    return sorted(_read_config(path).get("hosts", {})) if path else []
+
+
+def _read_config(path: Path) -> dict:
+    """devbox.toml, its top level checked: only a [defaults] table and [hosts.NAME] tables."""
+    document = _read_toml(path)
+    for key, value in document.items():
+        if key not in ("defaults", "hosts"):
+            raise ConfigError(f"{path}: unknown top-level key {key!r}", "allowed: [defaults] and [hosts.NAME] tables")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: {key} must be a table", f"write it as [{key}]" if key == "defaults" else "write [hosts.NAME] tables")
+    for name, table in document.get("hosts", {}).items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: hosts.{name} must be a table", f"write it as [hosts.{name}]")
+    return document
 
 
 def load_spec(host: str, config_file: Path | None = None, playbook: str | None = None) -> BoxSpec:
@@ -160,9 +211,7 @@ def load_spec(host: str, config_file: Path | None = None, playbook: str | None =
         raise ConfigError(f"{host!r} is not a valid host name", "use the Host name from your ~/.ssh/config")
     layers: list[tuple[str, dict]] = []
     path = find_config(config_file)
-    document = _read_toml(path) if path else {}
-    if path:
-        _check_top_level(document, path)
+    document = _read_config(path) if path else {}
     defaults = document.get("defaults", {})
     host_table = document.get("hosts", {}).get(host, {})
     config_playbook = host_table.get("playbook", defaults.get("playbook"))
@@ -177,19 +226,15 @@ def load_spec(host: str, config_file: Path | None = None, playbook: str | None =
         pb = playbook_path(playbook)
         layers.append((str(pb), _read_toml(pb)))
     merged: dict = {}
+    origin: dict[str, str] = {}
     for where, table in layers:
-        merged.update(_validate_table(table, where))
+        fields = _validate_table(table, where)
+        merged.update(fields)
+        origin.update(dict.fromkeys(fields, where))
     merged.pop("playbook", None)
-    return BoxSpec(host=host, sources=tuple(w for w, _ in layers), **merged)
-
-
-def _check_top_level(document: dict, path: Path) -> None:
-    for key, value in document.items():
-        if key not in ("defaults", "hosts"):
-            raise ConfigError(f"{path}: unknown top-level key {key!r}", "allowed: [defaults] and [hosts.NAME] tables")
-    for name, table in document.get("hosts", {}).items():
-        if not isinstance(table, dict):
-            raise ConfigError(f"{path}: hosts.{name} must be a table", f"write it as [hosts.{name}]")
+    spec = BoxSpec(host=host, sources=tuple(w for w, _ in layers), **merged)
+    _check_mounts(spec, origin)
+    return spec
 
 
 def _validate_table(table: dict, where: str) -> dict:
@@ -213,18 +258,40 @@ def _parse_gpus(value) -> str | tuple[int, ...]:
     raise ValueError(repr(value))
 
 
+def normal_path(path: str) -> str:
+    """/x/../etc, /etc/., /etc/ and //etc all mean /etc (POSIX keeps a leading //: we do not)."""
+    return "/" + posixpath.normpath(path).lstrip("/")
+
+
+def _inside(path: str, folder: str) -> bool:
+    """path is folder or below it (both normal)."""
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _gives_host_root(source: str) -> bool:
+    """A host path through which the box could act as root on the host."""
+    return source.endswith(HOST_ROOT_SOCKETS) or any(
+        _inside(source, danger) or _inside(danger, source) for danger in HOST_ROOT_PATHS)
+
+
 def parse_volume(text: str) -> Volume:
+    """SOURCE:TARGET[:ro|rw]; paths come back normalised, so every later check sees one spelling."""
     if not isinstance(text, str):
         raise ValueError(repr(text))
     parts = text.split(":")
     if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
         raise ValueError(f"{text!r} is not SOURCE:TARGET[:ro]")
     source, target = parts[0], parts[1]
-    if not target.startswith("/") or target in ("/", "/home", "/etc", "/usr", "/tmp"):
-        raise ValueError(f"{text!r}: the target must be an absolute path that is not a system directory")
-    if "/" in source and not source.startswith("/"):
-        raise ValueError(f"{text!r}: a host path must be absolute")
-    if "/" not in source and not re.match(r"^[a-z0-9][a-z0-9_-]*$", source):
+    if not PATH_RE.match(target):
+        raise ValueError(f"{text!r}: the target must be an absolute path of letters, digits and . _ @ + - /")
+    target = normal_path(target)
+    if any(_inside(target, system) for system in SYSTEM_TARGETS) or target in SHARED_TARGETS:
+        raise ValueError(f"{text!r}: {target} is a system directory of the box")
+    if "/" in source:
+        if not PATH_RE.match(source):
+            raise ValueError(f"{text!r}: a host path must be absolute, of letters, digits and . _ @ + - /")
+        source = normal_path(source)
+    elif not re.match(r"^[a-z0-9][a-z0-9_-]*\Z", source):
         raise ValueError(f"{text!r}: a volume name uses a-z, 0-9, _ and -")
     return Volume(source, target, len(parts) == 3 and parts[2] == "ro")
 
@@ -232,11 +299,27 @@ def parse_volume(text: str) -> Volume:
 def _parse_volumes(value) -> tuple[Volume, ...]:
     if not isinstance(value, list):
         raise ValueError("not a list")
-    volumes = tuple(parse_volume(v) for v in value)
-    targets = [v.target for v in volumes]
-    if len(set(targets)) != len(targets):
-        raise ValueError("two volumes share a target")
-    return volumes
+    return tuple(parse_volume(v) for v in value)
+
+
+def _check_mounts(spec: BoxSpec, origin: dict[str, str]) -> None:
+    """The whole run spec, before anything is touched: Docker refuses a duplicate target only
+    after the old box is gone, and the home (host key, jobs) may not be covered or nested into."""
+    where = origin.get("volumes", "the built-in defaults")
+    remedy = "give each volume its own target outside the others and outside " + spec.home
+    mounts = spec.all_volumes()
+    for i, a in enumerate(mounts):
+        for b in mounts[i + 1:]:
+            if _inside(a.target, b.target) or _inside(b.target, a.target):
+                home = f" (the login home of user {spec.user!r}, from {origin.get('user', 'the defaults')})" if i == 0 else ""
+                raise ConfigError(f"{where}: bad value for 'volumes': {b.target} overlaps {a.target}{home}: two mounts at the same or nested paths", remedy)
+            if a.is_named and a.source == b.source:
+                raise ConfigError(f"{where}: bad value for 'volumes': volume name {a.source!r} is used twice"
+                                  + (" (devbox keeps the login home in it)" if i == 0 else ""), "give each volume its own name")
+    dangerous = spec.dangerous_mounts()
+    if dangerous and not spec.allow_host_root_mounts:
+        raise ConfigError(f"{where}: bad value for 'volumes': mounting host path {dangerous[0].source} makes every key holder root on the host",
+                          "mount a data folder instead; only if you mean it, set allow_host_root_mounts = true in devbox.toml")
 
 
 def _parse_size(value) -> str:
@@ -257,6 +340,12 @@ def _parse_port(value) -> int:
     raise ValueError(repr(value))
 
 
+def _parse_bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ValueError(repr(value))
+
+
 def _parse_choice(*choices: str):
     def parse(value):
         if value in choices:
@@ -273,18 +362,28 @@ def _parse_str(pattern: re.Pattern):
     return parse
 
 
+def _parse_cpus(value) -> str:
+    if value in ("auto", ""):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 4096:
+        return f"{value:g}"
+    raise ValueError(repr(value))
+
+
 _PARSERS = {
-    "base_image": _parse_str(re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")),
+    "base_image": _parse_str(re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}\Z")),
     "gpus": _parse_gpus,
     "volumes": _parse_volumes,
     "shm_size": _parse_size,
-    "memory": _parse_size,
+    "memory": lambda value: value if value == "auto" else _parse_size(value),
+    "cpus": _parse_cpus,
     "user": _parse_str(USER_RE),
     "uid": _parse_id,
     "gid": _parse_id,
     "expose": _parse_choice("loopback", "all"),
     "port": _parse_port,
-    "playbook": _parse_str(re.compile(r"^[A-Za-z0-9._/-]+$")),
+    "playbook": _parse_str(re.compile(r"^[A-Za-z0-9._/-]+\Z")),
     "delivery": _parse_choice("auto", "build", "stream"),
     "refresh": _parse_str(REFRESH_RE),
+    "allow_host_root_mounts": _parse_bool,
 }

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from devbox.config import BoxSpec, Volume, load_spec, parse_volume
+from devbox.config import BoxSpec, Volume, configured_hosts, load_spec, parse_volume
 from devbox.errors import ConfigError
 
 
@@ -94,3 +94,97 @@ def test_refresh_is_a_new_image_tag_only_when_set(tmp_path):
     assert content_tag(plain.image) == content_tag(ImageSpec(plain.base_image))
     assert content_tag(fresh.image) != content_tag(plain.image)
     assert content_tag(fresh.image) != content_tag(ImageSpec(plain.base_image, refresh="2026-11-24"))
+
+
+# ---------------------------------------------------------------- the whole run spec (issue 13)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('[defaults]\nvolumes = ["workspace:/home/dev"]\n', "/home/dev overlaps /home/dev (the login home"),
+    ('[defaults]\nvolumes = ["workspace:/home/dev/data"]\n', "the login home"),
+    ('[defaults]\nvolumes = ["a:/workspace", "b:/workspace/x"]\n', "/workspace/x overlaps /workspace"),
+    ('[defaults]\nvolumes = ["a:/workspace", "b:/workspace/"]\n', "/workspace overlaps /workspace"),
+    ('[defaults]\nvolumes = ["home:/data"]\n', "volume name 'home' is used twice"),
+    ('[defaults]\nvolumes = ["a:/x", "a:/y"]\n', "volume name 'a' is used twice"),
+    # the user comes from another layer than the volume: checked on the merged spec
+    ('[defaults]\nvolumes = ["w:/home/alice"]\n[hosts.gpu-host-3]\nuser = "alice"\n', "login home of user 'alice'"),
+])
+def test_mounts_that_overlap_each_other_or_the_login_home_are_refused(tmp_path, text, needle):
+    with pytest.raises(ConfigError) as err:
+        load_spec("gpu-host-3", write(tmp_path, text))
+    assert needle in err.value.message and f"{tmp_path / 'devbox.toml'} [defaults]: bad value for 'volumes'" in err.value.message
+    assert err.value.exit_code == 2 and err.value.remedy
+
+
+def test_a_home_elsewhere_is_fine(tmp_path):
+    spec = load_spec("h", write(tmp_path, '[defaults]\nvolumes = ["w:/home/dev"]\nuser = "alice"\n'))
+    assert [v.target for v in spec.all_volumes()] == ["/home/alice", "/home/dev"]
+
+
+@pytest.mark.parametrize("target", [
+    "/", "//", "/etc", "/etc/", "//etc", "/etc/.", "/x/../etc", "/etc/ssh", "/usr/bin", "/./usr", "/home", "/home/",
+    "/proc", "/sys", "/dev", "/run", "/root", "/bin", "/sbin", "/lib", "/lib64", "/boot", "/var", "/tmp", "/opt",
+])
+def test_system_targets_are_refused_however_they_are_spelled(tmp_path, target):
+    with pytest.raises(ConfigError) as err:
+        load_spec("h", write(tmp_path, f'[defaults]\nvolumes = ["w:{target}"]\n'))
+    assert "'volumes'" in err.value.message
+
+
+def test_targets_are_normalised_and_ordinary_ones_pass():
+    assert parse_volume("w:/workspace/").target == "/workspace"
+    assert parse_volume("/data/./x/:/data/../mnt/d:ro") == Volume("/data/x", "/mnt/d", True)
+    for fine in ("w:/var/cache/x", "w:/opt/models", "w:/tmp/scratch", "w:/mnt/data"):
+        assert parse_volume(fine)
+
+
+@pytest.mark.parametrize("entry", [
+    "/data,source=/:/x",       # --mount is CSV: a comma would add a second source=/
+    "/data:/x,readonly=false",
+    "/data:/x y",
+    "w:/x\n",
+    "w\n:/x",
+])
+def test_mount_paths_cannot_smuggle_mount_options(entry):
+    with pytest.raises(ValueError):
+        parse_volume(entry)
+
+
+ROOT_GIVING = ["/var/run/docker.sock", "/run/docker.sock", "/home/ops/docker.sock", "/run/containerd/containerd.sock",
+               "/", "//", "/etc", "/etc/", "/etc/shadow", "/root", "/root/.ssh", "/var/run", "/run", "/proc", "/proc/1/root",
+               "/sys", "/dev", "/dev/sda", "/boot", "/var/lib/docker", "/var/lib/docker/volumes", "/var", "/var/lib",
+               "/x/../etc", "/var/run/../run/docker.sock"]
+
+
+@pytest.mark.parametrize("source", ROOT_GIVING)
+def test_host_paths_that_give_host_root_are_refused_by_default(tmp_path, source):
+    with pytest.raises(ConfigError) as err:
+        load_spec("h", write(tmp_path, f'[defaults]\nvolumes = ["{source}:/mnt/host"]\n'))
+    assert "root on the host" in err.value.message and "allow_host_root_mounts = true" in err.value.remedy
+
+
+def test_the_loud_opt_in_allows_them_and_lists_them_for_the_warning(tmp_path):
+    cfg = write(tmp_path, '[defaults]\nvolumes = ["/var/run/docker.sock:/var/run/docker.sock", "/data:/data"]\n'
+                          '[hosts.h]\nallow_host_root_mounts = true\n')
+    spec = load_spec("h", cfg)
+    assert spec.allow_host_root_mounts and spec.dangerous_mounts() == [Volume("/var/run/docker.sock", "/var/run/docker.sock")]
+    assert load_spec("h", write(tmp_path, '[defaults]\nvolumes = ["/data:/data", "/srv/x:/srv"]\n')).dangerous_mounts() == []
+    with pytest.raises(ConfigError):
+        load_spec("h", write(tmp_path, '[defaults]\nallow_host_root_mounts = "yes"\n'))
+
+
+def test_the_opt_in_does_not_change_the_spec_hash_of_existing_configs():
+    """Configs written before the flag existed keep their hash: an upgrade re-creates no box."""
+    for spec in (BoxSpec("h"), load_spec("h", None, "default"), BoxSpec("h", gpus=(0,), user="alice")):
+        opted = BoxSpec(**{**spec.__dict__, "allow_host_root_mounts": True})
+        assert opted.spec_hash(20000, "img:1") == spec.spec_hash(20000, "img:1")
+    assert "allow_host_root_mounts" in BoxSpec.HASH_EXCLUDED
+
+
+@pytest.mark.parametrize("text", ["hosts = 3\n", "defaults = 3\n", 'defaults = "x"\n', "hosts = [1]\n", "[hosts]\nh = 3\n"])
+def test_a_config_of_the_wrong_shape_is_a_config_error(tmp_path, text):
+    cfg = write(tmp_path, text)
+    for load in (lambda: load_spec("h", cfg), lambda: configured_hosts(cfg)):
+        with pytest.raises(ConfigError) as err:
+            load()
+        assert str(cfg) in err.value.message and "must be a table" in err.value.message and err.value.remedy
