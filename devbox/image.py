@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from devbox.errors import ConfigError, DevboxError, HostUnreachable
+from devbox.resources import shipped_dir
 
 IMAGE_REPO = "devbox-ssh"
 DEFAULT_BASE_IMAGE = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"
-CONTEXT_DIR = Path(__file__).resolve().parent.parent / "images" / "ssh"
+CONTEXT_DIR = shipped_dir("images/ssh")
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class ImageSpec:
 def context_files(context: Path = CONTEXT_DIR) -> list[Path]:
     """The files sent as build context, in a stable order."""
     if not (context / "Dockerfile").is_file():
-        raise ConfigError(f"no Dockerfile in {context}", "run devbox from a full checkout")
+        raise ConfigError(f"no Dockerfile in {context}", "reinstall devbox (`pipx install --force .` from a checkout): its package lacks the image files")
     return sorted(p for p in context.rglob("*") if p.is_file())
 
 
