@@ -52,6 +52,7 @@ ALLOWED_KEYS = {
     "playbook": "a playbook name in playbooks/ or a path to a .toml file",
     "delivery": '"auto" (default), "build" (on the host from the context) or "stream" (send the missing layers over SSH)',
     "refresh": 'any label like "2026-11-23" (letters, digits, . _ -): change it to rebuild the image with today\'s openssh-server and tmux',
+    "identity": "the private key the box entry logs in with, e.g. ~/.ssh/id_ed25519 (default: the first of yours whose public key the box trusts)",
     "allow_host_root_mounts": "true to let volumes mount host paths that give root on the host (the Docker socket, /etc, /, …); every key holder becomes host root, and `up` warns each time",
 }
 
@@ -91,11 +92,12 @@ class BoxSpec:
     delivery: str = "auto"
     refresh: str = ""
     allow_host_root_mounts: bool = False
+    identity: str = ""
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     # Not part of the container: changing them must not re-create a box (and the
     # opt-in flag must not change the hash of configs written before it existed).
-    HASH_EXCLUDED = ("sources", "port", "host", "delivery", "allow_host_root_mounts")
+    HASH_EXCLUDED = ("sources", "port", "host", "delivery", "allow_host_root_mounts", "identity")
 
     @property
     def box_name(self) -> str:
@@ -386,4 +388,5 @@ _PARSERS = {
     "delivery": _parse_choice("auto", "build", "stream"),
     "refresh": _parse_str(REFRESH_RE),
     "allow_host_root_mounts": _parse_bool,
+    "identity": _parse_str(re.compile(r'^[^\n\r\0"]{1,4096}\Z')),  # written into an ssh config line
 }
