@@ -83,7 +83,41 @@ def load_user_config(path: Path | None = None):
     """A paramiko SSHConfig of the user's config with Includes followed."""
     from paramiko import SSHConfig
 
-    return SSHConfig.from_text(expand_includes(path or user_config_path()))
+    config = SSHConfig.from_text(expand_includes(path or user_config_path()))
+    # Left raw for expand_tokens: paramiko replaces `~` anywhere in a ProxyCommand and
+    # knows neither %n nor %%.
+    config.TOKENS_BY_CONFIG_KEY = {**SSHConfig.TOKENS_BY_CONFIG_KEY, "proxycommand": [], "proxyjump": []}
+    return config
+
+
+TOKEN_RE = re.compile(r"%(.?)")
+
+
+def expand_tokens(value: str, key: str, alias: str, lookup: dict, user: str | None = None, port: int | None = None) -> str:
+    """OpenSSH's percent_expand for ProxyCommand, ProxyJump and UserKnownHostsFile.
+
+    %h HostName, %n the alias as typed, %p port, %r remote user, %u local user,
+    %d local home, %% a percent; an unknown token is a config error, as in OpenSSH.
+    """
+    import getpass
+
+    tokens = {
+        "%": "%",
+        "h": lookup.get("hostname", alias),
+        "n": alias,
+        "p": str(port or lookup.get("port", 22)),
+        "r": user or lookup.get("user") or getpass.getuser(),
+    }
+    if key == "userknownhostsfile":
+        tokens.update(u=getpass.getuser(), d=str(Path.home()))
+
+    def one(match: re.Match) -> str:
+        if match.group(1) not in tokens:
+            raise ConfigError(f"ssh config: {key} of {alias} has an unknown token %{match.group(1)}",
+                              f"allowed here: {' '.join('%' + t for t in tokens)}")
+        return tokens[match.group(1)]
+
+    return TOKEN_RE.sub(one, value)
 
 
 # ---------------------------------------------------------------- writing
