@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -69,11 +70,10 @@ def build(
     as_json: bool = JSON,
 ):
     """Build the box image locally. The tag is a content hash of context, base and args: same inputs reuse it."""
-    from devbox.config import REFRESH_RE
+    from devbox.config import check_flags
     from devbox.image import DEFAULT_BASE_IMAGE, ImageSpec, build_locally
 
-    if not REFRESH_RE.match(refresh):
-        raise ConfigError(f"--refresh {refresh!r} is not a label", "use up to 32 letters, digits, '.', '_' or '-', e.g. 2026-11-23")
+    check_flags(user=user, uid=uid, gid=gid, refresh=refresh)
     spec = ImageSpec(base or DEFAULT_BASE_IMAGE, user, uid, gid, refresh)
     result = build_locally(spec, on_progress=_progress(as_json))
     verb = "built" if result.built else "reused"
@@ -106,6 +106,8 @@ def up(
         typer.echo(f"note: {keys.notice}", err=True)
     progress = _progress(as_json)
     reports = for_each_host(specs, lambda s: up_host(s, keys, dry_run=dry_run, force=force, repin=repin, verify=verify, progress=progress))
+    for warning in (w for r in reports for w in r.warnings):
+        typer.echo(warning, err=True)
     _emit([r.as_dict() for r in reports], as_json, "\n".join(_render_up(r, dry_run) for r in reports))
     raise typer.Exit(max(r.exit_code for r in reports))
 
@@ -202,16 +204,22 @@ def down(
     raise typer.Exit(report.exit_code)
 
 
+def _box_ssh(host: str, *options: str) -> list[str]:
+    """`ssh [options] -F CONFIG -- devbox-HOST`: after `--`, OpenSSH reads no more options, so
+    neither the host nor a command word (`-oProxyCommand=…`) can become one."""
+    from devbox import sshconfig
+    from devbox.config import validate_host
+
+    return ["ssh", *options, "-F", str(sshconfig.user_config_path()), "--", sshconfig.BOX_PREFIX + validate_host(host)]
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def ssh(
     host: str = typer.Argument(..., help="Host whose box to enter."),
     command: List[str] = typer.Argument(None, help="Command to run in the box (after --)."),
 ):
     """Open a shell in the box, or run a command. Uses the OpenSSH client and devbox's entry."""
-    from devbox import sshconfig
-
-    argv = ["ssh", "-F", str(sshconfig.user_config_path()), sshconfig.BOX_PREFIX + host, *(command or [])]
-    os.execvp("ssh", argv)
+    os.execvp("ssh", [*_box_ssh(host), *(command or [])])
 
 
 @app.command()
@@ -223,13 +231,15 @@ def code(
     import shutil
 
     from devbox import sshconfig
+    from devbox.config import validate_host
 
-    argv = ["code", "--remote", f"ssh-remote+{sshconfig.BOX_PREFIX}{host}", path]
+    if not path.startswith("/"):
+        raise ConfigError(f"{path!r} is not an absolute path in the box", "give a folder like /workspace")
+    argv = ["code", "--remote", f"ssh-remote+{sshconfig.BOX_PREFIX}{validate_host(host)}", path]
     if not shutil.which("code"):
-        typer.echo("VS Code's `code` command is not on PATH; run this where it is:\n  " + " ".join(argv))
+        typer.echo("VS Code's `code` command is not on PATH; run this where it is:\n  " + shlex.join(argv))
         raise typer.Exit(0)
     os.execvp("code", argv)
-
 
 
 # ---------------------------------------------------------------- keys
@@ -252,15 +262,9 @@ def keys_add(
     as_json: bool = JSON,
 ):
     """Validate and store NAME's public key. Private keys, DSA, RSA < 3072 and options are refused."""
-    from devbox.errors import KeyRejected
+    from devbox.keys import read_key_text
 
-    if source == "-":
-        text = sys.stdin.read()
-    else:
-        try:
-            text = Path(source).read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise KeyRejected(f"cannot read {source}: {getattr(exc, 'strerror', None) or 'not text'}", "give the path of a .pub file") from None
+    text = read_key_text(sys.stdin.buffer if source == "-" else source)
     added = _store(keys_dir).add(name, text, allow_many=all_keys, replace=replace)
     rows = [{"name": name, "type": k.type, "bits": k.bits, "fingerprint": k.fingerprint} for k in added]
     _emit(rows, as_json, "\n".join(f"added {name}: {k.type} {k.bits} {k.fingerprint}" for k in added)
@@ -271,9 +275,12 @@ def keys_add(
 def keys_list(keys_dir: Optional[Path] = KEYS_DIR, as_json: bool = JSON):
     """List the team's keys. Name, type, bits, SHA256 fingerprint (as ssh-keygen -lf prints it), comment."""
     store = _store(keys_dir)
-    rows = [{"name": n, "type": k.type, "bits": k.bits, "fingerprint": k.fingerprint, "comment": k.comment}
+    revoked = store.revoked_fingerprints() if store.directory.is_dir() else set()
+    rows = [{"name": n, "type": k.type, "bits": k.bits, "fingerprint": k.fingerprint, "comment": k.comment,
+             "revoked": k.fingerprint in revoked}
             for n, k in (store.list() if store.directory.is_dir() else [])]
-    text = [f"{r['name']:<16} {r['bits']:>5} {r['fingerprint']}  {r['comment']} ({r['type']})" for r in rows]
+    text = [f"{r['name']:<16} {r['bits']:>5} {r['fingerprint']}  {r['comment']} ({r['type']})"
+            + ("  REVOKED: never installed (remove the file)" if r["revoked"] else "") for r in rows]
     _emit(rows, as_json, "\n".join(text) or f"no keys in {store.directory}")
 
 
@@ -298,6 +305,7 @@ def keys_revoke(name: str = typer.Argument(..., help="Whose key to remove."), ke
 def keys_sync(
     hosts: List[str] = typer.Argument(None, help="Hosts whose boxes to update (or --all)."),
     all_hosts: bool = typer.Option(False, "--all", help="Every host with a devbox entry or a [hosts.NAME] table."),
+    restart: bool = typer.Option(False, "--restart", help="Also re-create each box (volumes and host key kept) so nothing a revoked person left running survives; running jobs end."),
     keys_dir: Optional[Path] = KEYS_DIR,
     playbook: Optional[str] = PLAYBOOK,
     config: Optional[Path] = CONFIG,
@@ -310,9 +318,11 @@ def keys_sync(
 
     names = sorted(set(list(hosts or []) + (_known_hosts(config) if all_hosts else [])))
     keys = desired_keys(keys_dir)
-    reports = for_each_host(_specs(names, config, playbook), lambda spec: sync_host(spec, keys))
+    reports = for_each_host(_specs(names, config, playbook), lambda spec: sync_host(spec, keys, restart))
     text = [f"{r.host}: " + (f"FAILED: {r.error.removeprefix(r.host + ': ')}" if r.error else
-                              f"{r.keys} key(s) " + ("installed" if r.changed else "already in place")) for r in reports]
+                              f"{r.keys} key(s) " + ("installed" if r.changed else "already in place")
+                              + ("; box re-created (volumes and host key kept, every process in it ended)" if r.restarted else ""))
+            for r in reports]
     _emit([r.as_dict() for r in reports], as_json, "\n".join(text))
     raise typer.Exit(max(r.exit_code for r in reports))
 
@@ -386,13 +396,10 @@ def attach(
     read_only: bool = typer.Option(False, "--read-only", "-r", help="Watch without being able to type into the job."),
 ):
     """Attach to a job's tmux session. Detach with Ctrl-b d."""
-    from devbox import sshconfig
     from devbox.jobs import validate_name
 
     validate_name(name)
-    argv = ["ssh", "-t", "-F", str(sshconfig.user_config_path()), sshconfig.BOX_PREFIX + host,
-            "tmux", "attach-session", *(["-r"] if read_only else []), "-t", f"={name}"]
-    os.execvp("ssh", argv)
+    os.execvp("ssh", [*_box_ssh(host, "-t"), "tmux", "attach-session", *(["-r"] if read_only else []), "-t", f"={name}"])
 
 
 @app.command()
@@ -423,6 +430,12 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("devbox: interrupted", err=True)
         sys.exit(130)
+    except Exception as exc:  # a bug: one line that says so, never a traceback (unless asked)
+        if os.environ.get("DEVBOX_DEBUG"):
+            raise
+        typer.echo(f"devbox: internal error: {type(exc).__name__}: {exc} "
+                   "(please report; re-run with DEVBOX_DEBUG=1 for the traceback)", err=True)
+        sys.exit(70)
 
 
 if __name__ == "__main__":

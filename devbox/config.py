@@ -207,10 +207,16 @@ def _read_config(path: Path) -> dict:
     return document
 
 
+def validate_host(host: str) -> str:
+    """A Host alias from ~/.ssh/config; never an option (-oProxyCommand=…), a path or a space."""
+    if not isinstance(host, str) or not NAME_RE.match(host):
+        raise ConfigError(f"{host!r} is not a valid host name", "use the Host name from your ~/.ssh/config")
+    return host
+
+
 def load_spec(host: str, config_file: Path | None = None, playbook: str | None = None) -> BoxSpec:
     """The BoxSpec for `host` from the config file (found as find_config does) and playbooks."""
-    if not NAME_RE.match(host):
-        raise ConfigError(f"{host!r} is not a valid host name", "use the Host name from your ~/.ssh/config")
+    validate_host(host)
     layers: list[tuple[str, dict]] = []
     path = find_config(config_file)
     document = _read_config(path) if path else {}
@@ -245,11 +251,21 @@ def _validate_table(table: dict, where: str) -> dict:
     for key, value in table.items():
         if key not in ALLOWED_KEYS:
             raise ConfigError(f"{where}: unknown key {key!r}", f"allowed keys: {', '.join(sorted(ALLOWED_KEYS))}")
-        try:
-            out[key] = _PARSERS[key](value)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{where}: bad value for {key!r}: {exc}", f"{key} must be {ALLOWED_KEYS[key]}") from None
+        out[key] = _parse(key, value, f"{where}: bad value for {key!r}")
     return out
+
+
+def _parse(key: str, value, what: str):
+    try:
+        return _PARSERS[key](value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{what}: {exc}", f"{key} must be {ALLOWED_KEYS[key]}") from None
+
+
+def check_flags(**flags) -> None:
+    """Command-line flags named like devbox.toml keys (--uid, --refresh, …), held to the same rules."""
+    for key, value in flags.items():
+        _parse(key, value, f"bad value for --{key}")
 
 
 def _parse_gpus(value) -> str | tuple[int, ...]:

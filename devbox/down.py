@@ -22,29 +22,32 @@ class DownReport:
 
 
 def down_host(spec: BoxSpec, purge: bool = False) -> DownReport:
+    """Remove the box; report as removed or kept only what was really there."""
     report = DownReport(spec.host)
-    volumes = [spec.volume_name(v) for v in spec.all_volumes() if v.is_named]
+    wanted = [spec.volume_name(v) for v in spec.all_volumes() if v.is_named]
     try:
         with Host(spec.host) as host:
             if host.docker("container", "inspect", spec.box_name, check=False).ok:
                 host.docker("rm", "--force", spec.box_name)
                 report.removed.append(f"container {spec.box_name}")
+            existing = set(host.docker("volume", "ls", "-q", "--filter", "label=devbox.managed=true").stdout.split())
+            volumes = [name for name in wanted if name in existing]
             if purge:
-                existing = set(host.docker("volume", "ls", "-q", "--filter", "label=devbox.managed=true").stdout.split())
                 for name in volumes:
-                    if name in existing:
-                        host.docker("volume", "rm", name)
-                        report.removed.append(f"volume {name}")
-            else:
-                report.kept += [f"volume {v}" for v in volumes]
+                    host.docker("volume", "rm", name)
+            (report.removed if purge else report.kept).extend(f"volume {name}" for name in volumes)
     except DevboxError as exc:
         report.error, report.exit_code = exc.one_line(), exc.exit_code
         return report
+    alias = sshconfig.BOX_PREFIX + spec.host
     if purge:
         if sshconfig.remove_entry(spec.host):
-            report.removed.append(f"ssh entry {sshconfig.BOX_PREFIX}{spec.host}")
+            report.removed.append(f"ssh entry {alias}")
         if sshconfig.unpin(spec.host):
             report.removed.append("pinned host key")
     else:
-        report.kept += [f"ssh entry {sshconfig.BOX_PREFIX}{spec.host}", "pinned host key"]
+        if alias in sshconfig.read_entries():
+            report.kept.append(f"ssh entry {alias}")
+        if alias in sshconfig.pinned_keys():
+            report.kept.append("pinned host key")
     return report

@@ -8,6 +8,7 @@ re-creation (a job whose tmux died without an exit code is "lost").
 """
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import signal
@@ -16,8 +17,8 @@ from datetime import datetime, timezone
 
 from devbox.box import box_sh
 from devbox.config import BoxSpec
-from devbox.errors import ConfigError, DevboxError
-from devbox.remote import Host
+from devbox.errors import ConfigError, DevboxError, HostUnreachable, RemoteCommandFailed
+from devbox.remote import Host, Result
 
 # No "." or ":": tmux silently turns them into "_" in session names, so a job named
 # "a.b" would run as session "a_b" and read as lost at once.
@@ -49,6 +50,41 @@ def _shell_path(path: str) -> str:
     return shlex.quote(path)
 
 
+def _require_utf8(what: str, items: list[str]) -> None:
+    """Bytes that are not UTF-8 reach Python as lone surrogates; SSH carries only UTF-8 text."""
+    for item in items:
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f"{what} {os.fsencode(item)!r} is not valid UTF-8", "pass UTF-8 text; put binary data in a file in the box") from None
+
+
+# Docker's words (`docker exec` on the host) for a box that is not there to run in.
+DOCKER_SAYS = "Error response from daemon"
+BOX_STOPPED = ("is not running", "is paused", "is restarting")
+
+
+def _in_box(host: Host, spec: BoxSpec, script: str, check: bool = True, **kw) -> Result:
+    """box_sh, but a stopped or missing box says so and how to bring it back (not Docker's words)."""
+    try:
+        result = box_sh(host, spec, script, check=check, **kw)
+    except RemoteCommandFailed as exc:
+        _raise_if_gone(spec, exc.message)
+        raise
+    if not result.ok:
+        _raise_if_gone(spec, result.stderr)
+    return result
+
+
+def _raise_if_gone(spec: BoxSpec, text: str) -> None:
+    if DOCKER_SAYS not in text:
+        return
+    if "No such container" in text:
+        raise HostUnreachable(f"no box on {spec.host}", f"run `devbox up {spec.host}`")
+    if any(words in text for words in BOX_STOPPED):
+        raise HostUnreachable(f"the box on {spec.host} is stopped", f"run `devbox up {spec.host}`")
+
+
 def run_script(name: str, argv: list[str], cwd: str | None, env: list[str]) -> str:
     """The job's run.sh: cd, env, then exec argv with output to the pane and the log.
 
@@ -58,6 +94,9 @@ def run_script(name: str, argv: list[str], cwd: str | None, env: list[str]) -> s
     """
     if not argv:
         raise ConfigError("no command given", "put the command after --, e.g. devbox run HOST --name train -- python train.py")
+    _require_utf8("argument", argv)
+    _require_utf8("--env value", env)
+    _require_utf8("--cwd", [cwd or ""])
     for item in env:
         if not ENV_RE.match(item):
             raise ConfigError(f"bad --env {item!r}", "use --env NAME=VALUE (NAME: letters, digits, _)")
@@ -90,7 +129,7 @@ def start_job(host: Host, spec: BoxSpec, name: str, argv: list[str], cwd: str | 
         f'{NOW} > "$d/started" && : > "$d/log" && '
         f'tmux new-session -d -s {q} -x 200 -y 50 "exec sh \'$d/run.sh\'"'
     )
-    result = box_sh(host, spec, setup, stdin=script.encode(), check=False)
+    result = _in_box(host, spec, setup, stdin=script.encode(), check=False)
     if result.exit_code == TAKEN_EXIT:
         raise ConfigError(f"a job named {name!r} is already running on {spec.host}", "pick another --name, or pass --replace to stop it first")
     if result.exit_code == NO_CWD_EXIT:
@@ -151,11 +190,11 @@ def _duration(started: str, ended: str, now: datetime) -> int | None:
 
 
 def list_jobs(host: Host, spec: BoxSpec) -> list[Job]:
-    return parse_jobs(box_sh(host, spec, LIST_JOBS).stdout)
+    return parse_jobs(_in_box(host, spec, LIST_JOBS).stdout)
 
 
 def _require_job(host: Host, spec: BoxSpec, name: str) -> None:
-    if not box_sh(host, spec, f"[ -d {_job_dir(name)} ]", check=False).ok:
+    if not _in_box(host, spec, f"[ -d {_job_dir(name)} ]", check=False).ok:
         known = ", ".join(j.name for j in list_jobs(host, spec)) or "none"
         raise ConfigError(f"no job named {name!r} on {spec.host}", f"known jobs: {known}")
 
@@ -166,7 +205,7 @@ def logs(host: Host, spec: BoxSpec, name: str, tail: int = 100, follow: bool = F
     q = shlex.quote(name)
     log = f"{_job_dir(name)}/log"
     if not follow:
-        write(box_sh(host, spec, f"tail -n {max(0, int(tail))} {log}").stdout, end="")
+        write(_in_box(host, spec, f"tail -n {max(0, int(tail))} {log}").stdout, end="")
         return
     # tail --pid ends the stream (after printing what is left) once the job's pane process
     # exits. The watcher ends it when devbox goes away (Ctrl-C, dropped link): our stdin,
@@ -178,7 +217,7 @@ def logs(host: Host, spec: BoxSpec, name: str, tail: int = 100, follow: bool = F
               # a background job's stdin is /dev/null in sh: hand it ours as fd 3
               'exec 3<&0; (cat <&3 >/dev/null; kill "$t" 2>/dev/null) & w=$!; '
               'wait "$t"; kill "$w" 2>/dev/null; exit 0')
-    box_sh(host, spec, script, timeout=None, keep_stdin_open=True,
+    _in_box(host, spec, script, timeout=None, keep_stdin_open=True,
            on_stdout=lambda chunk: write(chunk.decode(errors="replace"), end="", flush=True))
 
 
@@ -199,11 +238,11 @@ def stop_job(host: Host, spec: BoxSpec, name: str, sig: str = "TERM", wait_s: in
     logging and run.sh records its real exit code (143 for an unhandled TERM). When it
     could not record one (killed after wait_s), 128+N of the signal that ended it is.
     """
+    number, signame = signal_number(sig)
     if missing_ok:
         validate_name(name)
     else:
         _require_job(host, spec, name)
-    number, signame = signal_number(sig)
     q = shlex.quote(name)
     script = (
         f"d={_job_dir(name)}; tmux has-session -t ={q} 2>/dev/null || exit 0; "
@@ -219,5 +258,5 @@ def stop_job(host: Host, spec: BoxSpec, name: str, sig: str = "TERM", wait_s: in
         f'[ -s "$d/exit_code" ] || {{ echo $code > "$d/exit_code"; {NOW} > "$d/ended"; }}; '
         f'echo "devbox: stopped ({signame}), exit code $(cat "$d/exit_code")" >> "$d/log"'
     )
-    box_sh(host, spec, script, timeout=wait_s + 60)
+    _in_box(host, spec, script, timeout=wait_s + 60)
     return next((j for j in list_jobs(host, spec) if j.name == name), None)

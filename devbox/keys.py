@@ -29,6 +29,7 @@ HEADER = "# managed by devbox: do not edit, changes are overwritten by `devbox k
 MIN_RSA_BITS = 3072
 MAX_RSA_BITS = 16384          # OpenSSH refuses larger moduli (SSH_RSA_MAXIMUM_MODULUS_SIZE)
 MAX_LINE_CHARS = 16384        # far above any accepted key; bounds work on hostile input
+MAX_FILE_BYTES = 64 * 1024    # a key file is one short line; /dev/zero must not fill memory
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,31}")
 NAME_RULE = "names are 1-32 characters of a-z 0-9 . _ - starting with a letter or digit"
 
@@ -304,6 +305,25 @@ def validate_name(name: str) -> str:
 # ---------------------------------------------------------------- the keys/ folder
 
 
+def read_key_text(source) -> str:
+    """A key file's text (a path, or a binary stream such as stdin), read up to MAX_FILE_BYTES."""
+    what = "standard input" if hasattr(source, "read") else str(source)
+    try:
+        if hasattr(source, "read"):
+            data = source.read(MAX_FILE_BYTES + 1)
+        else:
+            with open(source, "rb") as handle:
+                data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise KeyRejected(f"cannot read {what}: {exc.strerror or exc.__class__.__name__}", "give the path of a .pub file") from None
+    if len(data) > MAX_FILE_BYTES:
+        _reject(f"{what} is larger than {MAX_FILE_BYTES // 1024} KiB: not a public key file", "give the .pub file made by ssh-keygen")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        _reject(f"{what} is not text", "give the .pub file made by ssh-keygen")
+
+
 def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
     """Write beside the target, then rename: readers never see a half-written file."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -322,11 +342,9 @@ def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
 def _read_key_file(path: Path) -> list[PublicKey]:
     """All keys in one keys/*.pub; any problem is a KeyRejected naming the file."""
     try:
-        return parse_public_keys(path.read_text(encoding="utf-8"), allow_many=True)
+        return parse_public_keys(read_key_text(path), allow_many=True)
     except KeyRejected as exc:
-        raise KeyRejected(f"{path}: {exc.message}", exc.remedy) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise KeyRejected(f"{path}: cannot read it ({exc.__class__.__name__})", "fix or remove the file") from None
+        raise KeyRejected(f"{path}: {exc.message}", exc.remedy or "fix or remove the file") from None
 
 
 class KeyStore:
@@ -352,6 +370,7 @@ class KeyStore:
         if path.exists() and not replace:
             raise KeyRejected(f"{name} already has a key in {self.directory}",
                               f"pass --replace, or revoke it first (devbox keys revoke {name})")
+        self._refuse_shared(name, keys)
         self.directory.mkdir(parents=True, exist_ok=True)
         _atomic_write(path, "".join(k.line() + "\n" for k in keys))
         added = {k.fingerprint for k in keys}
@@ -367,6 +386,16 @@ class KeyStore:
                 raise KeyRejected(f"{path}: file name is not a valid person name", NAME_RULE)
             out += [(name, key) for key in _read_key_file(path)]
         return out
+
+    def _refuse_shared(self, name: str, keys: list[PublicKey]) -> None:
+        """One key, one person: a key under two names would survive revoking either of them."""
+        if not self.directory.is_dir():
+            return
+        new = {k.fingerprint for k in keys}
+        for holder, key in self.list():
+            if holder != name and key.fingerprint in new:
+                raise KeyRejected(f"this key ({key.fingerprint}) is already {holder}'s, in {self.directory}/{holder}.pub",
+                                  f"give {name} their own key, or revoke {holder} first (devbox keys revoke {holder})")
 
     def revoke(self, name: str) -> list[PublicKey]:
         """Remove NAME's file and record its fingerprints so every later sync drops them."""
