@@ -1,22 +1,31 @@
 """Host: one SSH session to a GPU host, thin over fabric.Connection.
 
-Fabric resolves HostName/User/Port/IdentityFile/ProxyJump from the ssh config; we
-add what it lacks: Include-following config, and host keys checked against the
-user's known_hosts on every hop (Fabric's default AutoAddPolicy trusts anything).
-Commands run over the one transport, so a whole `up` costs one TCP handshake.
+Fabric resolves HostName/User/Port/IdentityFile from the ssh config; we add what it
+lacks or gets wrong: Include-following config, routes read as OpenSSH reads them
+(ProxyJump chains hop by hop, ProxyCommand with OpenSSH's tokens and shell, the first
+of the two obtained wins), and host keys checked as OpenSSH checks them on every hop
+(Fabric's gateways trust any key). Commands run over the one transport, so a whole
+`up` costs one handshake per hop.
 """
 from __future__ import annotations
 
+import collections
 import io
+import os
+import re
+import select
 import shlex
 import socket
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Sequence
 
-from devbox.errors import DevboxError, HostKeyMismatch, HostUnreachable, RemoteCommandFailed
+from devbox import known_hosts
+from devbox.errors import ConfigError, DevboxError, HostUnreachable, RemoteCommandFailed
+from devbox.sshconfig import expand_tokens
 
 DEFAULT_CONNECT_TIMEOUT = 10
 
@@ -33,50 +42,202 @@ class Result:
         return self.exit_code == 0
 
 
-class _RejectUnknownHost:
-    """Missing host key policy: refuse, and tell the user how to pin it themselves."""
+@dataclass(frozen=True)
+class Hop:
+    """One `[user@]host[:port]` of a ProxyJump list (user and port override the host's config)."""
+
+    host: str
+    user: str | None = None
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class Route:
+    """How OpenSSH reaches a host: directly, through ProxyJump hops, or a ProxyCommand."""
+
+    jump: tuple[Hop, ...] = ()
+    command: str | None = None
+
+
+HOP_RE = re.compile(r"(?:(?P<user>.+)@)?(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:@\[\]]+))(?::(?P<port>\d+))?")
+
+
+def parse_jump(value: str) -> tuple[Hop, ...]:
+    """`a,ops@b:2222,ssh://c`: the hops in order, laptop first, as OpenSSH's parse_jump reads them."""
+    hops = []
+    for word in (w.strip() for w in value.split(",")):
+        word = word[len("ssh://"):].rstrip("/") if word.lower().startswith("ssh://") else word
+        match = HOP_RE.fullmatch(word)
+        if not match:
+            raise ConfigError(f"ssh config: cannot read ProxyJump hop {word!r} in {value!r}", "write hops as [user@]host[:port], comma-separated")
+        port = match.group("port")
+        hops.append(Hop(match.group("v6") or match.group("host"), match.group("user"), int(port) if port else None))
+    return tuple(hops)
+
+
+def route_of(alias: str, lookup: dict, user: str | None = None, port: int | None = None) -> Route:
+    """Of ProxyJump and ProxyCommand the first obtained wins, `none` included (it disables
+    the other too), as in OpenSSH's readconf.c; paramiko's lookup keeps both, in the order
+    they were obtained, so the dict's order decides."""
+    for key, value in lookup.items():
+        if key == "proxycommand":
+            return Route(command=expand_tokens(value, key, alias, lookup, user, port)) if value else Route()
+        if key == "proxyjump":
+            return Route() if value.lower() == "none" else Route(jump=parse_jump(expand_tokens(value, key, alias, lookup, user, port)))
+    return Route()
+
+
+def known_hosts_files(alias: str, lookup: dict) -> list[Path]:
+    """UserKnownHostsFile (several allowed, `none` for none), then GlobalKnownHostsFile."""
+    files = []
+    for key, default in (("userknownhostsfile", known_hosts.DEFAULT_USER_FILES), ("globalknownhostsfile", known_hosts.DEFAULT_GLOBAL_FILES)):
+        words = lookup.get(key, default).split()
+        files += [Path(expand_tokens(w, "userknownhostsfile", alias, lookup)).expanduser() for w in words if w.lower() != "none"]
+    return files
+
+
+class _VerifyHostKey:
+    """Strict host keys on every hop, checked as OpenSSH does (devbox.known_hosts).
+
+    Fabric builds gateway hops with AutoAddPolicy (any key trusted); paramiko's HostKeys
+    keeps one key per type per host (a stale line next to the right one refuses). So we
+    load no keys into paramiko, which then asks this policy about every host it meets.
+    """
+
+    def __init__(self, alias: str, name: str, lines: list):
+        self.alias, self.name, self.lines = alias, name, lines
 
     def missing_host_key(self, client, hostname, key):
-        raise HostUnreachable(
-            f"host key of {hostname} is not in your known_hosts",
-            f"connect once with `ssh {hostname}` and check the fingerprint, then retry",
-        )
+        known_hosts.verify(self.alias, self.name, key.asbytes(), self.lines)
 
 
-def _known_hosts_files(lookup: dict) -> list[Path]:
-    files = lookup.get("userknownhostsfile", "~/.ssh/known_hosts ~/.ssh/known_hosts2").split()
-    return [Path(f).expanduser() for f in files]
+def _transport_factory(key_types: list[str]):
+    """Offer the host key types known for the host first, as OpenSSH does, so a host that
+    has several keys shows the one known_hosts can vouch for."""
+    import paramiko
+
+    wanted = [t for k in key_types for t in (["rsa-sha2-512", "rsa-sha2-256", k] if k == "ssh-rsa" else [k])]
+
+    def make(sock, **kwargs):
+        transport = paramiko.Transport(sock, **kwargs)
+        options = transport.get_security_options()
+        first = [t for t in wanted if t in options.key_types]
+        options.key_types = first + [t for t in options.key_types if t not in first]
+        return transport
+
+    return make
 
 
-def _make_connection(alias: str, ssh_config, connect_timeout: int):
-    """A fabric Connection for `alias`, each ProxyJump hop built the same strict way."""
-    from fabric import Config, Connection
+class _ProxyCommand:
+    """A ProxyCommand run as OpenSSH runs it (`$SHELL -c "exec CMD"`), as a socket for
+    paramiko. paramiko's own splits without a shell, spins until its timeout when the
+    command exits, and drops its stderr: we see EOF and keep the stderr tail for the error."""
 
+    def __init__(self, command: str):
+        self.command = command
+        shell = os.environ.get("SHELL") or "/bin/sh"
+        self.process = subprocess.Popen([shell, "-c", f"exec {command}"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+        self.timeout = None
+        self._stderr = collections.deque(maxlen=10)
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+
+    def _read_stderr(self) -> None:
+        for line in self.process.stderr:
+            self._stderr.append(line.decode(errors="replace").strip())
+
+    def stderr_tail(self) -> str:
+        if self.process.poll() is None:
+            time.sleep(0.1)  # a command that is failing usually says why just before it exits
+        return " / ".join(l for l in self._stderr if l)[-300:]
+
+    def send(self, data: bytes) -> int:
+        try:
+            return os.write(self.process.stdin.fileno(), data)
+        except OSError as exc:
+            raise EOFError(f"ProxyCommand exited ({exc.strerror})") from exc
+
+    def recv(self, size: int) -> bytes:
+        ready, _, _ = select.select([self.process.stdout], [], [], self.timeout)
+        if not ready:
+            raise socket.timeout()
+        return os.read(self.process.stdout.fileno(), size)  # b"" at EOF: paramiko sees a closed link
+
+    def settimeout(self, timeout) -> None:
+        self.timeout = timeout
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        for pipe in (self.process.stdin, self.process.stdout):
+            pipe.close()
+
+    @property
+    def closed(self) -> bool:
+        return self.process.poll() is not None
+
+    _closed = closed
+
+
+def _connection_class():
+    from fabric import Connection
+
+    class _Connection(Connection):
+        """Fabric's, with a ProxyCommand string taken as already expanded: Fabric re-parses it
+        under a dummy Host with no Port or User, so its %p is always 22 and %r the local user."""
+
+        proxy = None
+
+        def open_gateway(self):
+            if isinstance(self.gateway, str):
+                self.proxy = _ProxyCommand(self.gateway)
+                return self.proxy
+            return super().open_gateway()
+
+    return _Connection
+
+
+def _make_connection(alias: str, ssh_config, connect_timeout: int, hop: Hop | None = None, via=None, seen: tuple = ()):
+    """A fabric Connection for `alias`, each hop built the same strict way.
+
+    `via`: the previous hop of a ProxyJump chain. As OpenSSH does for `-J a,b`, only the
+    first hop follows its own config's route; b is reached through a, whatever b's own
+    ProxyJump or ProxyCommand say.
+    """
+    from fabric import Config
+
+    if alias in seen:
+        raise ConfigError(f"ssh config: ProxyJump loop {' -> '.join((*seen, alias))}",
+                          f"give Host {alias} its own route, or `ProxyJump none` before any `Host *` ProxyJump")
     lookup = ssh_config.lookup(alias)
-    gateway = False
-    if "proxyjump" in lookup and lookup["proxyjump"].lower() != "none":
-        hops = lookup["proxyjump"].split(",")
-        gateway = _make_connection(hops[-1].strip(), ssh_config, connect_timeout)
+    user, port = (hop.user, hop.port) if hop else (None, None)
+    gateway = via if via is not None else False
+    if via is None:
+        route = route_of(alias, lookup, user, port)
+        gateway, previous = route.command or False, None
+        for step in route.jump:
+            previous = gateway = _make_connection(step.host, ssh_config, connect_timeout, step, previous, (*seen, alias))
+    name = known_hosts.host_name(lookup["hostname"], int(port or lookup.get("port", 22)), lookup.get("hostkeyalias"))
+    lines = known_hosts.read(known_hosts_files(alias, lookup))
     config = Config(ssh_config=ssh_config, overrides={"load_ssh_configs": False})
-    conn = Connection(alias, config=config, gateway=gateway, connect_timeout=connect_timeout)
-    conn.client.set_missing_host_key_policy(_RejectUnknownHost())
-    for path in _known_hosts_files(lookup):
-        if path.is_file():
-            conn.client.load_host_keys(str(path))
-    if "hostkeyalias" in lookup:
-        _alias_host_keys(conn, lookup)
+    conn = _connection_class()(alias, user=user, port=port, config=config, gateway=gateway, connect_timeout=connect_timeout,
+                               connect_kwargs={"transport_factory": _transport_factory(known_hosts.key_types(lines, name))})
+    conn.client.set_missing_host_key_policy(_VerifyHostKey(alias, name, lines))
     return conn
 
 
-def _alias_host_keys(conn, lookup: dict) -> None:
-    """Honour HostKeyAlias (paramiko does not): look the key up under the alias."""
-    keys = conn.client.get_host_keys()
-    port = int(lookup.get("port", 22))
-    name = lookup["hostname"] if port == 22 else f"[{lookup['hostname']}]:{port}"
-    entry = keys.lookup(lookup["hostkeyalias"])
-    if entry:
-        for key_type, key in entry.items():
-            keys.add(name, key_type, key)
+def _chain(conn) -> list:
+    """The connection and its gateway hops, target first."""
+    from fabric import Connection
+
+    hops = [conn]
+    while isinstance(hops[-1].gateway, Connection):
+        hops.append(hops[-1].gateway)
+    return hops
 
 
 class Host:
@@ -105,30 +266,48 @@ class Host:
         conn = _make_connection(self.alias, self.ssh_config, self.connect_timeout)
         try:
             conn.open()
-        except paramiko.BadHostKeyException as exc:
-            raise HostKeyMismatch(
-                f"{self.alias}: host key does not match known_hosts",
-                "someone may be intercepting; if the host was re-installed, fix known_hosts by hand",
-            ) from exc
-        except paramiko.AuthenticationException as exc:
-            raise HostUnreachable(f"{self.alias}: SSH login refused ({exc})", "check User and IdentityFile in ~/.ssh/config, or ssh-add your key") from exc
         except DevboxError:
+            self._close_chain(conn)
             raise
-        except (OSError, socket.error, paramiko.SSHException, EOFError) as exc:
-            raise HostUnreachable(
-                f"{self.alias}: cannot connect over SSH ({exc.__class__.__name__}: {exc})",
-                f"check `ssh {self.alias}` works from this machine",
-            ) from exc
+        except paramiko.AuthenticationException as exc:
+            self._close_chain(conn)
+            raise HostUnreachable(f"{self.alias}: SSH login refused ({exc})", "check User and IdentityFile in ~/.ssh/config, or ssh-add your key") from exc
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            self._close_chain(conn)
+            raise self._connect_error(conn, exc) from exc
         return conn
+
+    def _connect_error(self, conn, exc: Exception) -> DevboxError:
+        """Name what failed: an alias the config does not know, a ProxyCommand (with its
+        stderr), or the link; the first hop is the only one whose name we resolve here."""
+        first = _chain(conn)[-1]
+        if isinstance(exc, socket.gaierror) and not isinstance(first.gateway, str):
+            if first.original_host not in self.ssh_config.get_hostnames():
+                return ConfigError(f"{first.original_host} is not a Host in your ~/.ssh/config",
+                                   f"add a Host {first.original_host} block")
+            return HostUnreachable(f"{first.original_host}: cannot resolve HostName {first.host} ({exc.strerror})",
+                                   "check HostName in ~/.ssh/config and your DNS")
+        proxies = [c.proxy for c in _chain(conn) if c.proxy is not None]
+        if proxies:
+            said = proxies[0].stderr_tail()
+            return HostUnreachable(
+                f"{self.alias}: cannot connect through ProxyCommand `{_short(proxies[0].command)}`"
+                + (f": {said}" if said else f" ({exc.__class__.__name__}: {exc})"),
+                f"check `ssh {self.alias}` works from this machine")
+        return HostUnreachable(f"{self.alias}: cannot connect over SSH ({exc.__class__.__name__}: {exc})",
+                               f"check `ssh {self.alias}` works from this machine")
+
+    @staticmethod
+    def _close_chain(conn) -> None:
+        for hop in _chain(conn):
+            hop.close()
+            if hop.proxy is not None:
+                hop.proxy.close()
 
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
-                self._conn.close()
-                gateway = self._conn.gateway
-                while gateway:
-                    gateway.close()
-                    gateway = gateway.gateway
+                self._close_chain(self._conn)
                 self._conn = None
 
     def __enter__(self):

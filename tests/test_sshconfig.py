@@ -74,3 +74,143 @@ def test_a_changed_host_key_is_refused_unless_repinned(home):
     assert sshconfig.pin_host_key("h", "ssh-ed25519 AAAAsecond", replace=True)
     with pytest.raises(HostKeyMismatch, match="type"):
         sshconfig.pin_host_key("h", "ssh-rsa AAAA")
+
+
+# ---------------------------------------------------------------- routes: ProxyJump / ProxyCommand
+
+ROUTES = """\
+Host both-jump-first
+    ProxyJump j1
+    ProxyCommand nc %h %p
+Host both-command-first
+    ProxyCommand nc %h %p
+    ProxyJump j1
+Host command-none
+    ProxyCommand none
+Host jump-none
+    ProxyJump none
+Host matched
+    HostName 10.1.2.3
+Match host 10.1.2.3
+    ProxyCommand nc matched %h
+Host *.corp
+    ProxyCommand nc star-corp %h
+Host *
+    ProxyJump star
+"""
+
+
+def _openssh_route(config, alias: str) -> str:
+    """What the OpenSSH client resolves (`ssh -G`): 'jump X', 'command X' or 'direct'."""
+    import subprocess
+
+    out = subprocess.run(["ssh", "-F", str(config), "-G", alias], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        key, _, value = line.partition(" ")
+        if key in ("proxyjump", "proxycommand"):
+            return f"{key[5:]} {value}"
+    return "direct"
+
+
+def _our_route(ssh_config, alias: str) -> str:
+    from devbox.remote import route_of
+
+    route = route_of(alias, ssh_config.lookup(alias))
+    if route.command:
+        return "command"
+    return "jump " + ",".join(h.host for h in route.jump) if route.jump else "direct"
+
+
+@pytest.mark.parametrize("alias", ["both-jump-first", "both-command-first", "command-none", "jump-none", "matched", "gpu.corp", "plain"])
+def test_proxyjump_or_proxycommand_first_obtained_wins_as_openssh_resolves_it(home, alias):
+    """`none` counts as obtained (it hides a later `Host *` route); Match and wildcards apply."""
+    config = home / ".ssh" / "config"
+    config.write_text(ROUTES)
+    theirs = _openssh_route(config, alias)
+    ours = _our_route(sshconfig.load_user_config(), alias)
+    assert ours == (theirs.split(" ")[0] if theirs.startswith("command") else theirs)
+
+
+def test_proxycommand_tokens_expand_as_openssh_expands_them(home, tmp_path):
+    """Run the same ProxyCommand through OpenSSH and through devbox: both write the same line."""
+    import subprocess
+
+    from devbox.remote import _ProxyCommand, route_of
+
+    theirs, ours = tmp_path / "theirs", tmp_path / "ours"
+    config = home / ".ssh" / "config"
+    config.write_text("Host gpu\n    HostName 10.4.5.6\n    Port 2222\n    User ops\n"
+                      "    ProxyCommand echo %h %p %n %r 100%% ~ > OUT\n")
+    text = config.read_text()
+    config.write_text(text.replace("OUT", str(theirs)))
+    subprocess.run(["ssh", "-F", str(config), "-o", "BatchMode=yes", "gpu", "true"], capture_output=True, timeout=20,
+                   env={"PATH": "/usr/bin:/bin", "HOME": str(home)})
+    config.write_text(text.replace("OUT", str(ours)))
+    proxy = _ProxyCommand(route_of("gpu", sshconfig.load_user_config().lookup("gpu")).command)
+    proxy.process.wait(timeout=10)
+    proxy.close()
+    assert ours.read_text() == theirs.read_text() == f"10.4.5.6 2222 gpu ops 100% {home}\n"
+
+
+def test_an_unknown_token_is_a_config_error(home):
+    from devbox.errors import ConfigError
+    from devbox.remote import route_of
+
+    (home / ".ssh" / "config").write_text("Host gpu\n    ProxyCommand nc %h %z\n")
+    with pytest.raises(ConfigError, match="unknown token %z"):
+        route_of("gpu", sshconfig.load_user_config().lookup("gpu"))
+
+
+def test_proxyjump_hops_are_read_as_openssh_reads_them():
+    from devbox.remote import Hop, parse_jump
+
+    assert parse_jump("a, ops@b:2222,ssh://u@[fe80::1]:22,ssh://c/,x@y@z") == (
+        Hop("a"), Hop("b", "ops", 2222), Hop("fe80::1", "u", 22), Hop("c"), Hop("z", "x@y"))
+
+
+def test_a_jump_chain_reaches_each_hop_through_the_previous_one(home):
+    """`ProxyJump a,ops@b:2200`: laptop -> a -> b -> gpu. Only a follows its own route (here a
+    ProxyCommand); b's own ProxyJump is ignored, as OpenSSH does for -J a,b."""
+    from devbox.remote import _make_connection
+
+    (home / ".ssh" / "config").write_text(
+        "Host gpu\n    HostName 10.0.0.9\n    ProxyJump a,ops@b:2200\n"
+        "Host a\n    HostName 10.0.0.1\n    ProxyCommand nc %h %p\n"
+        "Host b\n    HostName 10.0.0.2\n    ProxyJump elsewhere\n")
+    conn = _make_connection("gpu", sshconfig.load_user_config(), 5)
+    b = conn.gateway
+    a = b.gateway
+    assert (conn.host, b.original_host, b.host, b.user, b.port) == ("10.0.0.9", "b", "10.0.0.2", "ops", 2200)
+    assert (a.original_host, a.gateway) == ("a", "nc 10.0.0.1 22")
+
+
+def test_a_jump_loop_is_a_config_error_not_a_fork_bomb(home):
+    """OpenSSH itself spawns ssh after ssh on such a config (seen: 800 processes in 2 s)."""
+    from devbox.errors import ConfigError
+    from devbox.remote import _make_connection
+
+    (home / ".ssh" / "config").write_text("Host a\n    ProxyJump b\nHost b\n    ProxyJump a\n")
+    with pytest.raises(ConfigError, match="ProxyJump loop a -> b -> a"):
+        _make_connection("a", sshconfig.load_user_config(), 5)
+
+
+def test_a_host_missing_from_the_config_says_so_exit_2(home):
+    from devbox.errors import ConfigError
+    from devbox.remote import Host
+
+    (home / ".ssh" / "config").write_text("Host other\n    HostName 10.0.0.1\n")
+    with pytest.raises(ConfigError) as missing:
+        Host("nohost-zz").connection
+    assert missing.value.one_line() == "nohost-zz is not a Host in your ~/.ssh/config (add a Host nohost-zz block)"
+    assert missing.value.exit_code == 2
+
+
+def test_a_failing_proxycommand_says_check_ssh_with_its_stderr(home):
+    from devbox.errors import HostUnreachable
+    from devbox.remote import Host
+
+    (home / ".ssh" / "config").write_text("Host *\n    ProxyCommand sh -c 'echo tunnel refused: no such instance >&2; exit 1'\n")
+    with pytest.raises(HostUnreachable) as failed:
+        Host("iap-only", connect_timeout=5).connection
+    line = failed.value.one_line()
+    assert "ProxyCommand" in line and "tunnel refused: no such instance" in line and "check `ssh iap-only` works" in line
