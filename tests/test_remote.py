@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -36,3 +37,22 @@ def test_a_link_that_drops_mid_command_is_one_line_not_a_hang(laptop):
             host.run("sleep 30", timeout=60)
     assert time.monotonic() - started < 15
     assert "connection lost during `sleep 30`" in lost.value.one_line() and "\n" not in lost.value.one_line()
+
+
+def test_a_stale_known_hosts_line_next_to_the_right_one_still_connects(laptop, testbed):
+    """After a host re-install, OpenSSH accepts when any line holds the key; devbox too."""
+    from devbox.errors import HostKeyMismatch
+    from devbox.testbed import keygen
+
+    host = testbed.hosts[laptop.host1]
+    stale = Path(str(keygen(laptop.home / "stale_key", "old-install")) + ".pub").read_text().split()
+    known = laptop.home / ".ssh" / "known_hosts"
+    right = host.host_key_line()
+    known.write_text(f"[{host.address}]:{host.port} {stale[0]} {stale[1]}\n" + known.read_text())
+    with Host(laptop.host1) as connected:
+        assert connected.run("echo in").stdout == "in\n"
+    assert laptop.ssh(laptop.host1, "true").returncode == 0  # OpenSSH agrees
+
+    known.write_text(known.read_text() + f"@revoked * {right.split(' ', 1)[1]}\n")
+    with pytest.raises(HostKeyMismatch, match="revoked"), Host(laptop.host1) as refused:
+        refused.run("true")
