@@ -7,7 +7,7 @@ from pathlib import Path
 
 from devbox.errors import ConfigError
 
-DEFAULT_IDENTITIES = ("id_ed25519", "id_ecdsa", "id_rsa")
+DEFAULT_IDENTITIES = ("id_ed25519", "id_ecdsa", "id_rsa", "id_ed25519_sk", "id_ecdsa_sk")
 
 
 def keys_dir(explicit: Path | None = None) -> Path:
@@ -35,6 +35,7 @@ class KeySet:
     fingerprint: str       # stable hash of the set, for the container label
     count: int
     notice: str = ""
+    fingerprints: tuple[str, ...] = ()   # each key's SHA256:…, to find the identity that gets in
 
 
 def desired_keys(directory: Path | None = None, identity: Path | None = None) -> KeySet:
@@ -49,4 +50,104 @@ def desired_keys(directory: Path | None = None, identity: Path | None = None) ->
             raise ConfigError(f"keys/ is empty and {pub} does not exist", "add team keys with `devbox keys add NAME FILE`")
         keys = [parse_public_key(pub.read_text())]
         notice = f"keys/ has no team keys: installing only your own {pub}"
-    return KeySet(render_authorized_keys(keys), keyset_fingerprint(keys), len(keys), notice)
+    prints = tuple(sorted({k.fingerprint for k in keys}))
+    return KeySet(render_authorized_keys(keys), keyset_fingerprint(keys), len(keys), notice, prints)
+
+
+# ---------------------------------------------------------------- the identity that gets in
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The key `ssh devbox-HOST` and verify log in with: a private key file, or, with
+    path None, a key only ssh-agent holds (the entry then lets the agent offer it)."""
+
+    fingerprint: str
+    path: Path | None
+    source: str
+
+    @property
+    def note(self) -> str:
+        if self.path is None:
+            return f"the box entry names no IdentityFile: ssh-agent offers your key {self.fingerprint}"
+        return ""
+
+
+def choose_identity(keys: KeySet, configured: str = "", host_files: tuple[str, ...] = (), host: str = "") -> Identity:
+    """The first of the user's keys whose public half the box will trust.
+
+    Tried as OpenSSH would offer them: `identity` from devbox.toml (when set, the only
+    candidate), the host's IdentityFiles, ~/.ssh/id_*, then ssh-agent. Raised before
+    anything on the host changes, so a box nobody can enter is never made.
+    """
+    files: dict[Path, str] = {}  # each path once, at its first place
+    if configured:
+        files[Path(configured).expanduser().absolute()] = "identity in devbox.toml"
+    else:
+        for name in host_files:
+            files.setdefault(Path(name).expanduser(), f"IdentityFile of {host}")
+        for name in DEFAULT_IDENTITIES:
+            files.setdefault(Path.home() / ".ssh" / name, "default key")
+    tried: list[str] = []
+    for path, source in files.items():
+        fingerprint, why = file_fingerprint(path)
+        if fingerprint in keys.fingerprints:
+            return Identity(fingerprint, path, source)
+        if path.exists() or configured:
+            tried.append(f"{path} ({fingerprint or why})")
+    if not configured:
+        for fingerprint in agent_fingerprints():
+            if fingerprint in keys.fingerprints:
+                return Identity(fingerprint, None, "ssh-agent")
+            tried.append(f"ssh-agent ({fingerprint})")
+    raise ConfigError(
+        f"{host}: none of your keys is among the {keys.count} the box will trust "
+        f"({', '.join(keys.fingerprints)}); tried {'; '.join(tried) or 'no key found'}",
+        f"add yours with `devbox keys add NAME {_first_pub(files)}`, or set identity = PATH in devbox.toml",
+    )
+
+
+def file_fingerprint(path: Path) -> tuple[str, str]:
+    """(SHA256 fingerprint, "") of a private key file, or ("", why not).
+
+    The .pub beside it is read first (as OpenSSH does): an encrypted key needs no passphrase.
+    """
+    import paramiko
+
+    from devbox.keys import parse_public_key
+
+    pub = Path(f"{path}.pub")
+    if pub.is_file():
+        try:
+            return parse_public_key(pub.read_text()).fingerprint, ""
+        except (ConfigError, OSError):
+            pass  # a weak or odd .pub: the private key may still say who it is
+    if not path.is_file():
+        return "", "no such file"
+    try:
+        return paramiko.PKey.from_path(str(path)).fingerprint, ""
+    except paramiko.PasswordRequiredException:
+        return "", "encrypted, and no .pub beside it"
+    except (OSError, ValueError, paramiko.SSHException) as exc:
+        return "", f"not a usable private key: {exc.__class__.__name__}"
+
+
+def agent_fingerprints() -> list[str]:
+    """Fingerprints of the keys ssh-agent holds (none without SSH_AUTH_SOCK)."""
+    if not os.environ.get("SSH_AUTH_SOCK"):
+        return []
+    import paramiko
+
+    agent = paramiko.Agent()
+    try:
+        return [key.fingerprint for key in agent.get_keys()]
+    finally:
+        agent.close()
+
+
+def _first_pub(files: dict[Path, str]) -> str:
+    """The first candidate's .pub that exists, for the remedy (else the usual default)."""
+    for path in files:
+        if Path(f"{path}.pub").is_file():
+            return f"{path}.pub"
+    return "~/.ssh/id_ed25519.pub"

@@ -130,7 +130,7 @@ class BoxEntry:
     host: str
     port: int
     user: str
-    identity_file: str
+    identity_file: str | None   # None: a key only ssh-agent holds
 
     @property
     def alias(self) -> str:
@@ -145,15 +145,27 @@ class BoxEntry:
             f"    Port {self.port}\n"
             f"    User {self.user}\n"
             f"    ProxyJump {self.host}\n"
-            f"    IdentityFile {self.identity_file}\n"
-            f"    IdentitiesOnly yes\n"
+            + self._identity_lines() +
             f"    HostKeyAlias {self.alias}\n"
             f"    StrictHostKeyChecking yes\n"
             f"    UserKnownHostsFile {known_hosts}\n"
             f"    ForwardAgent no\n"
             f"    ForwardX11 no\n"
             f"    ServerAliveInterval 30\n"
+            # A user's `Host *` ControlMaster would share one socket between boxes on different
+            # hosts at the same 127.0.0.1:port (%C does not hash ProxyJump in OpenSSH 9.2), and
+            # a reused master skips the host key check: boxes are never multiplexed.
+            f"    ControlMaster no\n"
+            f"    ControlPath none\n"
         )
+
+    def _identity_lines(self) -> str:
+        # Written explicitly either way: a user's `Host *` further down (IdentitiesOnly yes is
+        # common) would otherwise decide, and hide the agent's key or offer every other one.
+        if self.identity_file is None:
+            return "    IdentitiesOnly no\n"
+        path = f'"{self.identity_file}"' if " " in self.identity_file else self.identity_file
+        return f"    IdentityFile {path}\n    IdentitiesOnly yes\n"
 
 
 def _atomic_write(path: Path, text: str, mode: int = 0o600) -> None:

@@ -46,19 +46,24 @@ class Expectations:
 # ---------------------------------------------------------------- SSH plumbing
 
 
-def load_identity(path: Path):
-    """The private key from IdentityFile; an encrypted one falls back to ssh-agent keys."""
+def load_identity(path: Path | None, fingerprint: str = "") -> list:
+    """The key(s) to log in with: the private key file, else (encrypted, or path None for
+    an agent-only identity) ssh-agent's key with that fingerprint (all of them if none given)."""
     import paramiko
 
-    try:
-        return [paramiko.PKey.from_path(str(path))]
-    except paramiko.PasswordRequiredException:
-        keys = list(paramiko.Agent().get_keys())
-        if not keys:
-            raise DevboxError(f"{path} is encrypted and ssh-agent has no keys", f"run `ssh-add {path}`")
-        return keys
-    except (OSError, paramiko.SSHException) as exc:
-        raise DevboxError(f"cannot load the identity {path}: {exc}", "set IdentityFile to a readable private key") from None
+    if path is not None:
+        try:
+            return [paramiko.PKey.from_path(str(path))]
+        except paramiko.PasswordRequiredException:
+            pass
+        except (OSError, paramiko.SSHException) as exc:
+            raise DevboxError(f"cannot load the identity {path}: {exc}", "set IdentityFile to a readable private key") from None
+    keys = [k for k in paramiko.Agent().get_keys() if not fingerprint or k.fingerprint == fingerprint]
+    if not keys:
+        held = f"{path} is encrypted and " if path is not None else ""
+        wanted = f"the key {fingerprint}" if fingerprint else "any key"
+        raise DevboxError(f"{held}ssh-agent does not hold {wanted}", f"run `ssh-add {path or '<its private key>'}`")
+    return keys
 
 
 def open_transport(sock, pinned_key: str, label: str):
@@ -80,8 +85,10 @@ def open_transport(sock, pinned_key: str, label: str):
 class BoxSession:
     """One authenticated SSH session into a box, running commands like `ssh box CMD`."""
 
-    def __init__(self, connect: Callable[[], object], pinned_key: str, user: str, keys: list, label: str):
+    def __init__(self, connect: Callable[[], object], pinned_key: str, user: str, keys: list, label: str,
+                 trusted: tuple[str, ...] = ()):
         self.connect, self.pinned_key, self.user, self.keys, self.label = connect, pinned_key, user, keys, label
+        self.trusted = trusted  # the fingerprints devbox installed in the box, for a refusal's message
         self.transport = None
 
     def login(self, wait_s: float = 30) -> None:
@@ -108,7 +115,10 @@ class BoxSession:
                 continue
         if not transport.is_authenticated():
             transport.close()
-            raise HostUnreachable(f"{self.label}: key login refused", "run `devbox keys sync` so the box knows your public key")
+            offered = ", ".join(k.fingerprint for k in self.keys)
+            holds = f"; devbox installed {', '.join(self.trusted)}" if self.trusted else ""
+            raise HostUnreachable(f"{self.label}: key login refused for {offered}{holds}",
+                                  "if keys/ changed since the last sync run `devbox keys sync`; else set identity = PATH in devbox.toml")
         self.transport = transport
 
     def run(self, command: str, stdin: bytes | None = None, timeout: float = 120) -> tuple[int, str, str]:
