@@ -67,12 +67,13 @@ def content_tag(spec: ImageSpec, context: Path = CONTEXT_DIR) -> str:
 
 
 def context_tar(context: Path = CONTEXT_DIR) -> bytes:
-    """The build context as a reproducible tar (fixed mtimes and owners): a few KB."""
+    """The build context as a reproducible tar (fixed mtimes, owners and modes: a wheel
+    install or a checkout's umask must not change the layers a tag stands for): a few KB."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for path in context_files(context):
             info = tar.gettarinfo(str(path), arcname=path.relative_to(context).as_posix())
-            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
             with path.open("rb") as handle:
                 tar.addfile(info, handle)
     return buffer.getvalue()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import testbed as tb
-from devbox.image import CONTEXT_DIR, ImageSpec, content_tag
+from devbox.image import CONTEXT_DIR, ImageSpec, content_tag, context_tar
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,8 +39,10 @@ def test_wheel_carries_exactly_the_image_context_and_the_playbooks(wheel, tmp_pa
     playbooks = sorted(n.removeprefix("devbox/playbooks/") for n in names if n.startswith("devbox/playbooks/"))
     assert playbooks == sorted(p.name for p in (REPO / "playbooks").glob("*.toml"))
     zipfile.ZipFile(wheel).extractall(tmp_path)
-    spec = ImageSpec(tb.BASE_IMAGE)
-    assert content_tag(spec, tmp_path / "devbox" / "images" / "ssh") == content_tag(spec)
+    (tmp_path / "devbox" / "images" / "ssh" / "Dockerfile").chmod(0o600)   # another umask, same layers
+    spec, context = ImageSpec(tb.BASE_IMAGE), tmp_path / "devbox" / "images" / "ssh"
+    assert content_tag(spec, context) == content_tag(spec)
+    assert context_tar(context) == context_tar()
 
 
 @pytest.fixture(scope="module")
