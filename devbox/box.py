@@ -9,17 +9,17 @@ import time
 
 from devbox.config import BoxSpec
 from devbox.errors import DevboxError
+from devbox.facts import AUTHORIZED_KEYS_DIR
 from devbox.remote import Host, Result
 
 STATE_DIR = ".devbox"
 HOST_KEY = f"{STATE_DIR}/hostkeys/ssh_host_ed25519_key.pub"
-AUTHORIZED_KEYS = f"{STATE_DIR}/authorized_keys"
 
 # Atomic and live: sshd reads the file at each login, so rename() switches every
 # future login at once and open sessions are untouched.
 WRITE_AUTHORIZED_KEYS = (
-    'umask 077; mkdir -p "$HOME/.devbox" && cat > "$HOME/.devbox/.authorized_keys.new" '
-    '&& mv -f "$HOME/.devbox/.authorized_keys.new" "$HOME/.devbox/authorized_keys"'
+    f'umask 077; cat > {AUTHORIZED_KEYS_DIR}/.authorized_keys.new '
+    f'&& mv -f {AUTHORIZED_KEYS_DIR}/.authorized_keys.new {AUTHORIZED_KEYS_DIR}/authorized_keys'
 )
 
 
@@ -34,8 +34,22 @@ def box_sh(host: Host, spec: BoxSpec, script: str, stdin: bytes | None = None, c
     return box_exec(host, spec, ["sh", "-c", script], stdin=stdin, check=check, **kw)
 
 
-def write_authorized_keys(host: Host, spec: BoxSpec, content: str) -> None:
-    box_sh(host, spec, WRITE_AUTHORIZED_KEYS, stdin=content.encode())
+def keys_writer_argv(spec: BoxSpec, image: str) -> list[str]:
+    """`docker run` of a throwaway writer for the keys volume, the only place it is writable.
+
+    The box mounts that volume read-only, so no key holder can re-add a revoked key from
+    inside. The writer is the box image as the box's own uid (files stay theirs, as
+    sshd's StrictModes wants), with no network, no capabilities and a read-only root.
+    """
+    return ["run", "--rm", "-i", "--pull", "never", "--network", "none", "--log-driver", "none",
+            "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--read-only",
+            "--user", f"{spec.uid}:{spec.gid}", "--label", "devbox.managed=true", "--label", f"devbox.host={spec.host}",
+            "--mount", f"type=volume,source={spec.keys_volume},target={AUTHORIZED_KEYS_DIR}",
+            "--entrypoint", "sh", image, "-c", WRITE_AUTHORIZED_KEYS]
+
+
+def write_authorized_keys(host: Host, spec: BoxSpec, image: str, content: str) -> None:
+    host.docker(*keys_writer_argv(spec, image), stdin=content.encode())
 
 
 def read_host_key(host: Host, spec: BoxSpec, wait_s: float = 20) -> str:

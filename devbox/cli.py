@@ -316,9 +316,9 @@ def keys_sync(
     from devbox.sync import sync_host
     from devbox.up import for_each_host
 
-    names = sorted(set(list(hosts or []) + (_known_hosts(config) if all_hosts else [])))
+    specs = _specs(sorted(set(list(hosts or []) + (_known_hosts(config) if all_hosts else []))), config, playbook)
     keys = desired_keys(keys_dir)
-    reports = for_each_host(_specs(names, config, playbook), lambda spec: sync_host(spec, keys, restart))
+    reports = for_each_host(specs, lambda spec: sync_host(spec, keys, restart))
     text = [f"{r.host}: " + (f"FAILED: {r.error.removeprefix(r.host + ': ')}" if r.error else
                               f"{r.keys} key(s) " + ("installed" if r.changed else "already in place")
                               + ("; box re-created (volumes and host key kept, every process in it ended)" if r.restarted else ""))

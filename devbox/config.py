@@ -174,16 +174,17 @@ def _read_toml(path: Path) -> dict:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}", "check the path and permissions") from exc
 
 
-def playbook_path(name: str) -> Path:
+def playbook_path(name: str, where: str = "") -> Path:
+    """A playbook's file; `where` (a config file and table) prefixes errors for a named one."""
     path = Path(name)
     if path.suffix == ".toml" or "/" in name:
         if not path.is_file():
-            raise ConfigError(f"playbook {name} does not exist", "give a path to a .toml file")
+            raise ConfigError(f"{where}playbook {name} does not exist", "give a path to a .toml file")
         return path
     path = PLAYBOOK_DIR / f"{name}.toml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PLAYBOOK_DIR.glob("*.toml")))
-        raise ConfigError(f"no playbook named {name!r}", f"use one of: {known}, or a path to a .toml file")
+        raise ConfigError(f"{where}no playbook named {name!r}", f"use one of: {known}, or a path to a .toml file")
     return path
 
 
@@ -224,7 +225,7 @@ def load_spec(host: str, config_file: Path | None = None, playbook: str | None =
     host_table = document.get("hosts", {}).get(host, {})
     config_playbook = host_table.get("playbook", defaults.get("playbook"))
     if config_playbook:
-        pb = playbook_path(str(config_playbook))
+        pb = playbook_path(str(config_playbook), f"{path} [hosts.{host}]: " if "playbook" in host_table else f"{path} [defaults]: ")
         layers.append((str(pb), _read_toml(pb)))
     if defaults:
         layers.append((f"{path} [defaults]", defaults))

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from devbox import sshconfig
 from devbox.config import BoxSpec
 from devbox.errors import DevboxError
+from devbox.plan import volume_names
 from devbox.remote import Host
 
 
@@ -24,12 +25,15 @@ class DownReport:
 def down_host(spec: BoxSpec, purge: bool = False) -> DownReport:
     """Remove the box; report as removed or kept only what was really there."""
     report = DownReport(spec.host)
-    wanted = [spec.volume_name(v) for v in spec.all_volumes() if v.is_named]
+    wanted = volume_names(spec)
     try:
         with Host(spec.host) as host:
             if host.docker("container", "inspect", spec.box_name, check=False).ok:
                 host.docker("rm", "--force", spec.box_name)
                 report.removed.append(f"container {spec.box_name}")
+            host.docker("rm", "--force", f"{spec.box_name}.next", f"{spec.box_name}.old", check=False)  # an interrupted up's
+            if host.docker("network", "rm", spec.network, check=False).ok:   # not data: `up` makes it again
+                report.removed.append(f"network {spec.network}")
             existing = set(host.docker("volume", "ls", "-q", "--filter", "label=devbox.managed=true").stdout.split())
             volumes = [name for name in wanted if name in existing]
             if purge:

@@ -16,6 +16,8 @@ from devbox.config import BoxSpec
 MARK = "@@devbox@@"
 SECTION = f"sec() {{ echo; echo '{MARK}' \"$1\"; }}"
 BOX_STATE_DIR = ".devbox"
+AUTHORIZED_KEYS_DIR = "/etc/devbox/keys"          # the keys volume, read-only in the box
+AUTHORIZED_KEYS_FILE = f"{AUTHORIZED_KEYS_DIR}/authorized_keys"
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,9 @@ class Facts:
     running_jobs: tuple[str, ...] = ()
     job_count: int = 0
     host_checked: bool = False             # runtimes, disk, GPUs were asked (host_check_script)
+    host_cpus: int | None = None           # what the engine reports (docker info NCPU)
+    host_memory: int | None = None         # bytes (docker info MemTotal)
+    apparmor: bool = False                 # the engine confines containers with AppArmor
 
     @property
     def box_labels(self) -> dict:
@@ -76,13 +81,14 @@ def state_script(spec: BoxSpec, image_tag: str) -> str:
         f"box=$(docker container inspect {box} 2>/dev/null)",
         'sec box; echo "$box"',
         # Ports are only needed to choose one: not for a box that already has its own.
-        '[ -n "$box" ] || { sec ports; docker ps -a --format \'{{.Ports}}\' 2>/dev/null; (ss -ltnH 2>/dev/null || true) | awk \'{print $4}\'; }',
+        # (`docker container inspect` of a missing container prints "[]", not nothing.)
+        'case "$box" in ""|"[]") sec ports; docker ps -a --format \'{{.Ports}}\' 2>/dev/null; (ss -ltnH 2>/dev/null || true) | awk \'{print $4}\';; esac',
     ]
     for volume in spec.volumes:
         if not volume.is_named:
             lines.append(f"sec path; [ -e {q(volume.source)} ] || echo {q(volume.source)}")
     # Inside the box (only when it runs), in one exec: keys file, host key, jobs.
-    inside = (f"{SECTION}; sec keys; cat \"$HOME/{BOX_STATE_DIR}/authorized_keys\" 2>/dev/null; "
+    inside = (f"{SECTION}; sec keys; cat {AUTHORIZED_KEYS_FILE} 2>/dev/null; "
               f"sec hostkey; cat \"$HOME/{BOX_STATE_DIR}/hostkeys/ssh_host_ed25519_key.pub\" 2>/dev/null; sec jobs; {JOBS_SCAN}")
     lines += [
         'case "$box" in *\'"Running": true\'*)',
@@ -102,8 +108,9 @@ def host_check_script(spec: BoxSpec) -> str:
     lines = [
         SECTION,
         "sec checked; echo yes",
-        "info=$(docker info --format '{{.DockerRootDir}}|{{json .Runtimes}}' 2>/dev/null)",
-        'sec runtimes; echo "${info#*|}"',
+        "info=$(docker info --format '{{.DockerRootDir}}|{{json .Runtimes}}|{{.NCPU}} {{.MemTotal}} {{json .SecurityOptions}}' 2>/dev/null)",
+        'rest="${info#*|}"; sec runtimes; echo "${rest%%|*}"',
+        'sec resources; echo "${rest#*|}"',
         "sec cdi; ls /etc/cdi/nvidia.yaml /var/run/cdi/nvidia.yaml 2>/dev/null",
         'sec disk; df -Pk "${info%%|*}" 2>/dev/null | tail -1',
     ]
@@ -150,6 +157,7 @@ def parse_facts(text: str, image_tag: str = "") -> Facts:
         facts.docker_error = version.splitlines()[-1] if version else "docker not found"
     facts.host_checked = s.get("checked") == "yes"
     facts.runtimes = parse_runtimes(s.get("runtimes", ""))
+    facts.host_cpus, facts.host_memory, facts.apparmor = parse_resources(s.get("resources", ""))
     facts.cdi_nvidia = bool(s.get("cdi"))
     facts.docker_root_free_kib = parse_df(s.get("disk", ""))
     found = parse_found_images(s.get("images", ""))
@@ -187,6 +195,14 @@ def parse_runtimes(text: str) -> tuple[str, ...]:
         return tuple(sorted(json.loads(text or "{}")))
     except (json.JSONDecodeError, TypeError):
         return ()
+
+
+def parse_resources(line: str) -> tuple[int | None, int | None, bool]:
+    """CPUs, memory bytes and AppArmor from `docker info`'s `NCPU MemTotal [SecurityOptions]`."""
+    parts = line.split(" ", 2)
+    cpus = int(parts[0]) if parts and parts[0].isdigit() else None
+    memory = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+    return cpus, memory, len(parts) > 2 and "name=apparmor" in parts[2]
 
 
 def parse_df(line: str) -> int | None:

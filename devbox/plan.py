@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from devbox import __version__
 from devbox.config import BoxSpec
 from devbox.errors import DevboxError, HostUnreachable
-from devbox.facts import Facts, image_cuda, version_tuple
+from devbox.facts import AUTHORIZED_KEYS_DIR, Facts, image_cuda, version_tuple
 
 BOX_SSH_PORT = 2222
 PORT_RANGE = (20000, 29999)
@@ -131,18 +131,29 @@ def _preflight_gpus(spec: BoxSpec, facts: Facts) -> None:
 
 def choose_port(spec: BoxSpec, facts: Facts) -> int:
     """The box's host port: configured, else the one it already has, else a stable free one."""
+    return choose_ports(spec, facts, 1)[0]
+
+
+def choose_ports(spec: BoxSpec, facts: Facts, count: int = 8) -> list[int]:
+    """The port to use first, then free alternatives in case another program binds it
+    between the gather and `docker start` (a configured port has no alternative)."""
     if spec.port:
-        return spec.port
+        return [spec.port]
     existing = facts.box_labels.get("devbox.port")
     if existing and existing.isdigit():
-        return int(existing)
+        return [int(existing)]
     low, high = PORT_RANGE
     start = low + zlib.crc32(spec.host.encode()) % (high - low)
+    ports = []
     for offset in range(high - low):
         port = low + (start - low + offset) % (high - low)
         if port not in facts.used_ports:
-            return port
-    raise HostUnreachable(f"{spec.host}: no free port in {low}-{high}", "set `port` in devbox.toml")
+            ports.append(port)
+            if len(ports) == count:
+                break
+    if not ports:
+        raise HostUnreachable(f"{spec.host}: no free port in {low}-{high}", "set `port` in devbox.toml")
+    return ports
 
 
 def box_labels(spec: BoxSpec, port: int, image_tag: str, spec_hash: str, keyset: str) -> dict[str, str]:
@@ -168,30 +179,74 @@ def gpu_args(spec: BoxSpec, facts: Facts) -> list[str]:
     return [arg for d in devices.split(",") for arg in ("--device", f"nvidia.com/gpu={d}")]
 
 
-def run_args(spec: BoxSpec, facts: Facts, port: int, image_tag: str, labels: dict[str, str]) -> list[str]:
-    """`docker run` arguments: the run-time hardening every box gets."""
+def memory_limit(spec: BoxSpec, facts: Facts) -> str:
+    """`memory = "auto"`: the host's memory less max(2 GiB, 10%) (kept for the host's own
+    sshd, Docker and page cache; GPU jobs need most of the rest), never under half of it."""
+    if spec.memory != "auto":
+        return spec.memory
+    if not facts.host_memory:
+        return ""
+    total = facts.host_memory
+    limit = max(total - max(2 << 30, total // 10), total // 2)
+    return f"{limit // (1 << 20)}m"
+
+
+def cpu_limit(spec: BoxSpec, facts: Facts) -> str:
+    """`cpus = "auto"`: all CPUs but one when the host has more than two (the host's sshd
+    and Docker stay responsive under a CPU-bound job), else all of them."""
+    if spec.cpus != "auto":
+        return spec.cpus
+    if not facts.host_cpus:
+        return ""
+    return str(facts.host_cpus - 1 if facts.host_cpus > 2 else facts.host_cpus)
+
+
+# CPU weight below Docker's default 1024: other containers on the host win a contended CPU.
+CPU_SHARES = "512"
+
+
+def run_args(spec: BoxSpec, facts: Facts, port: int, image_tag: str, labels: dict[str, str],
+             name: str | None = None, verb: str = "run") -> list[str]:
+    """`docker run` (or `create`) arguments: the run-time hardening every box gets.
+
+    Beyond no root and no capabilities (CIS Docker Benchmark, section 5): its own network
+    (5.30), memory and CPU limits (5.11, 5.12), AppArmor where the host has it (5.2), a
+    health check (5.27, in the image). sshd in the container (5.7) is the product itself.
+    """
     address = "127.0.0.1" if spec.expose == "loopback" else "0.0.0.0"
     args = [
-        "run", "--detach", "--name", spec.box_name, "--hostname", spec.box_name,
+        verb, *(["--detach"] if verb == "run" else []), "--name", name or spec.box_name, "--hostname", spec.box_name,
         "--restart", "unless-stopped", "--init", "--pull", "never",
         "--user", f"{spec.uid}:{spec.gid}",
         "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
         "--read-only", "--tmpfs", "/tmp:rw,nosuid,nodev,mode=1777",
         "--pids-limit", "8192",
+        "--network", spec.network,
         "--publish", f"{address}:{port}:{BOX_SSH_PORT}",
         "--shm-size", spec.shm_size,
+        "--cpu-shares", CPU_SHARES,
     ]
-    if spec.memory:
-        args += ["--memory", spec.memory]
+    if facts.apparmor:
+        args += ["--security-opt", "apparmor=docker-default"]
+    if memory := memory_limit(spec, facts):
+        args += ["--memory", memory]
+    if cpus := cpu_limit(spec, facts):
+        args += ["--cpus", cpus]
     for volume in spec.all_volumes():
         source = spec.volume_name(volume) if volume.is_named else volume.source
         kind = "volume" if volume.is_named else "bind"
         mount = f"type={kind},source={source},target={volume.target}" + (",readonly" if volume.read_only else "")
         args += ["--mount", mount]
+    args += ["--mount", f"type=volume,source={spec.keys_volume},target={AUTHORIZED_KEYS_DIR},readonly"]
     args += gpu_args(spec, facts)
     for key, value in labels.items():
         args += ["--label", f"{key}={value}"]
     return args + [image_tag]
+
+
+def volume_names(spec: BoxSpec) -> list[str]:
+    """Every volume devbox makes for the box: home, the named `volumes`, the keys."""
+    return [spec.volume_name(v) for v in spec.all_volumes() if v.is_named] + [spec.keys_volume]
 
 
 def delivery_step(spec: BoxSpec, facts: Facts, image_tag: str, local_image: bool) -> Step | None:
@@ -221,6 +276,7 @@ def plan_up(
     keyset: str,
     force: bool = False,
     local_image: bool = False,
+    restart: bool = False,
 ) -> Plan:
     """Every step needed to bring the host to `spec`; none when it already matches."""
     if needs_host_check(spec, facts, image_tag) and not facts.host_checked:
@@ -234,25 +290,34 @@ def plan_up(
     if deliver:
         steps.append(deliver)
     box = facts.box
-    recreate = box is not None and not box_matches(facts, spec_hash)
+    recreate = box is not None and (restart or not box_matches(facts, spec_hash))
     if recreate:
         if facts.running_jobs and not force:
             raise RunningJobs(
                 f"{spec.host}: the box spec changed and re-creating it would stop running jobs: {', '.join(facts.running_jobs)}",
                 "wait for them, stop them with `devbox stop`, or pass --force (their logs are kept)",
             )
-        steps.append(Step("remove_box", f"re-create box {spec.box_name}: its spec changed (volumes and host key are kept)", {}))
     if box is None or recreate:
-        for volume in spec.all_volumes():
-            if volume.is_named:
-                name = spec.volume_name(volume)
-                steps.append(Step("create_volume", f"ensure volume {name} for {volume.target}",
-                                  {"name": name, "owner": (spec.uid, spec.gid)}))
-        labels = box_labels(spec, port, image_tag, spec_hash, keyset)
-        argv = run_args(spec, facts, port, image_tag, labels)
-        steps.append(Step("create_box", f"start box {spec.box_name} on 127.0.0.1:{port} as {spec.user} ({spec.uid}:{spec.gid})", {"argv": argv}))
+        for name in volume_names(spec):
+            steps.append(Step("create_volume", f"ensure volume {name}", {"name": name, "owner": (spec.uid, spec.gid)}))
+        steps.append(Step("create_network", f"ensure network {spec.network} (the box's own: boxes cannot reach each other)", {}))
+    if box is None or recreate or not facts.box_running or facts.authorized_keys != authorized_keys.strip():
+        steps.append(Step("sync_keys", f"install {authorized_keys.count(chr(10)) - 1} team key(s) in {spec.keys_volume} (read-only in the box)",
+                          {"content": authorized_keys}))
+    if box is None or recreate:
+        ports = choose_ports(spec, facts)
+
+        def argv_for(chosen: int, name: str) -> list[str]:
+            chosen_hash = spec.spec_hash(chosen, image_tag)
+            return run_args(spec, facts, chosen, image_tag, box_labels(spec, chosen, image_tag, chosen_hash, keyset), name, "create")
+
+        why = "its spec changed" if not restart else "asked to restart"
+        what = (f"re-create box {spec.box_name} ({why}): the new one starts beside it and replaces it only once its sshd "
+                "answers; volumes and host key are kept") if recreate else f"start box {spec.box_name}"
+        steps.append(Step("create_box", f"{what} on 127.0.0.1:{port} as {spec.user} ({spec.uid}:{spec.gid})",
+                          {"argv_for": argv_for, "ports": ports, "replace": recreate}))
     elif not facts.box_running:
         steps.append(Step("start_box", f"start the stopped box {spec.box_name}", {}))
-    if box is None or recreate or not facts.box_running or facts.authorized_keys != authorized_keys.strip():
-        steps.append(Step("sync_keys", f"install {authorized_keys.count(chr(10)) - 1} team key(s) in the box", {"content": authorized_keys}))
+    if not steps:
+        notes.append(f"box {spec.box_name} runs spec {spec_hash} with image {image_tag} and the team's keys: nothing to do")
     return Plan(spec, image_tag, port, spec_hash, steps, notes)

@@ -5,13 +5,15 @@ and `--dry-run` never reaches here.
 """
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Callable
 
 from devbox.box import write_authorized_keys
 from devbox.image import context_tar
 from devbox.plan import Plan, Step
-from devbox.remote import Host
+from devbox.errors import DevboxError
+from devbox.remote import Host, _reason
 
 Progress = Callable[[str], None]
 
@@ -72,14 +74,66 @@ def create_volume(host: Host, plan: Plan, step: Step, progress: Progress) -> dic
     return {}
 
 
-def remove_box(host: Host, plan: Plan, step: Step, progress: Progress) -> dict:
-    host.docker("rm", "--force", plan.spec.box_name)
+def create_network(host: Host, plan: Plan, step: Step, progress: Progress) -> dict:
+    net = shlex.quote(plan.spec.network)
+    host.run(f"docker network inspect {net} >/dev/null 2>&1 || docker network create --driver bridge "
+             f"--label devbox.managed=true --label devbox.host={shlex.quote(plan.spec.host)} {net} >/dev/null")
     return {}
 
 
-def create_box(host: Host, plan: Plan, step: Step, progress: Progress) -> dict:
-    host.docker(*step.detail["argv"])
-    return {}
+PORT_TAKEN = ("address already in use", "port is already allocated")
+# Until the new box's sshd answers: fail fast if it stops or restarts (a broken spec).
+WAIT_HEALTHY = (
+    'for i in $(seq {tries}); do '
+    's=$(docker container inspect -f "{{{{.State.Running}}}} {{{{.RestartCount}}}}" {name}); '
+    '[ "$s" = "true 0" ] || exit 1; '
+    'docker exec {name} /usr/local/bin/devbox-health && exit 0; sleep 0.3; done; exit 1'
+)
+
+
+def create_box(host: Host, plan: Plan, step: Step, progress: Progress, wait_s: float = 30) -> dict:
+    """Make the new box beside the old one and swap only once it is proven.
+
+    `docker create` under a temporary name checks the whole spec (mounts, devices)
+    while the old box runs on; the old one is then stopped (it holds the port), the new
+    one started, and kept only when its sshd answers. Any failure removes the new one and
+    starts the old one again. A port another program took since the gather is retried
+    with the next free one (not a configured `port`).
+    """
+    spec = plan.spec
+    new, old = f"{spec.box_name}.next", f"{spec.box_name}.old"
+    host.docker("rm", "--force", new, old, check=False)   # ours: left by an interrupted `up`
+    replace = step.detail["replace"]
+    ports = step.detail["ports"]
+    for attempt, port in enumerate(ports):
+        created = host.docker(*step.detail["argv_for"](port, new), check=False)
+        if not created.ok:
+            host.docker("rm", "--force", new, check=False)
+            raise DevboxError(f"{spec.host}: Docker refused the box spec: {_reason(created)}",
+                              "fix devbox.toml and re-run; the running box was not touched", exit_code=2)
+        if replace and attempt == 0:
+            host.docker("rename", spec.box_name, old)
+            host.docker("stop", "--time", "10", old)
+        started = host.docker("start", new, check=False)
+        proven = started.ok and host.run(WAIT_HEALTHY.format(tries=int(wait_s / 0.4), name=shlex.quote(new)), check=False).ok
+        if proven:
+            break
+        logs = host.docker("logs", "--tail", "3", new, check=False)
+        host.docker("rm", "--force", new, check=False)
+        taken = not started.ok and any(t in started.stderr for t in PORT_TAKEN)
+        if taken and attempt + 1 < len(ports):
+            progress(f"{spec.host}: port {port} was taken meanwhile, trying {ports[attempt + 1]}")
+            continue
+        if replace:
+            host.docker("rename", old, spec.box_name)
+            host.docker("start", spec.box_name)
+        why = _reason(started) if not started.ok else f"its sshd did not answer: {_reason(logs) or 'no log'}"
+        raise DevboxError(f"{spec.host}: the new box did not start ({why})",
+                          ("the old box is running again; " if replace else "") + "fix devbox.toml or the host, then re-run `devbox up`")
+    host.docker("rename", new, spec.box_name)
+    if replace:
+        host.docker("rm", "--force", old)
+    return {"port": port}
 
 
 def start_box(host: Host, plan: Plan, step: Step, progress: Progress) -> dict:
@@ -88,7 +142,7 @@ def start_box(host: Host, plan: Plan, step: Step, progress: Progress) -> dict:
 
 
 def sync_keys(host: Host, plan: Plan, step: Step, progress: Progress) -> dict:
-    write_authorized_keys(host, plan.spec, step.detail["content"])
+    write_authorized_keys(host, plan.spec, plan.image_tag, step.detail["content"])
     return {}
 
 
@@ -96,7 +150,7 @@ APPLIERS: dict[str, Callable[[Host, Plan, Step, Progress], dict]] = {
     "build_image": build_image,
     "stream_image": stream_image,
     "create_volume": create_volume,
-    "remove_box": remove_box,
+    "create_network": create_network,
     "create_box": create_box,
     "start_box": start_box,
     "sync_keys": sync_keys,

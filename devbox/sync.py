@@ -1,16 +1,19 @@
 """`devbox keys sync`: rewrite every running box's authorized_keys, live and atomically.
 
-The same write `up` uses (box.write_authorized_keys): sshd reads the file per login, so
-a revoked key is refused at the next attempt while open sessions stay up.
+The same write `up` uses (box.write_authorized_keys, into the keys volume that the box
+mounts read-only): sshd reads the file per login, so a revoked key is refused at the
+next attempt while open sessions stay up. `--restart` also re-creates the box (volumes
+and host key kept): in a box, every key holder is the same user, so only a new box is
+sure to run nothing a revoked person left behind.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from devbox.box import write_authorized_keys
+from devbox.box import box_exec, write_authorized_keys
 from devbox.config import BoxSpec
 from devbox.errors import DevboxError
-from devbox.facts import parse_inspect
+from devbox.facts import AUTHORIZED_KEYS_FILE, parse_inspect
 from devbox.keyset import KeySet
 from devbox.remote import Host
 
@@ -20,6 +23,7 @@ class SyncReport:
     host: str
     keys: int = 0
     changed: bool = False
+    restarted: bool = False
     error: str = ""
     exit_code: int = 0
 
@@ -27,19 +31,31 @@ class SyncReport:
         return dict(self.__dict__)
 
 
-def sync_host(spec: BoxSpec, keys: KeySet) -> SyncReport:
-    from devbox.box import AUTHORIZED_KEYS, box_exec
-
+def sync_host(spec: BoxSpec, keys: KeySet, restart: bool = False) -> SyncReport:
     report = SyncReport(spec.host, keys.count)
     try:
         with Host(spec.host) as host:
             box = parse_inspect(host.docker("container", "inspect", spec.box_name, check=False).stdout)
             if not box or not box.get("State", {}).get("Running"):
                 raise DevboxError(f"{spec.host}: no running box to sync", f"run `devbox up {spec.host}`", exit_code=3)
-            current = box_exec(host, spec, ["cat", f"{spec.home}/{AUTHORIZED_KEYS}"], check=False).stdout
+            if not any(m.get("Name") == spec.keys_volume for m in box.get("Mounts") or []):
+                raise DevboxError(f"{spec.host}: this box keeps its keys where its user can write them (made by an older devbox)",
+                                  f"run `devbox up {spec.host}` to re-create it with read-only keys (volumes are kept)", exit_code=2)
+            current = box_exec(host, spec, ["cat", AUTHORIZED_KEYS_FILE], check=False).stdout
             if current.strip() != keys.authorized_keys.strip():
-                write_authorized_keys(host, spec, keys.authorized_keys)
+                write_authorized_keys(host, spec, box["Config"]["Image"], keys.authorized_keys)
                 report.changed = True
+        if restart:
+            _restart(spec, keys, report)
     except DevboxError as exc:
         report.error, report.exit_code = exc.one_line(), exc.exit_code
     return report
+
+
+def _restart(spec: BoxSpec, keys: KeySet, report: SyncReport) -> None:
+    from devbox.up import up_host
+
+    done = up_host(spec, keys, force=True, restart=True, verify=False)
+    if done.error:
+        raise DevboxError(done.error.removeprefix(f"{spec.host}: "), "the keys are synced; re-run with --restart to re-create the box")
+    report.restarted = report.changed = True

@@ -19,7 +19,8 @@ from devbox.config import BoxSpec
 from devbox.errors import DevboxError
 from devbox.facts import Facts, host_check_script, parse_facts, state_script
 from devbox.image import content_tag, local_has_image
-from devbox.keyset import KeySet, default_identity
+from devbox.keyset import Identity, KeySet, choose_identity, desired_keys
+from devbox.lock import HostLock
 from devbox.plan import Plan, needs_host_check, plan_up
 from devbox.remote import Host
 from devbox.steps import apply
@@ -39,6 +40,7 @@ class HostReport:
     ssh_alias: str = ""
     container: str = ""  # the box's container name on the host (docker commands take it)
     port: int | None = None
+    warnings: list[str] = field(default_factory=list)
     delivery: str = "none"
     bytes_sent: int = 0
     seconds: float = 0.0
@@ -49,20 +51,23 @@ class HostReport:
         return data
 
 
-def gather(host: Host, spec: BoxSpec, image_tag: str, host_check: bool = True) -> Facts:
+def gather(host: Host, spec: BoxSpec, image_tag: str, host_check: bool = True, recreate: bool = False) -> Facts:
     """The box's state in one exchange; the host checks in a second only when `up` will
     create something (host_check=False: never, for `status`)."""
     state = host.run(state_script(spec, image_tag), check=False).stdout
     facts = parse_facts(state, image_tag)
-    if host_check and needs_host_check(spec, facts, image_tag):
+    if host_check and (recreate or needs_host_check(spec, facts, image_tag)):
         facts = parse_facts(state + host.run(host_check_script(spec), check=False).stdout, image_tag)
     return facts
 
 
-def identity_for(host: Host) -> Path:
-    """The key the user reaches HOST with is the key the box entry uses."""
-    files = host.ssh_config.lookup(host.alias).get("identityfile")
-    return Path(files[0]).expanduser() if files else default_identity()
+def identity_for(host: Host, spec: BoxSpec, keys: KeySet) -> Identity:
+    """The user's key that the box trusts: what the entry and verify log in with.
+
+    Not simply the host's IdentityFile: an ops key reaches the host, a personal one the box.
+    """
+    files = host.ssh_config.lookup(host.alias).get("identityfile", [])
+    return choose_identity(keys, spec.identity, tuple(files), spec.host)
 
 
 def expectations(spec: BoxSpec) -> Expectations:
@@ -70,51 +75,75 @@ def expectations(spec: BoxSpec) -> Expectations:
     return Expectations(spec.user, spec.uid, spec.gid, mounts, spec.gpu_count_wanted)
 
 
+def plan_host(host: Host, spec: BoxSpec, keys: KeySet, image_tag: str, force: bool, restart: bool) -> tuple[Facts, Plan]:
+    facts = gather(host, spec, image_tag, recreate=restart)
+    local_image = not facts.image_present and spec.delivery != "build" and local_has_image(image_tag)
+    plan = plan_up(spec, facts, image_tag, keys.authorized_keys, keys.fingerprint, force=force, local_image=local_image,
+                   restart=restart)
+    return facts, plan
+
+
 def up_host(spec: BoxSpec, keys: KeySet, *, dry_run: bool = False, force: bool = False, repin: bool = False,
-            verify: bool | None = None, progress: Progress = lambda m: None, host: Host | None = None) -> HostReport:
+            verify: bool | None = None, progress: Progress = lambda m: None, host: Host | None = None,
+            restart: bool = False) -> HostReport:
+    """`restart`: re-create the box even when it matches (volumes and host key kept), so
+    nothing a revoked key holder left running in it survives."""
     report = HostReport(spec.host, ssh_alias=sshconfig.BOX_PREFIX + spec.host, container=spec.box_name)
     start = time.monotonic()
     host = host or Host(spec.host)
+    lock = HostLock(host, spec.box_name)
     try:
+        identity = identity_for(host, spec, keys)  # refused here, before the host is touched
+        report.warnings = mount_warnings(spec)
         image_tag = content_tag(spec.image)
-        facts = gather(host, spec, image_tag)
-        local_image = not facts.image_present and spec.delivery != "build" and local_has_image(image_tag)
-        plan = plan_up(spec, facts, image_tag, keys.authorized_keys, keys.fingerprint, force=force, local_image=local_image)
+        facts, plan = plan_host(host, spec, keys, image_tag, force, restart)
+        if plan.steps and not dry_run and lock.acquire(progress):
+            facts, plan = plan_host(host, spec, keys, image_tag, force, restart)   # the other `up` changed the host
         report.port = plan.port
         report.steps = [s.description for s in plan.steps]
         if dry_run:
             return report
         applied = apply(host, plan, progress)
+        report.port = applied.get("port", plan.port)
         report.delivery = applied.get("delivery", "none")
         report.bytes_sent = applied.get("bytes_sent", 0)
         report.changed = plan.changes
         known_key = facts.box_host_key if facts.box_running and not plan.steps else None
-        report.changed |= connect(host, plan, identity_for(host), repin, report, known_key)
+        report.changed |= connect(host, plan, report.port, identity, repin, report, known_key)
+        lock.release()
         if verify or (verify is None and report.changed):
-            report.checks = verify_box(host, plan.spec, plan.port)
+            report.checks = verify_box(host, plan.spec, report.port, identity, keys.fingerprints)
             report.exit_code = 1 if any(c.status == FAIL for c in report.checks) else 0
     except DevboxError as exc:
         report.error, report.exit_code = exc.one_line(), exc.exit_code
     finally:
+        lock.release()
         host.close()
         report.seconds = round(time.monotonic() - start, 3)
     return report
 
 
-def connect(host: Host, plan: Plan, identity: Path, repin: bool, report: HostReport, known_key: str | None = None) -> bool:
+def mount_warnings(spec: BoxSpec) -> list[str]:
+    """Said on every `up`: host paths that make every key holder root on the host."""
+    dangerous = getattr(spec, "dangerous_mounts", lambda: [])()
+    return [f"WARNING: {spec.host}: {path} is mounted into the box (allow_host_root_mounts = true): "
+            "every key holder can become root on the host" for path in dangerous]
+
+
+def connect(host: Host, plan: Plan, port: int, identity: Identity, repin: bool, report: HostReport, known_key: str | None = None) -> bool:
     """Pin the box's host key (read over the trusted host link) and write the ssh entry."""
     key = known_key or read_host_key(host, plan.spec)
     changed = sshconfig.pin_host_key(plan.spec.host, key, replace=repin)
-    entry = sshconfig.BoxEntry(plan.spec.host, plan.port, plan.spec.user, str(identity))
+    entry = sshconfig.BoxEntry(plan.spec.host, port, plan.spec.user, identity.path and str(identity.path))
     changed |= sshconfig.write_entry(entry)
     changed |= sshconfig.ensure_include()
-    for flag, text in ((changed, f"ssh entry {entry.alias} written, host key pinned"),):
+    for flag, text in ((changed, f"ssh entry {entry.alias} written, host key pinned" + (f" ({identity.note})" if identity.note else "")),):
         if flag:
             report.steps.append(text)
     return changed
 
 
-def verify_box(host: Host, spec: BoxSpec, port: int) -> list[Check]:
+def verify_box(host: Host, spec: BoxSpec, port: int, identity: Identity, trusted: tuple[str, ...]) -> list[Check]:
     """All checks through the host tunnel with the entry's key and the pinned host key.
 
     The OpenSSH-client check is a separate process: it runs alongside the others.
@@ -124,7 +153,8 @@ def verify_box(host: Host, spec: BoxSpec, port: int) -> list[Check]:
     if not pinned:
         raise DevboxError(f"no pinned host key for {alias}", f"run `devbox up {spec.host}` first")
     openssh = start_openssh_check(alias)
-    session = BoxSession(lambda: host.open_tunnel(port), pinned, spec.user, load_identity(identity_for(host)), alias)
+    keys = load_identity(identity.path, identity.fingerprint)
+    session = BoxSession(lambda: host.open_tunnel(port), pinned, spec.user, keys, alias, trusted)
     try:
         session.login()
         checks = run_checks(session, expectations(spec))
@@ -177,7 +207,8 @@ def verify_host(spec: BoxSpec) -> HostReport:
                 raise DevboxError(f"{spec.host}: no running box", f"run `devbox up {spec.host}`", exit_code=3)
             port = int(box["Config"]["Labels"]["devbox.port"])
             report.port = port
-            report.checks = verify_box(host, spec, port)
+            keys = desired_keys()
+            report.checks = verify_box(host, spec, port, identity_for(host, spec, keys), keys.fingerprints)
         report.exit_code = 1 if any(c.status == FAIL for c in report.checks) else 0
     except DevboxError as exc:
         report.error, report.exit_code = exc.one_line(), exc.exit_code

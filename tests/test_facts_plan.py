@@ -99,7 +99,9 @@ def test_missing_host_path_volume_exits_3():
 
 def test_fresh_host_gets_build_volumes_box_and_keys():
     plan = plan_up(CPU, facts(image_present=False), TAG, KEYS, "k")
-    assert [s.action for s in plan.steps] == ["build_image", "create_volume", "create_volume", "create_box", "sync_keys"]
+    assert [s.action for s in plan.steps] == ["build_image", "create_volume", "create_volume", "create_volume", "create_network",
+                                              "sync_keys", "create_box"]
+    assert plan.steps[3].detail["name"] == "devbox-gpu-host-1.keys"
 
 
 def test_up_to_date_box_plans_nothing():
@@ -119,7 +121,12 @@ def test_spec_change_recreates_but_keeps_the_port():
     new_spec = BoxSpec("gpu-host-1", gpus="none", shm_size="1g")
     plan = plan_up(new_spec, facts(box=old, authorized_keys=KEYS.strip()), TAG, KEYS, "k")
     assert plan.port == 23456
-    assert [s.action for s in plan.steps][:1] == ["remove_box"] and "create_box" in [s.action for s in plan.steps]
+    actions = [s.action for s in plan.steps]
+    assert "remove_box" not in actions and actions[-1] == "create_box", "the old box is never removed before the new one runs"
+    create = plan.steps[-1]
+    assert create.detail["replace"] and create.detail["ports"] == [23456]
+    argv = create.detail["argv_for"](23456, "devbox-gpu-host-1.next")
+    assert argv[0] == "create" and argv[argv.index("--name") + 1] == "devbox-gpu-host-1.next"
 
 
 def test_spec_change_with_running_jobs_needs_force():
@@ -222,3 +229,64 @@ def test_planning_a_new_box_without_the_host_checks_is_a_bug_not_a_silent_skip()
 def test_the_host_check_section_marks_the_facts_checked():
     assert parse_facts(section("checked", "yes") + section("runtimes", '{"runc":{}}')).host_checked
     assert not parse_facts(section("docker", "24.0.7")).host_checked
+
+
+def test_a_missing_box_still_gathers_the_used_ports(tmp_path):
+    """`docker container inspect` of a missing box prints "[]": the ports section must still run
+    (it never did, so `up` chose a port another program held). The real script, a fake docker."""
+    import subprocess
+
+    from devbox.facts import state_script
+
+    (tmp_path / "docker").write_text('#!/bin/sh\ncase "$1 $2" in\n "container inspect") echo "[]";;\n'
+                                     ' "ps -a") echo "127.0.0.1:20001->2222/tcp";;\n version) echo 24.0.7;;\nesac\n')
+    (tmp_path / "ss").write_text("#!/bin/sh\necho 'LISTEN 0 128 127.0.0.1:20002 0.0.0.0:*'\n")
+    for tool in ("docker", "ss"):
+        (tmp_path / tool).chmod(0o755)
+    done = subprocess.run(["sh", "-c", state_script(CPU, TAG)], capture_output=True, text=True,
+                          env={"PATH": f"{tmp_path}:/usr/bin:/bin"})
+    found = parse_facts(done.stdout, TAG)
+    assert found.box is None and found.used_ports == {20001, 20002}, done.stdout + done.stderr
+
+
+def test_port_candidates_skip_used_ports_and_a_configured_port_has_no_alternative():
+    from devbox.plan import choose_ports
+
+    first = choose_port(CPU, facts())
+    ports = choose_ports(CPU, facts(used_ports=frozenset({first})))
+    assert first not in ports and len(ports) == 8 and len(set(ports)) == 8
+    assert choose_ports(BoxSpec("h", gpus="none", port=2345), facts(used_ports=frozenset({2345}))) == [2345]
+
+
+def test_box_runs_on_its_own_network_with_limits_sized_from_the_host():
+    from devbox.plan import CPU_SHARES, cpu_limit, memory_limit
+
+    host = facts(host_cpus=16, host_memory=256 << 30, apparmor=True)
+    argv = run_args(CPU, host, 20000, TAG, {})
+    assert argv[argv.index("--network") + 1] == "devbox-gpu-host-1.net"
+    assert argv[argv.index("--memory") + 1] == f"{(256 << 30) - (256 << 30) // 10 >> 20}m"     # 10% kept for the host
+    assert argv[argv.index("--cpus") + 1] == "15" and argv[argv.index("--cpu-shares") + 1] == CPU_SHARES
+    assert "apparmor=docker-default" in argv
+    assert "type=volume,source=devbox-gpu-host-1.keys,target=/etc/devbox/keys,readonly" in argv
+    small = facts(host_cpus=2, host_memory=4 << 30)
+    assert memory_limit(CPU, small) == f"{2 << 10}m" and cpu_limit(CPU, small) == "2"   # 2 GiB kept, both CPUs
+    assert "apparmor=docker-default" not in run_args(CPU, small, 20000, TAG, {})
+    explicit = BoxSpec("h", gpus="none", memory="", cpus="")
+    assert "--memory" not in run_args(explicit, host, 1, TAG, {}) and "--cpus" not in run_args(explicit, host, 1, TAG, {})
+    assert memory_limit(BoxSpec("h", memory="64g"), host) == "64g"
+
+
+def test_host_resources_are_parsed_from_docker_info():
+    from devbox.facts import parse_resources
+
+    assert parse_resources('16 270000000000 ["name=apparmor","name=seccomp,profile=default"]') == (16, 270000000000, True)
+    assert parse_resources('2 24000000000 ["name=seccomp,profile=default"]') == (2, 24000000000, False)
+    assert parse_resources("") == (None, None, False)
+
+
+def test_restart_recreates_a_matching_box():
+    port = choose_port(CPU, facts())
+    plan = plan_up(CPU, facts(box=running_box(CPU, port), authorized_keys=KEYS.strip(), running_jobs=("x",)), TAG, KEYS, "k",
+                   force=True, restart=True)
+    assert plan.steps[-1].action == "create_box" and plan.steps[-1].detail["replace"]
+    assert plan_up(CPU, facts(box=running_box(CPU, port), authorized_keys=KEYS.strip()), TAG, KEYS, "k").notes

@@ -13,6 +13,7 @@ import paramiko
 import pytest
 
 import testbed as tb
+from devbox.box import keys_writer_argv
 from devbox.config import BoxSpec
 from devbox.facts import Facts
 from devbox.image import ImageSpec, build_locally, content_tag
@@ -38,12 +39,12 @@ class RunningBox:
         self.other_key = tb.keygen(workdir / "stranger_key", "stranger")
 
     def start(self) -> "RunningBox":
+        subprocess.run(["docker", "network", "create", self.spec.network], capture_output=True)
+        pub = (self.key.parent / (self.key.name + ".pub")).read_text()
+        subprocess.run(["docker", *keys_writer_argv(self.spec, self.image)], input=pub, text=True, check=True)
         args = run_args(self.spec, Facts(), self.port, self.image, {"devbox.test": "image"})
         args = args[:-1] + ["--mount", f"type=bind,source={self.workspace},target=/workspace", self.image]
         self.id = subprocess.run(["docker", *args], check=True, capture_output=True, text=True).stdout.strip()
-        pub = (self.key.parent / (self.key.name + ".pub")).read_text()
-        subprocess.run(["docker", "exec", "-i", self.id, "sh", "-c",
-                        'umask 077; mkdir -p ~/.devbox && cat > ~/.devbox/authorized_keys'], input=pub, text=True, check=True)
         self.host_key = self.wait_host_key()
         return self
 
@@ -66,7 +67,9 @@ class RunningBox:
             self.id = None
 
     def volume_remove(self) -> None:
-        subprocess.run(["docker", "volume", "rm", "-f", self.spec.volume_name(self.spec.all_volumes()[0])], capture_output=True)
+        subprocess.run(["docker", "volume", "rm", "-f", self.spec.volume_name(self.spec.all_volumes()[0]), self.spec.keys_volume],
+                       capture_output=True)
+        subprocess.run(["docker", "network", "rm", self.spec.network], capture_output=True)
 
     def known_hosts(self, path) -> str:
         path.write_text(f"[127.0.0.1]:{self.port} {self.host_key}\n")

@@ -119,13 +119,13 @@ def test_dangerous_keys_are_refused_and_never_reach_a_box(laptop, team, tmp_path
     assert "BEGIN" not in done.stderr and text.split()[-1] not in done.stderr, "never echo key material"
     assert sorted(p.name for p in (laptop.work / "keys").iterdir()) == before
     laptop.devbox.json("keys", "sync", laptop.host1)
-    installed = subprocess.run(["docker", "exec", f"devbox-{laptop.host1}", "cat", "/home/dev/.devbox/authorized_keys"],
+    installed = subprocess.run(["docker", "exec", f"devbox-{laptop.host1}", "cat", "/etc/devbox/keys/authorized_keys"],
                                capture_output=True, text=True).stdout
     assert "mallory" not in installed and installed.count("ssh-") == 1
 
 
 def test_installed_keys_forbid_agent_forwarding_but_allow_local_forwards(laptop, team, tmp_path):
-    installed = subprocess.run(["docker", "exec", f"devbox-{laptop.host1}", "cat", "/home/dev/.devbox/authorized_keys"],
+    installed = subprocess.run(["docker", "exec", f"devbox-{laptop.host1}", "cat", "/etc/devbox/keys/authorized_keys"],
                                capture_output=True, text=True).stdout
     assert all(l.startswith("restrict,port-forwarding,pty ") for l in installed.splitlines() if not l.startswith("#"))
     agent = subprocess.run(["ssh-agent", "-s"], capture_output=True, text=True).stdout

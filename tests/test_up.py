@@ -84,7 +84,7 @@ def test_down_keeps_data_and_up_brings_it_back(laptop):
     box_ssh(laptop, laptop.host1, "echo still-here > /workspace/f.txt")
     report, _ = laptop.devbox.json("down", laptop.host1)
     assert container_id(f"devbox-{laptop.host1}") is None
-    assert len(volumes_of(laptop.host1)) == 2 and any("volume" in k for k in report["kept"])
+    assert len(volumes_of(laptop.host1)) == 3 and sum("volume" in k for k in report["kept"]) == 3
     laptop.devbox.json("up", laptop.host1)
     assert box_ssh(laptop, laptop.host1, "cat /workspace/f.txt").stdout.strip() == "still-here"
 

@@ -10,5 +10,4 @@ key="$state/hostkeys/ssh_host_ed25519_key"
 if [ ! -s "$key" ]; then
     ssh-keygen -q -t ed25519 -N '' -C "devbox-host-key" -f "$key"
 fi
-[ -e "$state/authorized_keys" ] || : > "$state/authorized_keys"
 exec /usr/sbin/sshd -D -e -f /etc/ssh/sshd_config -h "$key"

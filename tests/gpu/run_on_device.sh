@@ -118,7 +118,9 @@ echo "-- nvidia-smi as $LOGIN with /dev hidden:"; cat "$OUT/nvidia-smi-no-driver
 
 step "sshd_config: the box's, with AllowUsers $LOGIN, 127.0.0.1:$PORT and the session environment"
 CONF="$PRIV/sshd_config"
-sed -e "s/^AllowUsers .*/AllowUsers $LOGIN/" -e "s/^Port .*/Port $PORT/" images/ssh/sshd_config >"$CONF"
+# The box reads keys from its read-only keys volume; here the login user's own file stands in.
+sed -e "s/^AllowUsers .*/AllowUsers $LOGIN/" -e "s/^Port .*/Port $PORT/" \
+    -e "s#^AuthorizedKeysFile .*#AuthorizedKeysFile .devbox/authorized_keys#" images/ssh/sshd_config >"$CONF"
 {
     echo "ListenAddress 127.0.0.1"
     # As the Dockerfile does: sessions get the image's PATH (python3 with torch) and libraries.
