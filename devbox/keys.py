@@ -325,9 +325,14 @@ def read_key_text(source) -> str:
 
 
 def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write beside the target, then rename: readers never see a half-written file."""
+    """Write beside the target (its folder made if need be), then rename: readers never see a
+    half-written file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    except OSError as exc:
+        raise KeyRejected(f"cannot write {path}: {exc.strerror}", "pass --keys with a folder you can write") from None
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
@@ -371,7 +376,6 @@ class KeyStore:
             raise KeyRejected(f"{name} already has a key in {self.directory}",
                               f"pass --replace, or revoke it first (devbox keys revoke {name})")
         self._refuse_shared(name, keys)
-        self.directory.mkdir(parents=True, exist_ok=True)
         _atomic_write(path, "".join(k.line() + "\n" for k in keys))
         added = {k.fingerprint for k in keys}
         self._write_revoked([line for line in self._revoked_lines() if line.split()[0] not in added])
@@ -450,13 +454,16 @@ def generate_keypair(path: Path) -> PublicKey:
     for existing in (path, pub_path):
         if existing.exists() or existing.is_symlink():
             raise KeyRejected(f"{existing} already exists", "choose another path; devbox never overwrites a key")
-    if not path.parent.exists():
-        path.parent.mkdir(mode=0o700, parents=True)
-        os.chmod(path.parent, 0o700)  # mkdir's mode is filtered by the umask
     private = Ed25519PrivateKey.generate()
     public = private.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     key = parse_public_key(f"{public.decode()} {os.environ.get('USER', 'devbox')}@devbox")
-    _write_new(path, private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                           serialization.NoEncryption()), 0o600)
-    _write_new(pub_path, (key.line() + "\n").encode(), 0o644)
+    try:
+        if not path.parent.exists():
+            path.parent.mkdir(mode=0o700, parents=True)
+            os.chmod(path.parent, 0o700)  # mkdir's mode is filtered by the umask
+        _write_new(path, private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                               serialization.NoEncryption()), 0o600)
+        _write_new(pub_path, (key.line() + "\n").encode(), 0o644)
+    except OSError as exc:
+        raise KeyRejected(f"cannot write {exc.filename or path}: {exc.strerror}", "choose a path in a folder you can write") from None
     return key
