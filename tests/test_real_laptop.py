@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import subprocess
 
-from laptops import real_laptop  # noqa: F401  (the fixture)
+import testbed as tb
 from devbox.keys import parse_public_key
 
-import testbed as tb
+pytest_plugins = ("laptops",)  # the real_laptop fixture
 
 
 def fingerprint(pub) -> str:
