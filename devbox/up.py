@@ -10,7 +10,6 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from devbox import sshconfig
@@ -134,7 +133,7 @@ def connect(host: Host, plan: Plan, port: int, identity: Identity, repin: bool, 
     """Pin the box's host key (read over the trusted host link) and write the ssh entry."""
     key = known_key or read_host_key(host, plan.spec)
     changed = sshconfig.pin_host_key(plan.spec.host, key, replace=repin)
-    entry = sshconfig.BoxEntry(plan.spec.host, port, plan.spec.user, identity.path and str(identity.path))
+    entry = sshconfig.BoxEntry(plan.spec.host, port, plan.spec.user, str(identity.path) if identity.path else None)
     changed |= sshconfig.write_entry(entry)
     changed |= sshconfig.ensure_include()
     for flag, text in ((changed, f"ssh entry {entry.alias} written, host key pinned" + (f" ({identity.note})" if identity.note else "")),):
