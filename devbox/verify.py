@@ -88,7 +88,7 @@ class BoxSession:
     def __init__(self, connect: Callable[[], object], pinned_key: str, user: str, keys: list, label: str,
                  trusted: tuple[str, ...] = ()):
         self.connect, self.pinned_key, self.user, self.keys, self.label = connect, pinned_key, user, keys, label
-        self.trusted = trusted  # the fingerprints devbox installed in the box, for a refusal's message
+        self.trusted = trusted  # the fingerprints keys/ gives the box, for a refusal's message
         self.transport = None
 
     def login(self, wait_s: float = 30) -> None:
@@ -116,9 +116,10 @@ class BoxSession:
         if not transport.is_authenticated():
             transport.close()
             offered = ", ".join(k.fingerprint for k in self.keys)
-            holds = f"; devbox installed {', '.join(self.trusted)}" if self.trusted else ""
+            holds = f"; the box is given {', '.join(self.trusted)} (keys/)" if self.trusted else ""
             raise HostUnreachable(f"{self.label}: key login refused for {offered}{holds}",
-                                  "if keys/ changed since the last sync run `devbox keys sync`; else set identity = PATH in devbox.toml")
+                                  "if keys/ changed since the box was made or synced, run `devbox keys sync`; "
+                                  "else check that the private key matches its .pub")
         self.transport = transport
 
     def run(self, command: str, stdin: bytes | None = None, timeout: float = 120) -> tuple[int, str, str]:

@@ -76,3 +76,16 @@ def test_no_key_the_box_would_trust_is_refused_before_the_host_is_touched(real_l
                               capture_output=True, text=True).stdout.split()
         assert made == [], f"up touched the host: {kind[0]} {made}"
     assert not (laptop.home / ".ssh" / "devbox" / "config").exists()
+
+
+def test_a_refused_login_names_the_key_offered_and_the_keys_the_box_is_given(real_laptop):
+    laptop = real_laptop
+    laptop.devbox.json("up", laptop.host1)
+    new = tb.keygen(laptop.home / ".ssh" / "new_ed25519", "new")
+    (laptop.work / "keys" / "me.pub").write_text(new.with_suffix(".pub").read_text())
+    with (laptop.work / "devbox.toml").open("a") as config:
+        config.write(f'identity = "{new}"\n')
+    reports, _ = laptop.devbox.json("verify", laptop.host1, expect=3)
+    error = reports[0]["error"]
+    assert f"key login refused for {fingerprint(new.with_suffix('.pub'))}" in error, error
+    assert "devbox keys sync" in error
