@@ -161,9 +161,9 @@ def status(
 
     names = list(hosts or []) + (_known_hosts(config) if all_hosts else [])
     rows = for_each_host(_specs(sorted(set(names)), config, playbook), status_host)
-    header = f"{'HOST':<20} {'STATE':<12} {'PORT':>6} {'UPTIME':>8} {'GPUS':<6} {'KEYS':>4} {'JOBS':>4}  IMAGE / REASON"
+    header = f"{'HOST':<20} {'STATE':<20} {'PORT':>6} {'UPTIME':>8} {'GPUS':<6} {'KEYS':>4} {'JOBS':>4}  IMAGE / REASON"
     text = [header] + [
-        f"{r.host:<20} {r.state:<12} {r.port or '-':>6} {_duration(r.uptime_s):>8} {r.gpus or '-':<6} "
+        f"{r.host:<20} {r.state + (f' ({r.health})' if r.health else ''):<20} {r.port or '-':>6} {_duration(r.uptime_s):>8} {r.gpus or '-':<6} "
         f"{'-' if r.keys is None else r.keys:>4} {'-' if r.jobs is None else r.jobs:>4}  {r.reason or r.image}"
         for r in rows
     ]

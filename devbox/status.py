@@ -21,6 +21,7 @@ class BoxStatus:
     gpus: str = ""
     keys: int | None = None
     jobs: int | None = None
+    health: str = ""      # the image's health check: healthy, starting, unhealthy
     reason: str = ""
     exit_code: int = 0
 
@@ -47,6 +48,7 @@ def status_from_facts(spec: BoxSpec, facts: Facts) -> BoxStatus:
         spec.host, facts.box.get("State", {}).get("Status", "unknown"), labels.get("devbox.image", ""),
         uptime_seconds(facts.box), int(labels["devbox.port"]) if labels.get("devbox.port", "").isdigit() else None,
         labels.get("devbox.gpus", ""), keys, facts.job_count if facts.box_running else None,
+        ((facts.box.get("State") or {}).get("Health") or {}).get("Status", ""),
     )
 
 

@@ -87,7 +87,7 @@ WAIT_HEALTHY = (
     'for i in $(seq {tries}); do '
     's=$(docker container inspect -f "{{{{.State.Running}}}} {{{{.RestartCount}}}}" {name}); '
     '[ "$s" = "true 0" ] || exit 1; '
-    'docker exec {name} /usr/local/bin/devbox-health && exit 0; sleep 0.3; done; exit 1'
+    'docker exec {name} /usr/local/bin/devbox-health --banner && exit 0; sleep 0.3; done; exit 1'
 )
 
 

@@ -124,9 +124,8 @@ def up_host(spec: BoxSpec, keys: KeySet, *, dry_run: bool = False, force: bool =
 
 def mount_warnings(spec: BoxSpec) -> list[str]:
     """Said on every `up`: host paths that make every key holder root on the host."""
-    dangerous = getattr(spec, "dangerous_mounts", lambda: [])()
-    return [f"WARNING: {spec.host}: {path} is mounted into the box (allow_host_root_mounts = true): "
-            "every key holder can become root on the host" for path in dangerous]
+    return [f"WARNING: {spec.host}: host path {v.source} is mounted into the box (allow_host_root_mounts = true): "
+            "every key holder can become root on the host" for v in spec.dangerous_mounts()]
 
 
 def connect(host: Host, plan: Plan, port: int, identity: Identity, repin: bool, report: HostReport, known_key: str | None = None) -> bool:
