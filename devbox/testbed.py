@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,13 +77,16 @@ class FakeHost:
 
     def host_key_line(self) -> str:
         key = Path(str(self.host_key) + ".pub").read_text().split()
-        return f"[{self.address}]:{self.port} {key[0]} {key[1]}"
+        name = self.address if self.port == 22 else f"[{self.address}]:{self.port}"
+        return f"{name} {key[0]} {key[1]}"
 
-    def config_block(self, identity: Path, known_hosts: Path) -> str:
+    def config_block(self, identity: Path, known_hosts: Path, alias: str | None = None, route: str = "") -> str:
+        """The laptop's Host block; `route` adds e.g. a ProxyJump or ProxyCommand line."""
         return (
-            f"Host {self.name}\n    HostName {self.address}\n    Port {self.port}\n"
+            f"Host {alias or self.name}\n    HostName {self.address}\n    Port {self.port}\n"
             f"    User {self.user}\n    IdentityFile {identity}\n    IdentitiesOnly yes\n"
-            f"    UserKnownHostsFile {known_hosts}\n    StrictHostKeyChecking yes\n\n"
+            f"    UserKnownHostsFile {known_hosts}\n    StrictHostKeyChecking yes\n"
+            + (f"    {route}\n" if route else "") + "\n"
         )
 
     def stop(self) -> None:
@@ -116,16 +120,21 @@ def start_fake_host(name: str, index: int, workdir: Path, authorized: Path, user
     hostdir = workdir / name
     hostdir.mkdir(mode=0o755, parents=True)
     extra += fake_driver(hostdir) if name.startswith("gpu-noruntime") else ""
+    host_key = write_sshd_config(name, hostdir, address, port, authorized, extra)
+    process = launch_sshd(hostdir, address, port, detach)
+    return FakeHost(name, address, port, user, host_key, process)
+
+
+def write_sshd_config(name: str, hostdir: Path, address: str, port: int, authorized: Path, extra: str = "") -> Path:
+    """A hardened host's sshd_config (key-only, no root) in hostdir; returns its host key."""
     host_key = keygen(hostdir / "ssh_host_ed25519_key", f"{name}-host-key")
-    config = hostdir / "sshd_config"
-    config.write_text(
+    (hostdir / "sshd_config").write_text(
         f"ListenAddress {address}:{port}\nHostKey {host_key}\nPidFile none\nUsePAM no\n"
         f"AuthorizedKeysFile {authorized}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         f"PermitRootLogin no\nAllowTcpForwarding yes\nAllowUsers {OPS_USER} {NODOCKER_USER}\n"
         f"MaxStartups 200:30:400\nMaxSessions 100\nLogLevel VERBOSE\n" + extra
     )
-    process = launch_sshd(hostdir, address, port, detach)
-    return FakeHost(name, address, port, user, host_key, process)
+    return host_key
 
 
 def launch_sshd(hostdir: Path, address: str, port: int, detach: bool = False) -> subprocess.Popen:
@@ -277,3 +286,226 @@ def start_second_engine(root: Path, seed_images: list[str]) -> SecondEngine:
 def start_engine_host(name: str, workdir: Path, authorized: Path, engine: SecondEngine) -> FakeHost:
     """A fake host whose user's `docker` talks to the second engine (sshd SetEnv)."""
     return start_fake_host(name, 40, workdir, authorized, extra=f"SetEnv DOCKER_HOST={engine.docker_host}\n")
+
+
+# ---------------------------------------------------------------- hosts that are really separate
+#
+# Each host is a network namespace of its own with its own sshd (and, for the inner host,
+# its own dockerd), joined by veth pairs with addresses this bed makes:
+#
+#   laptop (root ns) 10.X.Y.1 --veth-- 10.X.Y.2 bastion --veth-- 10.X.Y.6 inner (sshd, dockerd)
+#
+# The laptop has an `unreachable` route for the inner pair, so nothing it sends there
+# leaves the machine and a direct connection fails at once. A box the inner engine
+# publishes on 127.0.0.1 exists only inside the inner namespace: reachable only through
+# the inner host's sshd, as on a real remote host. Daemons are started with
+# `nsenter --net` (DESIGN.md: `ip netns exec` remounts /sys and breaks dockerd).
+
+NETNS_DIR = Path("/var/run/netns")
+
+RELAY = """\
+import os, select, socket, sys
+# stdin/stdout <-> TCP host:port: what `nc host port` does for a ProxyCommand.
+sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+sock.settimeout(None)
+open_fds = [0, sock]
+while sock in open_fds:
+    for ready in select.select(open_fds, [], [])[0]:
+        if ready == 0:
+            data = os.read(0, 65536)
+            if data:
+                sock.sendall(data)
+            else:
+                sock.shutdown(socket.SHUT_WR)
+                open_fds.remove(0)
+        else:
+            data = sock.recv(65536)
+            if not data:
+                sys.exit(0)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(1, view):]
+"""
+
+
+def in_netns(netns: str, argv: list[str]) -> list[str]:
+    return ["nsenter", f"--net={NETNS_DIR / netns}", *argv]
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+
+def _free_subnet() -> str:
+    """A 10.X.Y.0/29 no route of this machine touches (random, so concurrent beds differ)."""
+    import random
+
+    taken = _ip("-4", "route").stdout + _ip("-4", "addr").stdout
+    for _ in range(100):
+        prefix = f"10.{random.randint(200, 249)}.{random.randint(0, 255)}"
+        if f"{prefix}." not in taken:
+            return prefix
+    raise RuntimeError("no free 10.x address range for the separate-host bed")
+
+
+@dataclass
+class NetnsEngine:
+    """A dockerd inside a host's namespace, with its own data root, exec root, socket, pidfile."""
+
+    root: Path
+    netns: str
+    process: subprocess.Popen | None = None
+
+    @property
+    def docker_host(self) -> str:
+        return f"unix://{self.root / 'docker.sock'}"
+
+    def docker(self, *args: str, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(["docker", "-H", self.docker_host, *args], capture_output=True, text=True, **kw)
+
+    def start(self, seed_images: list[str]) -> None:
+        log = open(self.root / "dockerd.log", "w")
+        self.process = subprocess.Popen(
+            in_netns(self.netns, ["dockerd", "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
+                                  "--pidfile", str(self.root / "docker.pid"), "-H", self.docker_host, "--group", "docker",
+                                  "--iptables=false", "--ip6tables=false"]),
+            stdout=log, stderr=subprocess.STDOUT)
+        for _ in range(240):
+            if self.docker("info").returncode == 0 or self.process.poll() is not None:
+                break
+            time.sleep(0.25)
+        if self.docker("info").returncode != 0:
+            raise RuntimeError(f"dockerd in {self.netns} did not start: {(self.root / 'dockerd.log').read_text()[-500:]}")
+        for image in seed_images:
+            save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
+            subprocess.run(["docker", "-H", self.docker_host, "load", "-q"], stdin=save.stdout, check=True, capture_output=True)
+            save.wait()
+
+    def remove_containers(self, label: str | None = None) -> None:
+        """Remove this engine's containers (all, or those with `label`) and their volumes."""
+        filters = ["--filter", f"label={label}"] if label else []
+        ids = self.docker("ps", "-aq", *filters).stdout.split()
+        if ids:
+            self.docker("rm", "-f", *ids)
+        vols = self.docker("volume", "ls", "-q", *filters).stdout.split()
+        if vols:
+            self.docker("volume", "rm", "-f", *vols)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.remove_containers()
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+@dataclass
+class SeparateBed:
+    """The bastion and inner hosts, each in its own namespace; everything made is recorded
+    as it is made, so stop() undoes exactly that, also after a half-finished start."""
+
+    workdir: Path
+    tag: str
+    prefix: str = ""
+    netns: list[str] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)
+    routes: list[str] = field(default_factory=list)
+    hosts: dict[str, FakeHost] = field(default_factory=dict)
+    engine: NetnsEngine | None = None
+
+    @property
+    def relay(self) -> Path:
+        return self.workdir / "relay.py"
+
+    def proxy_command(self) -> str:
+        """A ProxyCommand that reaches the inner host from inside its namespace, like an
+        IAP/SSM tunnel: the laptop itself has no route there."""
+        return f"ProxyCommand nsenter --net={NETNS_DIR}/dbx-{self.tag}-inner {sys.executable} {self.relay} %h %p"
+
+    def add_netns(self, role: str) -> str:
+        name = f"dbx-{self.tag}-{role}"
+        _ip("netns", "add", name)
+        self.netns.append(name)
+        _ip("-n", name, "link", "set", "lo", "up")
+        return name
+
+    def add_link(self, left: str | None, left_addr: str, right: str, right_addr: str, suffix: str) -> None:
+        """A veth pair; `left` None is the laptop (root namespace)."""
+        a, b = f"dbx{self.tag}{suffix}0", f"dbx{self.tag}{suffix}1"
+        _ip("link", "add", a, "type", "veth", "peer", "name", b)
+        self.links.append(a)
+        for dev, ns, addr in ((a, left, left_addr), (b, right, right_addr)):
+            scope = ["-n", ns] if ns else []
+            if ns:
+                _ip("link", "set", dev, "netns", ns)
+            _ip(*scope, "addr", "add", f"{addr}/30", "dev", dev)
+            _ip(*scope, "link", "set", dev, "up")
+
+    def start_sshd(self, role: str, netns: str, address: str, authorized: Path, extra: str = "") -> FakeHost:
+        hostdir = self.workdir / role
+        hostdir.mkdir(mode=0o755)
+        host_key = write_sshd_config(f"{role}-{self.tag}", hostdir, address, 22, authorized, extra)
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        log_path = hostdir / "sshd.log"
+        with open(log_path, "a") as log:
+            process = subprocess.Popen(in_netns(netns, [SSHD, "-D", "-e", "-f", str(hostdir / "sshd_config")]),
+                                       stdout=log, stderr=subprocess.STDOUT)
+        host = self.hosts[role] = FakeHost(role, address, 22, OPS_USER, host_key, process)
+        for _ in range(200):  # the laptop may have no route to it: wait for sshd to say it listens
+            if "Server listening on" in log_path.read_text():
+                return host
+            if process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"sshd in {netns} did not start: {log_path.read_text()[-500:]}")
+
+    def stop(self) -> None:
+        """Undo everything, each step on its own so one failure leaves no other leftover."""
+        steps = []
+        if self.engine:
+            steps.append(self.engine.stop)
+        steps += [host.stop for host in self.hosts.values()]
+        steps += [lambda n=n: self._kill_rest(n) for n in self.netns]
+        steps += [lambda n=n: _ip("netns", "del", n, check=False) for n in self.netns]
+        steps += [lambda l=l: _ip("link", "del", l, check=False) for l in self.links]
+        steps += [lambda r=r: _ip("route", "del", "unreachable", r, check=False) for r in self.routes]
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - cleanup goes on; say what stayed
+                print(f"separate bed cleanup: {exc}", file=sys.stderr)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    @staticmethod
+    def _kill_rest(netns: str) -> None:
+        """Processes still in a namespace this bed made are this bed's (docker-proxy, a shim)."""
+        for pid in _ip("netns", "pids", netns, check=False).stdout.split():
+            subprocess.run(["kill", "-9", pid], capture_output=True)
+
+
+def start_separate_bed(workdir: Path, authorized: Path, tag: str, seed_images: list[str]) -> SeparateBed:
+    """laptop -> bastion -> inner, the inner host with its own dockerd seeded with `seed_images`."""
+    workdir.mkdir(mode=0o755, parents=True)
+    os.chmod(workdir, 0o755)
+    bed = SeparateBed(workdir, tag)
+    try:
+        ensure_user(OPS_USER, docker_group=True)
+        bed.relay.write_text(RELAY)
+        prefix = bed.prefix = _free_subnet()
+        bastion, inner = bed.add_netns("bastion"), bed.add_netns("inner")
+        bed.add_link(None, f"{prefix}.1", bastion, f"{prefix}.2", "l")
+        bed.add_link(bastion, f"{prefix}.5", inner, f"{prefix}.6", "i")
+        _ip("route", "add", "unreachable", f"{prefix}.4/30")
+        bed.routes.append(f"{prefix}.4/30")
+        bed.engine = NetnsEngine(workdir / "engine", inner)
+        bed.engine.root.mkdir(mode=0o755)
+        bed.engine.start(seed_images)
+        bed.start_sshd("bastion", bastion, f"{prefix}.2", authorized)
+        bed.start_sshd("inner", inner, f"{prefix}.6", authorized, f"SetEnv DOCKER_HOST={bed.engine.docker_host}\n")
+    except BaseException:
+        bed.stop()
+        raise
+    return bed

@@ -135,3 +135,51 @@ def laptop(testbed, box_image, tmp_path, monkeypatch):
     remove_boxes(HOSTS)
     yield laptop
     remove_boxes(HOSTS)
+
+
+# ---------------------------------------------------------------- hosts that are really separate
+
+BASTION, INNER_JUMP, INNER_CMD = f"bastion{SUFFIX}", f"inner-jump{SUFFIX}", f"inner-cmd{SUFFIX}"
+INNER_DIRECT, INNER_CHAIN = f"inner-direct{SUFFIX}", f"inner-chain{SUFFIX}"
+
+
+@pytest.fixture(scope="session")
+def separate_bed(testbed):
+    """laptop -> bastion -> inner (own sshd and dockerd), each in a network namespace of its
+    own (devbox/testbed.py draws it); one per session: a namespaced dockerd takes seconds."""
+    import hashlib
+
+    _require(None if shutil.which("nsenter") and tb.have("ip") else "needs `ip` (iproute2) and `nsenter` (util-linux)")
+    tag = hashlib.sha1(SUFFIX.encode()).hexdigest()[:6]  # interface names hold 15 characters
+    bed = tb.start_separate_bed(testbed.workdir / "separate", testbed.workdir / "authorized_keys", tag, [tb.BASE_IMAGE])
+    yield bed
+    bed.stop()
+
+
+@pytest.fixture
+def separate_laptop(laptop, separate_bed):
+    """The laptop with the separate hosts in ~/.ssh/config and known_hosts: the bastion, the
+    inner host through it (`inner-jump`), through a ProxyCommand only (`inner-cmd`), with no
+    route at all (`inner-direct`), and through the two-hop chain bastion,inner-direct."""
+    bed = separate_bed
+    bastion, inner = bed.hosts["bastion"], bed.hosts["inner"]
+    known = laptop.home / ".ssh" / "known_hosts"
+    known.write_text(known.read_text() + bastion.host_key_line() + "\n" + inner.host_key_line() + "\n")
+    blocks = [bastion.config_block(laptop.identity, known, BASTION),
+              inner.config_block(laptop.identity, known, INNER_JUMP, f"ProxyJump {BASTION}"),
+              inner.config_block(laptop.identity, known, INNER_CMD, bed.proxy_command()),
+              inner.config_block(laptop.identity, known, INNER_DIRECT),
+              inner.config_block(laptop.identity, known, INNER_CHAIN, f"ProxyJump {BASTION},{INNER_DIRECT}")]
+    laptop.ssh_config.write_text(laptop.ssh_config.read_text() + "".join(blocks))
+    # The inner host has no way out (no apt for a build there): the image crosses SSH.
+    toml = laptop.work / "devbox.toml"
+    toml.write_text(toml.read_text().replace("[defaults]\n", '[defaults]\ndelivery = "stream"\n', 1))
+    laptop.bed, laptop.engine = bed, bed.engine
+    laptop.bastion, laptop.inner_jump, laptop.inner_cmd = BASTION, INNER_JUMP, INNER_CMD
+    laptop.inner_direct, laptop.inner_chain = INNER_DIRECT, INNER_CHAIN
+    aliases = (INNER_JUMP, INNER_CMD, INNER_CHAIN)
+    for alias in aliases:
+        bed.engine.remove_containers(f"devbox.host={alias}")
+    yield laptop
+    for alias in aliases:
+        bed.engine.remove_containers(f"devbox.host={alias}")
