@@ -140,15 +140,15 @@ class _ProxyCommand:
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
         self.timeout = None
         self._stderr = collections.deque(maxlen=10)
-        threading.Thread(target=self._read_stderr, daemon=True).start()
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
 
     def _read_stderr(self) -> None:
         for line in self.process.stderr:
             self._stderr.append(line.decode(errors="replace").strip())
 
     def stderr_tail(self) -> str:
-        if self.process.poll() is None:
-            time.sleep(0.1)  # a command that is failing usually says why just before it exits
+        self._reader.join(timeout=1)  # a failing command says why as it exits: read to its end
         return " / ".join(l for l in self._stderr if l)[-300:]
 
     def send(self, data: bytes) -> int:
@@ -273,8 +273,9 @@ class Host:
             self._close_chain(conn)
             raise HostUnreachable(f"{self.alias}: SSH login refused ({exc})", "check User and IdentityFile in ~/.ssh/config, or ssh-add your key") from exc
         except (OSError, paramiko.SSHException, EOFError) as exc:
+            error = self._connect_error(conn, exc)
             self._close_chain(conn)
-            raise self._connect_error(conn, exc) from exc
+            raise error from exc
         return conn
 
     def _connect_error(self, conn, exc: Exception) -> DevboxError:

@@ -214,3 +214,39 @@ def test_a_failing_proxycommand_says_check_ssh_with_its_stderr(home):
         Host("iap-only", connect_timeout=5).connection
     line = failed.value.one_line()
     assert "ProxyCommand" in line and "tunnel refused: no such instance" in line and "check `ssh iap-only` works" in line
+
+
+def test_known_hosts_files_are_every_user_file_then_the_global_ones(home):
+    from devbox.remote import known_hosts_files
+
+    (home / ".ssh" / "config").write_text(
+        "Host gpu\n    HostName 10.0.0.7\n    UserKnownHostsFile ~/.ssh/kh_%h %d/.ssh/kh2 none\n"
+        "Host other\n    GlobalKnownHostsFile /etc/ssh/mine\n")
+    config = sshconfig.load_user_config()
+    assert known_hosts_files("gpu", config.lookup("gpu")) == [
+        home / ".ssh" / "kh_10.0.0.7", home / ".ssh" / "kh2",
+        sshconfig.Path("/etc/ssh/ssh_known_hosts"), sshconfig.Path("/etc/ssh/ssh_known_hosts2")]
+    assert known_hosts_files("other", config.lookup("other"))[-1] == sshconfig.Path("/etc/ssh/mine")
+
+
+def test_each_hop_checks_its_key_under_hostkeyalias_or_host_and_port(home):
+    from devbox.remote import _make_connection
+
+    (home / ".ssh" / "config").write_text(
+        "Host gpu\n    HostName 10.0.0.9\n    Port 2222\n    ProxyJump jump\n"
+        "Host jump\n    HostName 10.0.0.1\n    HostKeyAlias the-bastion\n")
+    conn = _make_connection("gpu", sshconfig.load_user_config(), 5)
+    assert conn.client._policy.name == "[10.0.0.9]:2222"
+    assert conn.gateway.client._policy.name == "the-bastion"
+
+
+def test_the_host_key_types_known_are_offered_first(home):
+    """As OpenSSH orders HostKeyAlgorithms: the host shows a key known_hosts can vouch for."""
+    from devbox.remote import _transport_factory
+
+    import socket
+
+    transport = _transport_factory(["ssh-rsa", "ecdsa-sha2-nistp256"])(socket.socket())
+    # an ssh-rsa line vouches for rsa-sha2-* signatures (paramiko 5 no longer offers SHA-1 ssh-rsa)
+    assert transport.get_security_options().key_types[:3] == ("rsa-sha2-512", "rsa-sha2-256", "ecdsa-sha2-nistp256")
+    transport.close()
