@@ -140,7 +140,7 @@ def test_proxycommand_tokens_expand_as_openssh_expands_them(home, tmp_path):
     theirs, ours = tmp_path / "theirs", tmp_path / "ours"
     config = home / ".ssh" / "config"
     config.write_text("Host gpu\n    HostName 10.4.5.6\n    Port 2222\n    User ops\n"
-                      "    ProxyCommand echo %h %p %n %r 100%% ~ > OUT\n")
+                      "    ProxyCommand sh -c 'echo %h %p %n %r 100%% ~ > OUT; sleep 0.5'\n")  # ssh HUPs it at EOF
     text = config.read_text()
     config.write_text(text.replace("OUT", str(theirs)))
     subprocess.run(["ssh", "-F", str(config), "-o", "BatchMode=yes", "gpu", "true"], capture_output=True, timeout=20,
