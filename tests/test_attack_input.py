@@ -195,3 +195,25 @@ def test_a_bug_is_one_line_that_says_internal_error_and_exit_70(monkeypatch, cap
     monkeypatch.setenv("DEVBOX_DEBUG", "1")
     with pytest.raises(KeyError):
         cli.main()
+
+
+# ---------------------------------------------------------------- item 2 on the real test bed
+
+
+@pytest.mark.parametrize("volumes", [
+    '["workspace:/home/dev"]', '["workspace:/workspace", "more:/workspace/x"]', '["w://etc"]', '["w:/x/../usr"]',
+    '["/var/run/docker.sock:/var/run/docker.sock"]', '["/:/host:ro"]',
+])
+def test_a_bad_run_spec_is_refused_before_the_running_box_is_touched(laptop, volumes):
+    reports, _ = laptop.devbox.json("up", laptop.host1)
+    assert reports[0]["error"] == ""
+    box = f"devbox-{laptop.host1}"
+    before = subprocess.run(["docker", "inspect", "-f", "{{.Id}} {{.State.Running}}", box], capture_output=True, text=True).stdout
+    config = laptop.work / "devbox.toml"
+    config.write_text(config.read_text() + f"[hosts.{laptop.host1}]\nvolumes = {volumes}\n")
+    done = laptop.devbox("up", laptop.host1)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert f"devbox.toml [hosts.{laptop.host1}]: bad value for 'volumes'" in done.stderr
+    after = subprocess.run(["docker", "inspect", "-f", "{{.Id}} {{.State.Running}}", box], capture_output=True, text=True).stdout
+    assert after == before and before.endswith("true\n")
+    assert laptop.ssh(box, "true").returncode == 0
