@@ -276,11 +276,16 @@ def start_second_engine(root: Path, seed_images: list[str]) -> SecondEngine:
     else:
         engine.stop()
         raise RuntimeError(f"second dockerd did not start: {(root / 'dockerd.log').read_text()[-500:]}")
-    for image in seed_images:
-        save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
-        subprocess.run(["docker", "-H", engine.docker_host, "load", "-q"], stdin=save.stdout, check=True, capture_output=True)
-        save.wait()
+    seed(engine.docker_host, seed_images)
     return engine
+
+
+def seed(docker_host: str, images: list[str]) -> None:
+    """Copy images from this machine's engine into another (docker save | docker -H … load)."""
+    for image in images:
+        save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
+        subprocess.run(["docker", "-H", docker_host, "load", "-q"], stdin=save.stdout, check=True, capture_output=True)
+        save.wait()
 
 
 def start_engine_host(name: str, workdir: Path, authorized: Path, engine: SecondEngine) -> FakeHost:
@@ -349,37 +354,26 @@ def _free_subnet() -> str:
 
 
 @dataclass
-class NetnsEngine:
-    """A dockerd inside a host's namespace, with its own data root, exec root, socket, pidfile."""
+class NetnsEngine(SecondEngine):
+    """A dockerd inside a host's namespace, with its own data root, exec root, socket and
+    pidfile; its docker0 bridge lives and dies with the namespace."""
 
-    root: Path
-    netns: str
-    process: subprocess.Popen | None = None
-
-    @property
-    def docker_host(self) -> str:
-        return f"unix://{self.root / 'docker.sock'}"
-
-    def docker(self, *args: str, **kw) -> subprocess.CompletedProcess:
-        return subprocess.run(["docker", "-H", self.docker_host, *args], capture_output=True, text=True, **kw)
+    netns: str = ""
 
     def start(self, seed_images: list[str]) -> None:
-        log = open(self.root / "dockerd.log", "w")
-        self.process = subprocess.Popen(
-            in_netns(self.netns, ["dockerd", "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
-                                  "--pidfile", str(self.root / "docker.pid"), "-H", self.docker_host, "--group", "docker",
-                                  "--iptables=false", "--ip6tables=false"]),
-            stdout=log, stderr=subprocess.STDOUT)
+        with open(self.root / "dockerd.log", "w") as log:
+            self.process = subprocess.Popen(
+                in_netns(self.netns, ["dockerd", "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
+                                      "--pidfile", str(self.root / "docker.pid"), "-H", self.docker_host, "--group", "docker",
+                                      "--iptables=false", "--ip6tables=false"]),
+                stdout=log, stderr=subprocess.STDOUT)
         for _ in range(240):
             if self.docker("info").returncode == 0 or self.process.poll() is not None:
                 break
             time.sleep(0.25)
         if self.docker("info").returncode != 0:
             raise RuntimeError(f"dockerd in {self.netns} did not start: {(self.root / 'dockerd.log').read_text()[-500:]}")
-        for image in seed_images:
-            save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
-            subprocess.run(["docker", "-H", self.docker_host, "load", "-q"], stdin=save.stdout, check=True, capture_output=True)
-            save.wait()
+        seed(self.docker_host, seed_images)
 
     def remove_containers(self, label: str | None = None) -> None:
         """Remove this engine's containers (all, or those with `label`) and their volumes."""
@@ -500,7 +494,7 @@ def start_separate_bed(workdir: Path, authorized: Path, tag: str, seed_images: l
         bed.add_link(bastion, f"{prefix}.5", inner, f"{prefix}.6", "i")
         _ip("route", "add", "unreachable", f"{prefix}.4/30")
         bed.routes.append(f"{prefix}.4/30")
-        bed.engine = NetnsEngine(workdir / "engine", inner)
+        bed.engine = NetnsEngine(workdir / "engine", workdir / "engine" / "docker.sock", "", netns=inner)
         bed.engine.root.mkdir(mode=0o755)
         bed.engine.start(seed_images)
         bed.start_sshd("bastion", bastion, f"{prefix}.2", authorized)
