@@ -10,6 +10,7 @@ of the two obtained wins), and host keys checked as OpenSSH checks them on every
 from __future__ import annotations
 
 import collections
+import functools
 import io
 import os
 import re
@@ -183,6 +184,7 @@ class _ProxyCommand:
     _closed = closed
 
 
+@functools.cache
 def _connection_class():
     from fabric import Connection
 
