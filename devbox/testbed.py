@@ -8,6 +8,7 @@ from the passwd entry, not $HOME, so nothing here may rely on `~`).
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -307,6 +308,7 @@ def start_engine_host(name: str, workdir: Path, authorized: Path, engine: Second
 # `nsenter --net` (DESIGN.md: `ip netns exec` remounts /sys and breaks dockerd).
 
 NETNS_DIR = Path("/var/run/netns")
+BEDS_DIR = Path("/run/devbox-testbeds")  # one record per live bed (see sweep_dead_beds)
 
 RELAY = """\
 import os, select, socket, sys
@@ -386,6 +388,9 @@ class NetnsEngine(SecondEngine):
             self.docker("volume", "rm", "-f", *vols)
 
     def stop(self) -> None:
+        if self.process is None and (self.root / "docker.pid").exists():  # a dead run's engine
+            self.remove_containers()
+            subprocess.run(["kill", (self.root / "docker.pid").read_text().strip()], capture_output=True)
         if self.process and self.process.poll() is None:
             self.remove_containers()
             self.process.terminate()
@@ -417,10 +422,16 @@ class SeparateBed:
     def proxy_command(self) -> str:
         """A ProxyCommand that reaches the inner host from inside its namespace, like an
         IAP/SSM tunnel: the laptop itself has no route there."""
-        return f"ProxyCommand nsenter --net={NETNS_DIR}/dbx-{self.tag}-inner {sys.executable} {self.relay} %h %p"
+        return f"ProxyCommand nsenter --net={NETNS_DIR / self.netns_name('inner')} {sys.executable} {self.relay} %h %p"
+
+    def netns_name(self, role: str) -> str:
+        return f"dbx-{self.tag}-{role}"
+
+    def link_name(self, which: str) -> str:
+        return f"dbx{self.tag}{which}0"  # its peer ends in 1; deleting one end deletes both
 
     def add_netns(self, role: str) -> str:
-        name = f"dbx-{self.tag}-{role}"
+        name = self.netns_name(role)
         _ip("netns", "add", name)
         self.netns.append(name)
         _ip("-n", name, "link", "set", "lo", "up")
@@ -428,7 +439,8 @@ class SeparateBed:
 
     def add_link(self, left: str | None, left_addr: str, right: str, right_addr: str, suffix: str) -> None:
         """A veth pair; `left` None is the laptop (root namespace)."""
-        a, b = f"dbx{self.tag}{suffix}0", f"dbx{self.tag}{suffix}1"
+        a = self.link_name(suffix)
+        b = a[:-1] + "1"
         _ip("link", "add", a, "type", "veth", "peer", "name", b)
         self.links.append(a)
         for dev, ns, addr in ((a, left, left_addr), (b, right, right_addr)):
@@ -472,6 +484,13 @@ class SeparateBed:
             except Exception as exc:  # noqa: BLE001 - cleanup goes on; say what stayed
                 print(f"separate bed cleanup: {exc}", file=sys.stderr)
         shutil.rmtree(self.workdir, ignore_errors=True)
+        (BEDS_DIR / f"{self.tag}.json").unlink(missing_ok=True)
+
+    def record(self) -> None:
+        """Note what this bed makes, so a later run can undo it if this one dies uncleaned."""
+        BEDS_DIR.mkdir(mode=0o700, exist_ok=True)
+        info = {"pid": os.getpid(), "workdir": str(self.workdir), "prefix": self.prefix}
+        (BEDS_DIR / f"{self.tag}.json").write_text(json.dumps(info))
 
     @staticmethod
     def _kill_rest(netns: str) -> None:
@@ -484,11 +503,13 @@ def start_separate_bed(workdir: Path, authorized: Path, tag: str, seed_images: l
     """laptop -> bastion -> inner, the inner host with its own dockerd seeded with `seed_images`."""
     workdir.mkdir(mode=0o755, parents=True)
     os.chmod(workdir, 0o755)
+    sweep_dead_beds()
     bed = SeparateBed(workdir, tag)
     try:
         ensure_user(OPS_USER, docker_group=True)
         bed.relay.write_text(RELAY)
         prefix = bed.prefix = _free_subnet()
+        bed.record()
         bastion, inner = bed.add_netns("bastion"), bed.add_netns("inner")
         bed.add_link(None, f"{prefix}.1", bastion, f"{prefix}.2", "l")
         bed.add_link(bastion, f"{prefix}.5", inner, f"{prefix}.6", "i")
@@ -503,3 +524,30 @@ def start_separate_bed(workdir: Path, authorized: Path, tag: str, seed_images: l
         bed.stop()
         raise
     return bed
+
+
+def sweep_dead_beds() -> list[str]:
+    """Undo the beds of runs that died before their cleanup (SIGKILL, a lost session): each
+    left a record naming what it made. Beds of runs still alive are never touched."""
+    swept = []
+    for path in sorted(BEDS_DIR.glob("*.json")):
+        info = json.loads(path.read_text())
+        if _alive(info["pid"]):
+            continue
+        bed = SeparateBed(Path(info["workdir"]), path.stem, info["prefix"])
+        bed.netns = [bed.netns_name(role) for role in ("bastion", "inner")]
+        bed.links = [bed.link_name(which) for which in ("l", "i")]
+        bed.routes = [f"{bed.prefix}.4/30"] if bed.prefix else []
+        root = bed.workdir / "engine"
+        bed.engine = NetnsEngine(root, root / "docker.sock", "", netns=bed.netns_name("inner"))
+        bed.stop()
+        swept.append(path.stem)
+    return swept
+
+
+def _alive(pid: int) -> bool:
+    """A process that runs (a zombie, killed but not yet reaped, is dead)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

@@ -110,3 +110,28 @@ def test_up_on_a_host_missing_from_the_ssh_config_says_add_a_host_block(laptop):
     done = laptop.devbox("up", "nohost-zz")
     assert done.returncode == 2
     assert "nohost-zz is not a Host in your ~/.ssh/config (add a Host nohost-zz block)" in done.stdout + done.stderr
+
+
+def test_a_bed_left_by_a_run_that_died_is_swept_by_the_next(separate_bed, tmp_path):
+    """Finalizers do not run after a SIGKILL: the record a bed leaves names what to undo.
+    (The live session's own bed is left alone: its run is alive.)"""
+    import json
+
+    from devbox.testbed import _free_subnet, _ip
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = tb.SeparateBed(tmp_path / "dead", "dead" + separate_bed.tag[:2], _free_subnet())
+    dead.workdir.mkdir()
+    namespace = dead.add_netns("bastion")
+    dead.add_link(None, f"{dead.prefix}.1", namespace, f"{dead.prefix}.2", "l")
+    _ip("route", "add", "unreachable", f"{dead.prefix}.4/30")
+    dead.record()
+    record = tb.BEDS_DIR / f"{dead.tag}.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "pid": gone.pid}))
+
+    assert dead.tag in tb.sweep_dead_beds()
+    assert namespace not in _ip("netns", "list").stdout
+    assert dead.link_name("l") not in _ip("link").stdout
+    assert f"{dead.prefix}.4/30" not in _ip("route").stdout and not record.exists()
+    assert separate_bed.netns_name("inner") in _ip("netns", "list").stdout
