@@ -141,7 +141,7 @@ class BoxSpec:
 
     def dangerous_mounts(self) -> list[Volume]:
         """Host paths that make key holders root on the host (allowed only by the opt-in)."""
-        return [v for v in self.volumes if not v.is_named and _gives_host_root(v.source)]
+        return [v for v in self.volumes if not v.is_named and gives_host_root(v.source)]
 
     def spec_hash(self, port: int, image_tag: str) -> str:
         """What, if changed, needs a new container (keys do not: they sync live)."""
@@ -287,8 +287,9 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
-def _gives_host_root(source: str) -> bool:
-    """A host path through which the box could act as root on the host."""
+def gives_host_root(source: str) -> bool:
+    """A host path (normal, as parse_volume leaves it) through which the box could act as root on
+    the host: a container engine's socket, or a system folder, inside one or above one."""
     return source.endswith(HOST_ROOT_SOCKETS) or any(
         _inside(source, danger) or _inside(danger, source) for danger in HOST_ROOT_PATHS)
 
