@@ -399,7 +399,7 @@ class KeyStore:
         for holder, key in self.list():
             if holder != name and key.fingerprint in new:
                 raise KeyRejected(f"this key ({key.fingerprint}) is already {holder}'s, in {self.directory}/{holder}.pub",
-                                  f"give {name} their own key, or revoke {holder} first (devbox keys revoke {holder})")
+                                  f"give {name} their own key, or revoke {holder} first: `devbox keys revoke {holder}`")
 
     def revoke(self, name: str) -> list[PublicKey]:
         """Remove NAME's file and record its fingerprints so every later sync drops them."""
@@ -415,7 +415,12 @@ class KeyStore:
     def _revoked_lines(self) -> list[str]:
         if not self.revoked_path.exists():
             return []
-        lines = (line.strip() for line in self.revoked_path.read_text(encoding="utf-8").splitlines())
+        try:
+            text = self.revoked_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise KeyRejected(f"{self.revoked_path}: cannot read it ({exc.__class__.__name__})",
+                              "it must be a text file of revoked fingerprints; restore it from version control") from None
+        lines = (line.strip() for line in text.splitlines())
         return [line for line in lines if line and not line.startswith("#")]
 
     def _write_revoked(self, lines: list[str]) -> None:

@@ -217,3 +217,24 @@ def test_a_bad_run_spec_is_refused_before_the_running_box_is_touched(laptop, vol
     after = subprocess.run(["docker", "inspect", "-f", "{{.Id}} {{.State.Running}}", box], capture_output=True, text=True).stdout
     assert after == before and before.endswith("true\n")
     assert laptop.ssh(box, "true").returncode == 0
+
+
+@pytest.mark.parametrize("breakage", ["revoked-is-a-folder", "binary-key-file", "bad-file-name", "huge-key-file"])
+def test_a_broken_keys_folder_is_one_line_naming_the_file(tmp_path, breakage):
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    if breakage == "revoked-is-a-folder":
+        (keys / "revoked").mkdir()
+        (keys / "x.pub").write_text("")
+    elif breakage == "binary-key-file":
+        (keys / "x.pub").write_bytes(b"\xff\xfe\x00")
+    elif breakage == "bad-file-name":
+        (keys / "Bad Name.pub").write_text("")
+    else:
+        (keys / "x.pub").write_bytes(b"ssh-ed25519 " + b"A" * 100_000)
+    pub = tmp_path / "k.pub"
+    pub.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl k\n")
+    for args in (["keys", "list"], ["keys", "add", "y", str(pub)], ["keys", "revoke", "x"], ["keys", "sync", "h"], ["up", "h"]):
+        done = devbox(*args, home=tmp_path)
+        out = assert_refused(done)
+        assert (str(keys) in out or "no key named" in out) and done.stderr.count(b"\n") == 1, (args, out)
