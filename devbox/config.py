@@ -205,6 +205,8 @@ def _read_config(path: Path) -> dict:
     for name, table in document.get("hosts", {}).items():
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: hosts.{name} must be a table", f"write it as [hosts.{name}]")
+        if not NAME_RE.match(name):
+            raise ConfigError(f"{path}: [hosts.{name!r}] is not a valid host name", "use the Host name from your ~/.ssh/config")
     return document
 
 

@@ -181,10 +181,14 @@ def test_the_opt_in_does_not_change_the_spec_hash_of_existing_configs():
     assert "allow_host_root_mounts" in BoxSpec.HASH_EXCLUDED
 
 
-@pytest.mark.parametrize("text", ["hosts = 3\n", "defaults = 3\n", 'defaults = "x"\n', "hosts = [1]\n", "[hosts]\nh = 3\n"])
-def test_a_config_of_the_wrong_shape_is_a_config_error(tmp_path, text):
+@pytest.mark.parametrize("text, needle", [
+    ("hosts = 3\n", "must be a table"), ("defaults = 3\n", "must be a table"), ('defaults = "x"\n', "must be a table"),
+    ("hosts = [1]\n", "must be a table"), ("[hosts]\nh = 3\n", "must be a table"),
+    ('[hosts."-oProxyCommand=x"]\n', "not a valid host name"), ('[hosts."a b"]\ngpus = "none"\n', "not a valid host name"),
+])
+def test_a_config_of_the_wrong_shape_is_a_config_error(tmp_path, text, needle):
     cfg = write(tmp_path, text)
     for load in (lambda: load_spec("h", cfg), lambda: configured_hosts(cfg)):
         with pytest.raises(ConfigError) as err:
             load()
-        assert str(cfg) in err.value.message and "must be a table" in err.value.message and err.value.remedy
+        assert str(cfg) in err.value.message and needle in err.value.message and err.value.remedy
