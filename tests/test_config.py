@@ -122,7 +122,7 @@ def test_a_home_elsewhere_is_fine(tmp_path):
 
 
 @pytest.mark.parametrize("target", [
-    "/", "//", "/etc", "/etc/", "//etc", "/etc/.", "/x/../etc", "/etc/ssh", "/usr/bin", "/./usr", "/home", "/home/",
+    "/", "//", "/etc", "/etc/", "//etc", "/etc/.", "/x/../etc", "/etc/ssh", "/etc/devbox/keys", "/usr/bin", "/./usr", "/home", "/home/",
     "/proc", "/sys", "/dev", "/run", "/root", "/bin", "/sbin", "/lib", "/lib64", "/boot", "/var", "/tmp", "/opt",
 ])
 def test_system_targets_are_refused_however_they_are_spelled(tmp_path, target):
