@@ -8,7 +8,6 @@ re-creation (a job whose tmux died without an exit code is "lost").
 """
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import signal
@@ -56,7 +55,7 @@ def _require_utf8(what: str, items: list[str]) -> None:
         try:
             item.encode("utf-8")
         except UnicodeEncodeError:
-            raise ConfigError(f"{what} {os.fsencode(item)!r} is not valid UTF-8", "pass UTF-8 text; put binary data in a file in the box") from None
+            raise ConfigError(f"{what} {ascii(item)} is not valid UTF-8", "pass UTF-8 text; put binary data in a file in the box") from None
 
 
 # Docker's words (`docker exec` on the host) for a box that is not there to run in.

@@ -88,7 +88,7 @@ def test_any_config_document_gives_a_spec_or_a_config_error(document, playbook):
 
 # Any code point, lone surrogates included (rare when drawn at random, so some are named).
 any_text = st.text(alphabet=st.characters(blacklist_categories=()), max_size=20) | st.sampled_from(
-    ["\udcff", "caf\udce9", "-oProxyCommand=x", "$(id)", "a'b\"c", "\n", "", "~", "--"])
+    ["\udcff", "\ud800", "caf\udce9", "-oProxyCommand=x", "$(id)", "a'b\"c", "\n", "", "~", "--"])
 
 
 @settings(max_examples=400, deadline=None)
