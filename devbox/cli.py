@@ -119,7 +119,8 @@ def _render_up(report, dry_run: bool) -> str:
     lines = [head + ("would run:" if dry_run else ("changed" if report.changed else "already up to date, nothing changed"
                                                   + ("" if report.checks else "; `devbox verify` re-checks it")))
              + ("" if dry_run else f" ({report.seconds:.1f} s)")]
-    lines += [f"  - {s}" for s in report.steps] or (["  (nothing to do)"] if dry_run else [])
+    lines += [f"  - {s}" for s in report.steps] or ([f"  (nothing to do: {n})" for n in report.notes] or ["  (nothing to do)"] if dry_run else [])
+    lines += [f"      $ {c}" for c in report.commands]
     lines += _render_checks(report.checks)
     if not dry_run and report.exit_code == 0:
         lines.append(f"  ready: ssh {report.ssh_alias}   (VS Code: Remote-SSH → Connect to Host → {report.ssh_alias})")

@@ -5,27 +5,21 @@ prints exactly what `up` would do, and every branch is unit-tested without a hos
 """
 from __future__ import annotations
 
+import shlex
 import zlib
 from dataclasses import dataclass, field
 
 from devbox import __version__
 from devbox.config import BoxSpec
 from devbox.errors import DevboxError, HostUnreachable
+from devbox.box import keys_writer_argv
 from devbox.facts import AUTHORIZED_KEYS_DIR, Facts, image_cuda, version_tuple
+from devbox.steps import BuildImage, DockerStep, ShellStep, Step, StreamImage, SwapBox
 
 BOX_SSH_PORT = 2222
 PORT_RANGE = (20000, 29999)
 MIN_FREE_KIB_DELIVER = 4 * 1024 * 1024   # room to build/load the devbox layers
 MIN_FREE_KIB_RUN = 512 * 1024            # room to start a box at all
-
-
-@dataclass(frozen=True)
-class Step:
-    """One change to a host: `action` names the applier in steps.py, `detail` its inputs."""
-
-    action: str
-    description: str
-    detail: dict = field(default_factory=dict, compare=False)
 
 
 @dataclass
@@ -244,6 +238,22 @@ def run_args(spec: BoxSpec, facts: Facts, port: int, image_tag: str, labels: dic
     return args + [image_tag]
 
 
+def volume_step(spec: BoxSpec, name: str) -> DockerStep:
+    """`docker volume create` of an existing volume changes nothing: no check needed."""
+    labels = {"devbox.managed": "true", "devbox.host": spec.host, "devbox.uid": spec.uid, "devbox.gid": spec.gid}
+    argv = ["volume", "create", *(a for k, v in labels.items() for a in ("--label", f"{k}={v}")), name]
+    return DockerStep("create_volume", f"ensure volume {name}", tuple(argv))
+
+
+def network_step(spec: BoxSpec) -> ShellStep:
+    net, host = shlex.quote(spec.network), shlex.quote(spec.host)
+    script = (f"docker network inspect {net} >/dev/null 2>&1 || docker network create --driver bridge "
+              f"--label devbox.managed=true --label devbox.host={host} {net} >/dev/null")
+    return ShellStep("create_network", f"ensure network {spec.network} (the box's own: boxes cannot reach each other)", script,
+                     "Docker's address pools are full: remove unused networks (`docker network prune`) or add "
+                     "default-address-pools to /etc/docker/daemon.json on the host")
+
+
 def volume_names(spec: BoxSpec) -> list[str]:
     """Every volume devbox makes for the box: home, the named `volumes`, the keys."""
     return [spec.volume_name(v) for v in spec.all_volumes() if v.is_named] + [spec.keys_volume]
@@ -263,9 +273,9 @@ def delivery_step(spec: BoxSpec, facts: Facts, image_tag: str, local_image: bool
         if not local_image:
             raise DevboxError(f"delivery = stream but {image_tag} is not on this machine",
                               f"build it first: devbox build --base {spec.base_image} --uid {spec.uid} --gid {spec.gid}", exit_code=2)
-        return Step("stream_image", f"send image {image_tag}: only the layers the host lacks, over SSH", {"tag": image_tag})
+        return StreamImage("stream_image", f"send image {image_tag}: only the layers the host lacks, over SSH", spec, image_tag)
     how = "on the host from the build context" + ("" if facts.base_present else f" (the host pulls {spec.base_image})")
-    return Step("build_image", f"build image {image_tag} {how}", {"tag": image_tag})
+    return BuildImage("build_image", f"build image {image_tag} {how}", spec, image_tag)
 
 
 def plan_up(
@@ -298,12 +308,11 @@ def plan_up(
                 "wait for them, stop them with `devbox stop`, or pass --force (their logs are kept)",
             )
     if box is None or recreate:
-        for name in volume_names(spec):
-            steps.append(Step("create_volume", f"ensure volume {name}", {"name": name, "owner": (spec.uid, spec.gid)}))
-        steps.append(Step("create_network", f"ensure network {spec.network} (the box's own: boxes cannot reach each other)", {}))
+        steps += [volume_step(spec, name) for name in volume_names(spec)]
+        steps.append(network_step(spec))
     if box is None or recreate or not facts.box_running or facts.authorized_keys != authorized_keys.strip():
-        steps.append(Step("sync_keys", f"install {authorized_keys.count(chr(10)) - 1} team key(s) in {spec.keys_volume} (read-only in the box)",
-                          {"content": authorized_keys}))
+        steps.append(DockerStep("sync_keys", f"install {authorized_keys.count(chr(10)) - 1} team key(s) in {spec.keys_volume} "
+                                "(read-only in the box)", tuple(keys_writer_argv(spec, image_tag)), authorized_keys))
     if box is None or recreate:
         ports = choose_ports(spec, facts)
 
@@ -314,10 +323,10 @@ def plan_up(
         why = "its spec changed" if not restart else "asked to restart"
         what = (f"re-create box {spec.box_name} ({why}): the new one starts beside it and replaces it only once its sshd "
                 "answers; volumes and host key are kept") if recreate else f"start box {spec.box_name}"
-        steps.append(Step("create_box", f"{what} on 127.0.0.1:{port} as {spec.user} ({spec.uid}:{spec.gid})",
-                          {"argv_for": argv_for, "ports": ports, "replace": recreate}))
+        steps.append(SwapBox("create_box", f"{what} on 127.0.0.1:{port} as {spec.user} ({spec.uid}:{spec.gid})",
+                             spec, tuple(ports), argv_for, recreate))
     elif not facts.box_running:
-        steps.append(Step("start_box", f"start the stopped box {spec.box_name}", {}))
+        steps.append(DockerStep("start_box", f"start the stopped box {spec.box_name}", ("start", spec.box_name)))
     if not steps:
         notes.append(f"box {spec.box_name} runs spec {spec_hash} with image {image_tag} and the team's keys: nothing to do")
     return Plan(spec, image_tag, port, spec_hash, steps, notes)

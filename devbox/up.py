@@ -40,6 +40,8 @@ class HostReport:
     container: str = ""  # the box's container name on the host (docker commands take it)
     port: int | None = None
     warnings: list[str] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)   # --dry-run: exactly what would run
+    notes: list[str] = field(default_factory=list)
     delivery: str = "none"
     bytes_sent: int = 0
     seconds: float = 0.0
@@ -101,8 +103,10 @@ def up_host(spec: BoxSpec, keys: KeySet, *, dry_run: bool = False, force: bool =
         report.port = plan.port
         report.steps = [s.description for s in plan.steps]
         if dry_run:
+            report.commands = [c for step in plan.steps for c in step.commands()]
+            report.notes = plan.notes
             return report
-        applied = apply(host, plan, progress)
+        applied = apply(host, plan.steps, spec.host, progress)
         report.port = applied.get("port", plan.port)
         report.delivery = applied.get("delivery", "none")
         report.bytes_sent = applied.get("bytes_sent", 0)

@@ -95,6 +95,9 @@ def remove_boxes(hosts) -> None:
         ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=devbox.host={host}"], capture_output=True, text=True).stdout.split()
         if ids:
             subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+        nets = subprocess.run(["docker", "network", "ls", "-q", "--filter", f"label=devbox.host={host}"], capture_output=True, text=True).stdout.split()
+        if nets:
+            subprocess.run(["docker", "network", "rm", *nets], capture_output=True)
         vols = subprocess.run(["docker", "volume", "ls", "-q", "--filter", f"label=devbox.host={host}"], capture_output=True, text=True).stdout.split()
         if vols:
             subprocess.run(["docker", "volume", "rm", "-f", *vols], capture_output=True)

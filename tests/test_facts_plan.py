@@ -101,7 +101,7 @@ def test_fresh_host_gets_build_volumes_box_and_keys():
     plan = plan_up(CPU, facts(image_present=False), TAG, KEYS, "k")
     assert [s.action for s in plan.steps] == ["build_image", "create_volume", "create_volume", "create_volume", "create_network",
                                               "sync_keys", "create_box"]
-    assert plan.steps[3].detail["name"] == "devbox-gpu-host-1.keys"
+    assert plan.steps[3].argv[-1] == "devbox-gpu-host-1.keys"
 
 
 def test_up_to_date_box_plans_nothing():
@@ -124,8 +124,8 @@ def test_spec_change_recreates_but_keeps_the_port():
     actions = [s.action for s in plan.steps]
     assert "remove_box" not in actions and actions[-1] == "create_box", "the old box is never removed before the new one runs"
     create = plan.steps[-1]
-    assert create.detail["replace"] and create.detail["ports"] == [23456]
-    argv = create.detail["argv_for"](23456, "devbox-gpu-host-1.next")
+    assert create.replace and create.ports == (23456,)
+    argv = create.argv_for(23456, "devbox-gpu-host-1.next")
     assert argv[0] == "create" and argv[argv.index("--name") + 1] == "devbox-gpu-host-1.next"
 
 
@@ -288,5 +288,5 @@ def test_restart_recreates_a_matching_box():
     port = choose_port(CPU, facts())
     plan = plan_up(CPU, facts(box=running_box(CPU, port), authorized_keys=KEYS.strip(), running_jobs=("x",)), TAG, KEYS, "k",
                    force=True, restart=True)
-    assert plan.steps[-1].action == "create_box" and plan.steps[-1].detail["replace"]
+    assert plan.steps[-1].action == "create_box" and plan.steps[-1].replace
     assert plan_up(CPU, facts(box=running_box(CPU, port), authorized_keys=KEYS.strip()), TAG, KEYS, "k").notes
