@@ -143,7 +143,7 @@ def test_two_ups_at_once_make_one_box_and_both_succeed(laptop):
     runs = [subprocess.Popen(argv, cwd=laptop.devbox.cwd, env=laptop.devbox.env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [run.communicate(timeout=300) for run in runs]
-    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert [run.returncode for run in runs] == [0, 0], "\n".join(o + e for o, e in outputs)
     text = "".join(out + err for out, err in outputs)
     assert "Conflict" not in text and "Traceback" not in text
     names = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}", "--filter", f"label=devbox.host={laptop.host1}"],
