@@ -6,10 +6,13 @@ devbox's own entries are) would be "not found"; we expand Includes into one text
 """
 from __future__ import annotations
 
+import fcntl
+import functools
 import glob
 import os
 import re
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,9 +171,24 @@ class BoxEntry:
         return f"    IdentityFile {path}\n    IdentitiesOnly yes\n"
 
 
+_EDITING = threading.Lock()
+
+
+def _serialized(edit):
+    """Read-modify-write of the ssh files one at a time: the threads of one `up` over many
+    hosts, and two `devbox` processes, would otherwise lose each other's entries."""
+    @functools.wraps(edit)
+    def locked(*args, **kwargs):
+        devbox_dir().mkdir(mode=0o700, parents=True, exist_ok=True)
+        with _EDITING, open(devbox_dir() / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            return edit(*args, **kwargs)
+    return locked
+
+
 def _atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
@@ -191,6 +209,7 @@ def read_entries() -> dict[str, str]:
     return _entry_blocks(path.read_text()) if path.exists() else {}
 
 
+@_serialized
 def write_entry(entry: BoxEntry) -> bool:
     """Add or replace one entry in devbox's file; True when the file changed."""
     blocks = read_entries()
@@ -202,6 +221,7 @@ def write_entry(entry: BoxEntry) -> bool:
     return True
 
 
+@_serialized
 def remove_entry(host: str) -> bool:
     blocks = read_entries()
     if blocks.pop(BOX_PREFIX + host, None) is None:
@@ -219,6 +239,7 @@ def include_line() -> str:
     return f"Include {devbox_config_path()}"
 
 
+@_serialized
 def ensure_include(config: Path | None = None) -> bool:
     """Put one absolute Include of devbox's file at the top of the user's config.
 
@@ -252,6 +273,7 @@ def pinned_keys() -> dict[str, str]:
     return pins
 
 
+@_serialized
 def pin_host_key(host: str, public_key: str, replace: bool = False) -> bool:
     """Record the box's host key read through the trusted host connection.
 
@@ -276,6 +298,7 @@ def pin_host_key(host: str, public_key: str, replace: bool = False) -> bool:
     return True
 
 
+@_serialized
 def unpin(host: str) -> bool:
     pins = pinned_keys()
     if pins.pop(BOX_PREFIX + host, None) is None:

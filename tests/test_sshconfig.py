@@ -250,3 +250,25 @@ def test_the_host_key_types_known_are_offered_first(home):
     # an ssh-rsa line vouches for rsa-sha2-* signatures (paramiko 5 no longer offers SHA-1 ssh-rsa)
     assert transport.get_security_options().key_types[:3] == ("rsa-sha2-512", "rsa-sha2-256", "ecdsa-sha2-nistp256")
     transport.close()
+
+
+def test_entries_written_at_once_by_many_threads_are_all_kept(tmp_path, monkeypatch):
+    """`up` over many hosts writes each entry from its own thread: none may be lost."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from devbox import sshconfig
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("DEVBOX_SSH_CONFIG", raising=False)
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "config").write_text("Host gpu\n    HostName 127.0.0.1\n")
+
+    def one(i: int) -> None:
+        sshconfig.write_entry(sshconfig.BoxEntry(f"h{i}", 20000 + i, "dev", "/k"))
+        sshconfig.pin_host_key(f"h{i}", f"ssh-ed25519 AAAA{i}")
+        sshconfig.ensure_include()
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(one, range(40)))
+    assert len(sshconfig.read_entries()) == 40 and len(sshconfig.pinned_keys()) == 40
+    assert (tmp_path / ".ssh" / "config").read_text().count("Include ") == 1
