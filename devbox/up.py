@@ -23,7 +23,7 @@ from devbox.lock import HostLock
 from devbox.plan import Plan, needs_host_check, plan_up
 from devbox.remote import Host
 from devbox.steps import apply
-from devbox.verify import FAIL, OK, SKIPPED, BoxSession, Check, Expectations, load_identity, run_checks
+from devbox.verify import FAIL, OK, SKIPPED, BoxSession, Check, Expectations, load_identity, run_checks, worst
 
 Progress = Callable[[str], None]
 
@@ -116,7 +116,7 @@ def up_host(spec: BoxSpec, keys: KeySet, *, dry_run: bool = False, force: bool =
         lock.release()
         if verify or (verify is None and report.changed):
             report.checks = verify_box(host, plan.spec, report.port, identity, keys.fingerprints)
-            report.exit_code = 1 if any(c.status == FAIL for c in report.checks) else 0
+            report.exit_code = worst(report.checks)
     except DevboxError as exc:
         report.error, report.exit_code = exc.one_line(), exc.exit_code
     finally:
@@ -211,7 +211,7 @@ def verify_host(spec: BoxSpec) -> HostReport:
             report.port = port
             keys = desired_keys()
             report.checks = verify_box(host, spec, port, identity_for(host, spec, keys), keys.fingerprints)
-        report.exit_code = 1 if any(c.status == FAIL for c in report.checks) else 0
+        report.exit_code = worst(report.checks)
     except DevboxError as exc:
         report.error, report.exit_code = exc.one_line(), exc.exit_code
     report.seconds = round(time.monotonic() - start, 3)
