@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from devbox import sshconfig
 from devbox.config import BoxSpec
+from devbox.box import inspect_box
 from devbox.errors import DevboxError
 from devbox.plan import volume_names
 from devbox.remote import Host
@@ -28,7 +29,7 @@ def down_host(spec: BoxSpec, purge: bool = False) -> DownReport:
     wanted = volume_names(spec)
     try:
         with Host(spec.host) as host:
-            if host.docker("container", "inspect", spec.box_name, check=False).ok:
+            if inspect_box(host, spec):
                 host.docker("rm", "--force", spec.box_name)
                 report.removed.append(f"container {spec.box_name}")
             host.docker("rm", "--force", f"{spec.box_name}.next", f"{spec.box_name}.old", check=False)  # an interrupted up's

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from devbox.box import box_exec, write_authorized_keys
+from devbox.box import box_exec, running_box, write_authorized_keys
 from devbox.config import BoxSpec
 from devbox.errors import DevboxError
-from devbox.facts import AUTHORIZED_KEYS_FILE, parse_inspect
+from devbox.facts import AUTHORIZED_KEYS_FILE
 from devbox.keyset import KeySet
 from devbox.remote import Host
 
@@ -35,9 +35,7 @@ def sync_host(spec: BoxSpec, keys: KeySet, restart: bool = False) -> SyncReport:
     report = SyncReport(spec.host, keys.count)
     try:
         with Host(spec.host) as host:
-            box = parse_inspect(host.docker("container", "inspect", spec.box_name, check=False).stdout)
-            if not box or not box.get("State", {}).get("Running"):
-                raise DevboxError(f"{spec.host}: no running box to sync", f"run `devbox up {spec.host}`", exit_code=3)
+            box = running_box(host, spec, "sync")
             if not any(m.get("Name") == spec.keys_volume for m in box.get("Mounts") or []):
                 raise DevboxError(f"{spec.host}: this box keeps its keys where its user can write them (made by an older devbox)",
                                   f"run `devbox up {spec.host}` to re-create it with read-only keys (volumes are kept)", exit_code=2)

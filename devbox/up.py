@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from devbox import sshconfig
-from devbox.box import read_host_key
+from devbox.box import read_host_key, running_box
 from devbox.config import BoxSpec
 from devbox.errors import DevboxError
 from devbox.facts import Facts, host_check_script, parse_facts, state_script
@@ -198,15 +198,11 @@ def for_each_host(items: list, work: Callable, max_workers: int = 32) -> list:
 
 def verify_host(spec: BoxSpec) -> HostReport:
     """`devbox verify`: only the checks, over the already-written entry."""
-    from devbox.facts import parse_inspect
-
     report = HostReport(spec.host, ssh_alias=sshconfig.BOX_PREFIX + spec.host, container=spec.box_name)
     start = time.monotonic()
     try:
         with Host(spec.host) as host:
-            box = parse_inspect(host.docker("container", "inspect", spec.box_name, check=False).stdout)
-            if not box or not box.get("State", {}).get("Running"):
-                raise DevboxError(f"{spec.host}: no running box", f"run `devbox up {spec.host}`", exit_code=3)
+            box = running_box(host, spec, "verify")
             port = int(box["Config"]["Labels"]["devbox.port"])
             report.port = port
             keys = desired_keys()
