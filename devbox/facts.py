@@ -333,3 +333,13 @@ def image_cuda(base_image: str) -> str | None:
 
 def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.split(".") if p.isdigit())
+
+
+def gather(host, spec: BoxSpec, image_tag: str, host_check: Callable[[Facts], bool] | None = None) -> Facts:
+    """The box's state in one exchange over `host` (a remote.Host); the host checks in a
+    second one only when `host_check(facts)` says so (`up` about to create something)."""
+    state = host.run(state_script(spec, image_tag), check=False).stdout
+    facts = parse_facts(state, image_tag)
+    if host_check is not None and host_check(facts):
+        facts = parse_facts(state + host.run(host_check_script(spec), check=False).stdout, image_tag)
+    return facts
