@@ -32,7 +32,7 @@ def main() -> int:
                             "-m", "devbox.cli", "up", host, *extra], cwd=bed.project, env=env, check=True,
                            capture_output=True)
             print(f"wrote {out}")
-        imp = subprocess.run([sys.executable, "-X", "importtime", "-c", "import devbox.cli, devbox.up"],
+        imp = subprocess.run([sys.executable, "-X", "importtime", "-c", "import devbox.cli, devbox.commands.up"],
                              capture_output=True, text=True, env=bed.env)
         rows = sorted((l.split("|") for l in imp.stderr.splitlines()[1:] if l.count("|") == 2),
                       key=lambda r: -int(r[1]))[:25]

@@ -23,6 +23,23 @@ WRITE_AUTHORIZED_KEYS = (
 )
 
 
+def inspect_box(host: Host, spec: BoxSpec) -> dict | None:
+    """The box's `docker inspect`, or None when there is none."""
+    from devbox.facts import parse_inspect
+
+    return parse_inspect(host.docker("container", "inspect", spec.box_name, check=False).stdout)
+
+
+def running_box(host: Host, spec: BoxSpec, doing: str = "") -> dict:
+    """The box's `docker inspect`; a missing or stopped box is an error that says what to run."""
+    box = inspect_box(host, spec)
+    if not box:
+        raise DevboxError(f"no box on {spec.host}" + (f" to {doing}" if doing else ""), f"run `devbox up {spec.host}`", exit_code=3)
+    if not box.get("State", {}).get("Running"):
+        raise DevboxError(f"the box on {spec.host} is stopped", f"run `devbox up {spec.host}`", exit_code=3)
+    return box
+
+
 def box_exec(host: Host, spec: BoxSpec, argv: list[str], stdin: bytes | None = None, check: bool = True, **kw) -> Result:
     """Run argv in the box as the login user (uid:gid), never root."""
     flags = ["-i"] if stdin is not None or kw.get("keep_stdin_open") else []

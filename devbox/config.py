@@ -188,6 +188,23 @@ def playbook_path(name: str, where: str = "") -> Path:
     return path
 
 
+def load_specs(hosts: list[str], config_file: Path | None = None, playbook: str | None = None,
+               every_host: bool = False) -> list[BoxSpec]:
+    """The specs for the hosts named (plus, with --all, every known one), in a stable order."""
+    names = sorted(set(hosts) | set(known_hosts(config_file))) if every_host else list(dict.fromkeys(hosts))
+    if not names:
+        raise ConfigError("no host given", "name at least one Host from your ~/.ssh/config" + (" (or --all)" if every_host else ""))
+    return [load_spec(name, config_file, playbook) for name in names]
+
+
+def known_hosts(config_file: Path | None = None) -> list[str]:
+    """--all: every host with a devbox ssh entry or a [hosts.NAME] table."""
+    from devbox import sshconfig
+
+    names = {alias[len(sshconfig.BOX_PREFIX):] for alias in sshconfig.read_entries()}
+    return sorted(names | set(configured_hosts(config_file)))
+
+
 def configured_hosts(config_file: Path | None = None) -> list[str]:
     """Host names that have a [hosts.NAME] table in the config (for --all)."""
     path = find_config(config_file)

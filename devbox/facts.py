@@ -10,6 +10,7 @@ import json
 import re
 import shlex
 from dataclasses import dataclass
+from typing import Callable
 
 from devbox.config import BoxSpec
 
@@ -64,6 +65,149 @@ class Facts:
         return bool(self.box and self.box.get("State", {}).get("Running"))
 
 
+# ---------------------------------------------------------------- the questions
+#
+# Each question is its shell command and, right below it, what its answer sets in Facts.
+# `state_script` and `host_check_script` only choose which questions to ask, in one script.
+
+@dataclass(frozen=True)
+class Question:
+    section: str
+    ask: Callable[[BoxSpec, str], str]              # (spec, image tag) -> shell printing the answer
+    read: Callable[[Facts, list[str], str], None]   # (facts, answers, image tag): set what it learnt
+
+
+QUESTIONS: dict[str, Question] = {}
+
+
+def question(section: str, ask: Callable[[BoxSpec, str], str]):
+    """Register `read` as the answer to `ask` (a decorator, so the two stand together)."""
+    def register(read):
+        QUESTIONS[section] = Question(section, ask, read)
+        return read
+    return register
+
+
+def _last(answers: list[str]) -> str:
+    return answers[-1] if answers else ""
+
+
+q = shlex.quote
+
+
+@question("docker", lambda spec, tag: "docker version --format '{{.Server.Version}}' 2>&1")
+def _docker(facts: Facts, answers: list[str], tag: str) -> None:
+    version = _last(answers)
+    if re.match(r"^\d+\.\d+", version):
+        facts.docker_version = version.splitlines()[0]
+    else:
+        facts.docker_error = version.splitlines()[-1] if version else "docker not found"
+
+
+@question("images", lambda spec, tag: f"docker image inspect --format '{{{{json .RepoTags}}}}' {q(tag)} {q(spec.base_image)} 2>/dev/null")
+def _images(facts: Facts, answers: list[str], tag: str) -> None:
+    found = parse_found_images(_last(answers))
+    facts.image_present = any(tag in tags for tags in found)
+    facts.base_present = any(tag not in tags for tags in found)
+
+
+@question("owner", lambda spec, tag: "docker volume inspect --format '{{index .Labels \"devbox.uid\"}}:{{index .Labels \"devbox.gid\"}}' "
+          f"{q(spec.volume_name(spec.all_volumes()[0]))} 2>/dev/null")
+def _owner(facts: Facts, answers: list[str], tag: str) -> None:
+    owner = _last(answers)
+    facts.volume_owner = owner if re.match(r"^\d+:\d+$", owner) else None
+
+
+# Sets $box for the questions after it: the ports and the ones asked inside the box.
+@question("box", lambda spec, tag: f'box=$(docker container inspect {q(spec.box_name)} 2>/dev/null); echo "$box"')
+def _box(facts: Facts, answers: list[str], tag: str) -> None:
+    facts.box = parse_inspect(_last(answers))
+
+
+# Only needed to choose a port, so only asked for a missing box (whose inspect prints "[]").
+@question("ports", lambda spec, tag: 'case "$box" in ""|"[]") docker ps -a --format \'{{.Ports}}\' 2>/dev/null; '
+          '(ss -ltnH 2>/dev/null || true) | awk \'{print $4}\';; esac')
+def _ports(facts: Facts, answers: list[str], tag: str) -> None:
+    facts.used_ports = parse_ports(_last(answers))
+
+
+@question("path", lambda spec, tag: "; ".join(f"[ -e {q(v.source)} ] || echo {q(v.source)}" for v in spec.volumes if not v.is_named) or "true")
+def _paths(facts: Facts, answers: list[str], tag: str) -> None:
+    facts.missing_paths = tuple(line for line in _last(answers).splitlines() if line)
+
+
+# -- inside the box, as its user, in one `docker exec` (only when it runs)
+
+@question("keys", lambda spec, tag: f"cat {AUTHORIZED_KEYS_FILE} 2>/dev/null")
+def _keys(facts: Facts, answers: list[str], tag: str) -> None:
+    facts.authorized_keys = answers[-1] if answers else None
+
+
+@question("hostkey", lambda spec, tag: f'cat "$HOME/{BOX_STATE_DIR}/hostkeys/ssh_host_ed25519_key.pub" 2>/dev/null')
+def _hostkey(facts: Facts, answers: list[str], tag: str) -> None:
+    facts.box_host_key = _last(answers) or None
+
+
+# Lists "<name> <running|ended>" per job dir: running when its tmux session exists (last: it may exit).
+JOBS_SCAN = (
+    'cd "$HOME/.devbox/jobs" 2>/dev/null || exit 0; '
+    'for d in */; do n="${d%/}"; [ -d "$n" ] || continue; '
+    'if tmux has-session -t "=$n" 2>/dev/null; then echo "$n running"; else echo "$n ended"; fi; done'
+)
+
+
+@question("jobs", lambda spec, tag: JOBS_SCAN)
+def _jobs(facts: Facts, answers: list[str], tag: str) -> None:
+    jobs = [line.split() for line in _last(answers).splitlines() if len(line.split()) == 2]
+    facts.running_jobs = tuple(name for name, state in jobs if state == "running")
+    facts.job_count = len(jobs)
+
+
+# -- preflight: asked only when `up` will create something
+
+@question("checked", lambda spec, tag: "echo yes")
+def _checked(facts: Facts, answers: list[str], tag: str) -> None:
+    facts.host_checked = _last(answers) == "yes"
+
+
+# One `docker info` (0.13 s) for runtimes, resources and the disk: $info serves the next two.
+@question("runtimes", lambda spec, tag: "info=$(docker info --format '{{.DockerRootDir}}|{{json .Runtimes}}|{{.NCPU}} {{.MemTotal}} "
+          "{{json .SecurityOptions}}' 2>/dev/null); rest=\"${info#*|}\"; echo \"${rest%%|*}\"")
+def _runtimes(facts: Facts, answers: list[str], tag: str) -> None:
+    facts.runtimes = parse_runtimes(_last(answers))
+
+
+@question("resources", lambda spec, tag: 'echo "${rest#*|}"')
+def _resources(facts: Facts, answers: list[str], tag: str) -> None:
+    facts.host_cpus, facts.host_memory, facts.apparmor = parse_resources(_last(answers))
+
+
+@question("disk", lambda spec, tag: 'df -Pk "${info%%|*}" 2>/dev/null | tail -1')
+def _disk(facts: Facts, answers: list[str], tag: str) -> None:
+    facts.docker_root_free_kib = parse_df(_last(answers))
+
+
+@question("cdi", lambda spec, tag: "ls /etc/cdi/nvidia.yaml /var/run/cdi/nvidia.yaml 2>/dev/null")
+def _cdi(facts: Facts, answers: list[str], tag: str) -> None:
+    facts.cdi_nvidia = bool(_last(answers))
+
+
+@question("gpus", lambda spec, tag: "nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader,nounits 2>&1")
+def _gpus(facts: Facts, answers: list[str], tag: str) -> None:
+    if answers:
+        facts.gpus, facts.nvidia_smi_error = parse_gpu_csv(answers[-1])
+
+
+@question("smi", lambda spec, tag: "nvidia-smi 2>/dev/null | head -5")
+def _smi(facts: Facts, answers: list[str], tag: str) -> None:
+    if answers:
+        facts.driver_cuda = parse_driver_cuda(answers[-1])
+
+
+def ask(spec: BoxSpec, image_tag: str, sections: list[str]) -> list[str]:
+    return [f"sec {section}; {QUESTIONS[section].ask(spec, image_tag)}" for section in sections]
+
+
 def state_script(spec: BoxSpec, image_tag: str) -> str:
     """What the host holds for this box; every `up` and `status` asks it (one exchange).
 
@@ -71,63 +215,22 @@ def state_script(spec: BoxSpec, image_tag: str) -> str:
     `docker info`, 0.13 s), one image inspect for tag and base, one container inspect,
     one exec into the box. Every value is quoted.
     """
-    box = shlex.quote(spec.box_name)
-    q = shlex.quote
-    lines = [
-        SECTION,
-        "sec docker; docker version --format '{{.Server.Version}}' 2>&1",
-        f"sec images; docker image inspect --format '{{{{json .RepoTags}}}}' {q(image_tag)} {q(spec.base_image)} 2>/dev/null",
-        f"sec owner; docker volume inspect --format '{{{{index .Labels \"devbox.uid\"}}}}:{{{{index .Labels \"devbox.gid\"}}}}' {q(spec.volume_name(spec.all_volumes()[0]))} 2>/dev/null",
-        f"box=$(docker container inspect {box} 2>/dev/null)",
-        'sec box; echo "$box"',
-        # Ports are only needed to choose one: not for a box that already has its own.
-        # (`docker container inspect` of a missing container prints "[]", not nothing.)
-        'case "$box" in ""|"[]") sec ports; docker ps -a --format \'{{.Ports}}\' 2>/dev/null; (ss -ltnH 2>/dev/null || true) | awk \'{print $4}\';; esac',
-    ]
-    for volume in spec.volumes:
-        if not volume.is_named:
-            lines.append(f"sec path; [ -e {q(volume.source)} ] || echo {q(volume.source)}")
-    # Inside the box (only when it runs), in one exec: keys file, host key, jobs.
-    inside = (f"{SECTION}; sec keys; cat {AUTHORIZED_KEYS_FILE} 2>/dev/null; "
-              f"sec hostkey; cat \"$HOME/{BOX_STATE_DIR}/hostkeys/ssh_host_ed25519_key.pub\" 2>/dev/null; sec jobs; {JOBS_SCAN}")
-    lines += [
-        'case "$box" in *\'"Running": true\'*)',
-        f"docker exec -u {spec.uid}:{spec.gid} -e HOME={q(spec.home)} {box} sh -c {q(inside)} 2>/dev/null;;",
-        "esac",
-        "true",
-    ]
+    inside = "; ".join([SECTION, *ask(spec, image_tag, ["keys", "hostkey", "jobs"])])
+    lines = [SECTION, *ask(spec, image_tag, ["docker", "images", "owner", "box", "ports", "path"]),
+             'case "$box" in *\'"Running": true\'*)',
+             f"docker exec -u {spec.uid}:{spec.gid} -e HOME={q(spec.home)} {q(spec.box_name)} sh -c {q(inside)} 2>/dev/null;;",
+             "esac", "true"]
     return "\n".join(lines) + "\n"
 
 
 def host_check_script(spec: BoxSpec) -> str:
-    """What preflight needs before creating anything: runtimes, disk, GPUs and driver.
+    """What preflight needs before creating anything: runtimes, resources, disk, GPUs and driver.
 
     Asked only when `up` will create or re-create something (`docker info` alone costs
     0.13 s): a box that already matches its spec needs no preflight.
     """
-    lines = [
-        SECTION,
-        "sec checked; echo yes",
-        "info=$(docker info --format '{{.DockerRootDir}}|{{json .Runtimes}}|{{.NCPU}} {{.MemTotal}} {{json .SecurityOptions}}' 2>/dev/null)",
-        'rest="${info#*|}"; sec runtimes; echo "${rest%%|*}"',
-        'sec resources; echo "${rest#*|}"',
-        "sec cdi; ls /etc/cdi/nvidia.yaml /var/run/cdi/nvidia.yaml 2>/dev/null",
-        'sec disk; df -Pk "${info%%|*}" 2>/dev/null | tail -1',
-    ]
-    if spec.wants_gpus:
-        lines += [
-            "sec gpus; nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader,nounits 2>&1",
-            "sec smi; nvidia-smi 2>/dev/null | head -5",
-        ]
-    return "\n".join(lines + ["true"]) + "\n"
-
-
-# Lists "<name> <running|ended>" per job dir: running when its tmux session exists.
-JOBS_SCAN = (
-    'cd "$HOME/.devbox/jobs" 2>/dev/null || exit 0; '
-    'for d in */; do n="${d%/}"; [ -d "$n" ] || continue; '
-    'if tmux has-session -t "=$n" 2>/dev/null; then echo "$n running"; else echo "$n ended"; fi; done'
-)
+    sections = ["checked", "runtimes", "resources", "cdi", "disk"] + (["gpus", "smi"] if spec.wants_gpus else [])
+    return "\n".join([SECTION, *ask(spec, "", sections), "true"]) + "\n"
 
 
 def parse_sections(text: str) -> dict[str, list[str]]:
@@ -147,35 +250,11 @@ def parse_sections(text: str) -> dict[str, list[str]]:
 
 
 def parse_facts(text: str, image_tag: str = "") -> Facts:
-    s = {k: v[-1] for k, v in parse_sections(text).items()}
-    paths = parse_sections(text).get("path", [])
+    """Every question's answer read into one Facts (an unasked question leaves its default)."""
+    sections = parse_sections(text)
     facts = Facts()
-    version = s.get("docker", "")
-    if re.match(r"^\d+\.\d+", version):
-        facts.docker_version = version.splitlines()[0]
-    else:
-        facts.docker_error = version.splitlines()[-1] if version else "docker not found"
-    facts.host_checked = s.get("checked") == "yes"
-    facts.runtimes = parse_runtimes(s.get("runtimes", ""))
-    facts.host_cpus, facts.host_memory, facts.apparmor = parse_resources(s.get("resources", ""))
-    facts.cdi_nvidia = bool(s.get("cdi"))
-    facts.docker_root_free_kib = parse_df(s.get("disk", ""))
-    found = parse_found_images(s.get("images", ""))
-    facts.image_present = any(image_tag in tags for tags in found)
-    facts.base_present = any(image_tag not in tags for tags in found)
-    facts.box = parse_inspect(s.get("box", ""))
-    owner = s.get("owner", "")
-    facts.volume_owner = owner if re.match(r"^\d+:\d+$", owner) else None
-    facts.used_ports = parse_ports(s.get("ports", ""))
-    facts.missing_paths = tuple(p for p in paths if p)
-    if "gpus" in s:
-        facts.gpus, facts.nvidia_smi_error = parse_gpu_csv(s["gpus"])
-        facts.driver_cuda = parse_driver_cuda(s.get("smi", ""))
-    facts.authorized_keys = s.get("keys") if "keys" in s else None
-    facts.box_host_key = s.get("hostkey") or None
-    jobs = [line.split() for line in s.get("jobs", "").splitlines() if len(line.split()) == 2]
-    facts.running_jobs = tuple(name for name, state in jobs if state == "running")
-    facts.job_count = len(jobs)
+    for section, question_ in QUESTIONS.items():
+        question_.read(facts, sections.get(section, []), image_tag)
     return facts
 
 
@@ -254,3 +333,13 @@ def image_cuda(base_image: str) -> str | None:
 
 def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.split(".") if p.isdigit())
+
+
+def gather(host, spec: BoxSpec, image_tag: str, host_check: Callable[[Facts], bool] | None = None) -> Facts:
+    """The box's state in one exchange over `host` (a remote.Host); the host checks in a
+    second one only when `host_check(facts)` says so (`up` about to create something)."""
+    state = host.run(state_script(spec, image_tag), check=False).stdout
+    facts = parse_facts(state, image_tag)
+    if host_check is not None and host_check(facts):
+        facts = parse_facts(state + host.run(host_check_script(spec), check=False).stdout, image_tag)
+    return facts

@@ -90,6 +90,10 @@ class BuildResult:
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
+    def text(self) -> str:
+        verb = "built" if self.built else "reused"
+        return f"{verb} {self.tag} on {self.base} (adds {self.size_added / 1e6:.1f} MB, {self.seconds:.1f} s)"
+
 
 def _docker_client():
     import docker  # imported lazily: `devbox --help` must stay fast

@@ -146,8 +146,15 @@ class Job:
     last_line: str = ""
     command: str = ""
 
+    HEADER = f"{'NAME':<20} {'STATE':<10} {'STARTED':<21} {'TIME':>7}  LAST LINE"
+
     def as_dict(self) -> dict:
         return dict(self.__dict__)
+
+    def text(self) -> str:
+        from devbox.result import duration
+
+        return f"{self.name:<20} {self.state:<10} {self.started:<21} {duration(self.duration_s):>7}  {self.last_line}"
 
 
 # One line per job, tab-separated: name, tmux alive, exit code, started, ended, command,

@@ -10,7 +10,7 @@ import json
 import re
 import shlex
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -169,104 +169,135 @@ class BoxSession:
 
 
 # ---------------------------------------------------------------- the checks
+#
+# The in-box checks take a runner, `run(command, stdin=None, timeout=120) -> (code, out, err)`:
+# a BoxSession over SSH (what `verify` uses), `docker exec`, or a local shell (`LocalRunner`)
+# run the same checks. Only the login attacks need an SSH session of their own.
+
+Runner = Callable[..., tuple[int, str, str]]
+
+
+def check(name: str, passed: bool, detail: str = "") -> Check:
+    return Check(name, OK if passed else FAIL, detail)
+
+
+class LocalRunner:
+    """The checks against this machine's own shell (tests, the GPU evidence script)."""
+
+    def run(self, command: str, stdin: bytes | None = None, timeout: float = 120) -> tuple[int, str, str]:
+        import subprocess
+
+        done = subprocess.run(["sh", "-c", command], input=stdin, capture_output=True, timeout=timeout)
+        return done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
 
 
 def run_checks(session: BoxSession, expect: Expectations) -> list[Check]:
     """Every check; the login attacks (each a fresh SSH handshake) run alongside the rest."""
     with ThreadPoolExecutor(max_workers=4) as pool:
-        attacks = _start_auth_attacks(session, pool)
-        inside = _identity_checks(session, expect)
-        inside.append(_tmux_check(session))
-        inside += [_mount_check(session, target, ro) for target, ro in expect.mounts]
-        inside += gpu_checks(session, expect.gpus)
-        refused = _auth_checks(*(attack.result() for attack in attacks))
+        attacks = [pool.submit(session.allowed_methods), pool.submit(session.try_password, session.user),
+                   pool.submit(session.try_keyboard_interactive, session.user), pool.submit(session.try_key_as, "root")]
+        inside = box_checks(session.run, expect)
+        refused = auth_checks(*(attack.result() for attack in attacks))
     return [Check("key login", OK, f"as {session.user}")] + refused + inside
 
 
-def _start_auth_attacks(session: BoxSession, pool: ThreadPoolExecutor) -> list[Future]:
-    return [pool.submit(session.allowed_methods),
-            pool.submit(session.try_password, session.user),
-            pool.submit(session.try_keyboard_interactive, session.user),
-            pool.submit(session.try_key_as, "root")]
+def box_checks(run: Runner, expect: Expectations) -> list[Check]:
+    """What must hold inside the box, asked through `run`."""
+    checks = identity_checks(BoxProbe.read(run), expect) + [tmux_check(run)]
+    checks += [mount_check(run, target, read_only) for target, read_only in expect.mounts]
+    return checks + gpu_checks(run, expect.gpus)
 
 
-def _auth_checks(methods: list[str], password_in: bool, keyboard_in: bool, root_in: bool) -> list[Check]:
-    only_keys = methods == ["publickey"]
+def auth_checks(methods: list[str], password_in: bool, keyboard_in: bool, root_in: bool) -> list[Check]:
+    def refused(name: str, got_in: bool) -> Check:
+        return check(name, not got_in, "login succeeded!" if got_in else "")
+
+    return [check("only publickey offered", methods == ["publickey"], ",".join(methods)),
+            refused("password refused", password_in), refused("keyboard-interactive refused", keyboard_in),
+            refused("root login refused", root_in)]
+
+
+@dataclass(frozen=True)
+class BoxProbe:
+    """Who the login is and what it may do, read in one command and parsed once."""
+
+    COMMAND = (
+        'echo "uid=$(id -u) gid=$(id -g) user=$(id -un)"; '
+        'grep -E "^(CapEff|NoNewPrivs):" /proc/self/status; '
+        'echo "root_procs=$(grep -l "^Uid:[[:space:]]*0[[:space:]]" /proc/[0-9]*/status 2>/dev/null | wc -l)"; '
+        'if command -v sudo >/dev/null 2>&1; then sudo -n true 2>/dev/null && echo sudo=works || echo sudo=refused; else echo sudo=absent; fi'
+    )
+    uid: str = "?"
+    gid: str = "?"
+    user: str = "?"
+    cap_eff: str = "?"
+    no_new_privs: str = "?"
+    root_procs: str = "?"
+    sudo: str = "?"
+
+    @classmethod
+    def read(cls, run: Runner) -> "BoxProbe":
+        return cls.parse(run(cls.COMMAND)[1])
+
+    @classmethod
+    def parse(cls, text: str) -> "BoxProbe":
+        """`key=value` words and `Key:<tab>value` /proc lines."""
+        found: dict[str, str] = {}
+        for line in text.splitlines():
+            match = re.match(r"^(\w+):\s+(\S+)$", line)
+            pairs = [match.groups()] if match else [w.split("=", 1) for w in line.split() if "=" in w]
+            found.update({k: v for k, v in pairs})
+        names = {"CapEff": "cap_eff", "NoNewPrivs": "no_new_privs"}
+        return cls(**{names.get(k, k): v for k, v in found.items() if names.get(k, k) in cls.__dataclass_fields__})
+
+    @property
+    def has_capabilities(self) -> bool:
+        return self.cap_eff == "?" or self.cap_eff.strip("0") != ""
+
+
+def identity_checks(probe: BoxProbe, expect: Expectations) -> list[Check]:
     return [
-        Check("only publickey offered", OK if only_keys else FAIL, ",".join(methods)),
-        _refused("password refused", password_in),
-        _refused("keyboard-interactive refused", keyboard_in),
-        _refused("root login refused", root_in),
+        check("uid/gid", probe.uid == str(expect.uid) and probe.gid == str(expect.gid) and probe.uid != "0",
+              f"{probe.user} {probe.uid}:{probe.gid} (want {expect.uid}:{expect.gid}, never 0)"),
+        check("no root process", probe.root_procs == "0", f"{probe.root_procs} processes with uid 0"),
+        check("no capabilities", not probe.has_capabilities, f"CapEff {probe.cap_eff}"),
+        check("no new privileges", probe.no_new_privs == "1", f"NoNewPrivs {probe.no_new_privs}"),
+        check("no sudo", probe.sudo != "works", f"sudo {probe.sudo}"),
     ]
 
 
-def _refused(name: str, got_in: bool) -> Check:
-    return Check(name, FAIL if got_in else OK, "login succeeded!" if got_in else "")
-
-
-PROBE_IDENTITY = (
-    'echo "uid=$(id -u) gid=$(id -g) user=$(id -un)"; '
-    'grep -E "^(CapEff|NoNewPrivs):" /proc/self/status; '
-    'echo "root_procs=$(grep -l "^Uid:[[:space:]]*0[[:space:]]" /proc/[0-9]*/status 2>/dev/null | wc -l)"; '
-    'if command -v sudo >/dev/null 2>&1; then sudo -n true 2>/dev/null && echo sudo=works || echo sudo=refused; else echo sudo=absent; fi'
-)
-
-
-def parse_probe(text: str) -> dict[str, str]:
-    """`key=value` words and `Key:<tab>value` /proc lines -> {key: value}."""
-    facts: dict[str, str] = {}
-    for line in text.splitlines():
-        match = re.match(r"^(\w+):\s+(\S+)$", line)
-        pairs = [match.groups()] if match else [w.split("=", 1) for w in line.split() if "=" in w]
-        facts.update({k: v for k, v in pairs})
-    return facts
-
-
-def _identity_checks(session: BoxSession, expect: Expectations) -> list[Check]:
-    code, out, err = session.run(PROBE_IDENTITY)
-    facts = parse_probe(out)
-    uid, gid = facts.get("uid", "?"), facts.get("gid", "?")
-    ids_ok = uid == str(expect.uid) and gid == str(expect.gid) and uid != "0"
-    return [
-        Check("uid/gid", OK if ids_ok else FAIL, f"{facts.get('user', '?')} {uid}:{gid} (want {expect.uid}:{expect.gid}, never 0)"),
-        Check("no root process", OK if facts.get("root_procs") == "0" else FAIL, f"{facts.get('root_procs', '?')} processes with uid 0"),
-        Check("no capabilities", OK if facts.get("CapEff", "").strip("0") == "" and facts.get("CapEff") else FAIL, f"CapEff {facts.get('CapEff', '?')}"),
-        Check("no new privileges", OK if facts.get("NoNewPrivs") == "1" else FAIL, f"NoNewPrivs {facts.get('NoNewPrivs', '?')}"),
-        Check("no sudo", FAIL if facts.get("sudo") == "works" else OK, f"sudo {facts.get('sudo', '?')}"),
-    ]
-
-
-def _tmux_check(session: BoxSession) -> Check:
+def tmux_check(run: Runner) -> Check:
     name = "devbox-verify"
-    script = f"tmux new-session -d -s {name} 'sleep 60' && tmux has-session -t ={name} && tmux kill-session -t ={name} && tmux -V"
-    code, out, err = session.run(script)
-    return Check("tmux", OK if code == 0 else FAIL, (out or err).strip().splitlines()[-1:][0] if (out or err).strip() else "")
+    code, out, err = run(f"tmux new-session -d -s {name} 'sleep 60' && tmux has-session -t ={name} && tmux kill-session -t ={name} && tmux -V")
+    lines = (out or err).strip().splitlines()
+    return check("tmux", code == 0, lines[-1] if lines else "")
 
 
-def _mount_check(session: BoxSession, target: str, read_only: bool) -> Check:
-    probe = f"{target}/.devbox-verify-write"
-    code, out, err = session.run(f"touch {shlex.quote(probe)} && rm -f {shlex.quote(probe)}")
-    writable = code == 0
+def mount_check(run: Runner, target: str, read_only: bool) -> Check:
+    probe = shlex.quote(f"{target}/.devbox-verify-write")
+    code, out, err = run(f"touch {probe} && rm -f {probe}")
     if read_only:
-        return Check(f"mount {target} read-only", FAIL if writable else OK, "writable!" if writable else "write refused")
-    return Check(f"mount {target} writable", OK if writable else FAIL, err.strip()[:120])
+        return check(f"mount {target} read-only", code != 0, "writable!" if code == 0 else "write refused")
+    return check(f"mount {target} writable", code == 0, err.strip()[:120])
 
 
-def gpu_checks(session: BoxSession, wanted: int | None) -> list[Check]:
+GPU_CHECKS = ("nvidia-smi", "torch cuda", "gpu count", "cuda matmul", "nccl all-reduce")
+# A private temp file: concurrent verifies never share it, nobody else owns it.
+RUN_GPU_PROBE = ('f=$(mktemp /tmp/devbox-gpu-probe.XXXXXX) && cat > "$f" && '
+                 '{ if command -v python3 >/dev/null; then python3 "$f"; else python "$f"; fi; }; rc=$?; rm -f "$f"; exit $rc')
+
+
+def gpu_checks(run: Runner, wanted: int | None) -> list[Check]:
     """nvidia-smi, torch and a CUDA op; 'skipped' (never 'ok') when no GPUs were asked."""
-    names = ["nvidia-smi", "torch cuda", "gpu count", "cuda matmul", "nccl all-reduce"]
     if wanted == 0:
-        return [Check(n, SKIPPED, "gpus = none") for n in names]
-    code, out, err = session.run("nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader,nounits")
+        return [Check(n, SKIPPED, "gpus = none") for n in GPU_CHECKS]
+    code, out, err = run("nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader,nounits")
     gpus, smi_error = parse_gpu_csv(out)
-    checks = [Check("nvidia-smi", OK if code == 0 and gpus else FAIL,
-                    "; ".join(f"{g.index}: {g.name} (driver {g.driver}, {g.memory_mib} MiB)" for g in gpus) or (smi_error or err.strip())[:200])]
-    # A private temp file: concurrent verifies never share it, nobody else owns it.
-    script = ('f=$(mktemp /tmp/devbox-gpu-probe.XXXXXX) && cat > "$f" && '
-              '{ if command -v python3 >/dev/null; then python3 "$f"; else python "$f"; fi; }; rc=$?; rm -f "$f"; exit $rc')
-    code, out, err = session.run(script, stdin=GPU_PROBE().encode(), timeout=300)
+    listed = "; ".join(f"{g.index}: {g.name} (driver {g.driver}, {g.memory_mib} MiB)" for g in gpus)
+    smi = check("nvidia-smi", code == 0 and bool(gpus), listed or (smi_error or err.strip())[:200])
+    code, out, err = run(RUN_GPU_PROBE, stdin=GPU_PROBE().encode(), timeout=300)
     report = last_json(out) or {"error": (err.strip() or out.strip())[-300:] or f"probe exited {code}"}
-    return checks + torch_checks(report, wanted, len(gpus))
+    return [smi] + torch_checks(report, wanted, len(gpus))
 
 
 def last_json(text: str) -> dict | None:
@@ -283,20 +314,19 @@ def last_json(text: str) -> dict | None:
 def torch_checks(report: dict, wanted: int | None, smi_count: int) -> list[Check]:
     """Judge the probe's JSON report (pure: unit-tested with recorded reports)."""
     if "error" in report:
-        return [Check("torch cuda", FAIL, report["error"]), Check("gpu count", FAIL, ""), Check("cuda matmul", FAIL, ""), Check("nccl all-reduce", FAIL, "")]
+        return [Check("torch cuda", FAIL, report["error"])] + [Check(n, FAIL, "") for n in GPU_CHECKS[2:]]
     count = report.get("device_count", 0)
     want = smi_count if wanted is None else wanted
-    checks = [
-        Check("torch cuda", OK if report.get("cuda_available") else FAIL, f"torch {report.get('torch')} cuda {report.get('cuda')} available={report.get('cuda_available')}"),
-        Check("gpu count", OK if count == want and count > 0 else FAIL, f"torch sees {count}, want {want}"),
-        Check("cuda matmul", OK if report.get("matmul_ok") else FAIL, f"max abs error vs CPU {report.get('matmul_max_abs_err')}"),
+    return [
+        check("torch cuda", bool(report.get("cuda_available")),
+              f"torch {report.get('torch')} cuda {report.get('cuda')} available={report.get('cuda_available')}"),
+        check("gpu count", count == want and count > 0, f"torch sees {count}, want {want}"),
+        check("cuda matmul", bool(report.get("matmul_ok")), f"max abs error vs CPU {report.get('matmul_max_abs_err')}"),
+        check("nccl all-reduce", bool(report.get("nccl_ok")), str(report.get("nccl", ""))[:200]) if count > 1
+        else Check("nccl all-reduce", SKIPPED, "one GPU"),
     ]
-    if count > 1:
-        checks.append(Check("nccl all-reduce", OK if report.get("nccl_ok") else FAIL, str(report.get("nccl", ""))[:200]))
-    else:
-        checks.append(Check("nccl all-reduce", SKIPPED, "one GPU"))
-    return checks
 
 
 def worst(checks: list[Check]) -> int:
+    """The exit code a list of checks earns: 1 when any failed."""
     return 1 if any(c.status == FAIL for c in checks) else 0

@@ -1,0 +1,46 @@
+"""`devbox keys sync`: rewrite every running box's authorized_keys, live and atomically.
+
+The same write `up` uses (box.write_authorized_keys, into the keys volume that the box
+mounts read-only): sshd reads the file per login, so a revoked key is refused at the
+next attempt while open sessions stay up. `--restart` also re-creates the box (volumes
+and host key kept): in a box, every key holder is the same user, so only a new box is
+sure to run nothing a revoked person left behind.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from devbox.box import box_exec, running_box, write_authorized_keys
+from devbox.commands.up import UpResult, up_host
+from devbox.config import BoxSpec
+from devbox.errors import DevboxError
+from devbox.facts import AUTHORIZED_KEYS_FILE
+from devbox.keyset import KeySet
+from devbox.remote import Host
+from devbox.result import HostResult
+
+
+@dataclass
+class SyncResult(HostResult):
+    keys: int = 0
+    restarted: bool = False
+
+    def summary(self) -> str:
+        return (f"{self.keys} key(s) " + ("installed" if self.changed else "already in place")
+                + ("; box re-created (volumes and host key kept, every process in it ended)" if self.restarted else ""))
+
+
+def sync_host(spec: BoxSpec, result: SyncResult, keys: KeySet, restart: bool = False) -> None:
+    result.keys = keys.count
+    with Host(spec.host) as host:
+        box = running_box(host, spec, "sync")
+        if not any(m.get("Name") == spec.keys_volume for m in box.get("Mounts") or []):
+            raise DevboxError(f"{spec.host}: this box keeps its keys where its user can write them (made by an older devbox)",
+                              f"run `devbox up {spec.host}` to re-create it with read-only keys (volumes are kept)", exit_code=2)
+        current = box_exec(host, spec, ["cat", AUTHORIZED_KEYS_FILE], check=False).stdout
+        if current.strip() != keys.authorized_keys.strip():
+            write_authorized_keys(host, spec, box["Config"]["Image"], keys.authorized_keys)
+            result.changed = True
+    if restart:
+        up_host(spec, UpResult.start(spec), keys, force=True, restart=True, verify=False)
+        result.restarted = result.changed = True

@@ -1,0 +1,114 @@
+"""`devbox up`: gather -> plan -> apply -> pin -> ssh entry -> verify, for one host.
+
+cli.py runs it over every host given (devbox.result.for_each_host).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from devbox import sshconfig
+from devbox.box import read_host_key
+from devbox.commands.verify import VerifyResult, check_lines, identity_for, verify_box
+from devbox.config import BoxSpec
+from devbox.facts import Facts, gather
+from devbox.image import content_tag, local_has_image
+from devbox.keyset import Identity, KeySet
+from devbox.lock import HostLock
+from devbox.plan import Plan, needs_host_check, plan_up
+from devbox.remote import Host
+from devbox.steps import apply
+from devbox.verify import worst
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class UpResult(VerifyResult):
+    dry_run: bool = False
+    steps: list[str] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)   # --dry-run: exactly what would run
+    notes: list[str] = field(default_factory=list)      # why nothing needs doing
+    warnings: list[str] = field(default_factory=list)
+    delivery: str = "none"
+    bytes_sent: int = 0
+
+    def text(self) -> str:
+        head = f"{self.host}: "
+        if self.error:
+            return head + "FAILED: " + self.error.removeprefix(head)
+        if self.dry_run:
+            lines = [head + "would run:"] + [f"  - {s}" for s in self.steps]
+            lines += [f"      $ {c}" for c in self.commands]
+            return "\n".join(lines if self.steps else lines + [f"  (nothing to do: {n})" for n in self.notes or ["-"]])
+        done = "changed" if self.changed else "already up to date, nothing changed" + ("" if self.checks else "; `devbox verify` re-checks it")
+        lines = [f"{head}{done} ({self.seconds:.1f} s)"] + [f"  - {s}" for s in self.steps] + check_lines(self.checks)
+        if self.exit_code == 0:
+            lines.append(f"  ready: ssh {self.ssh_alias}   (VS Code: Remote-SSH → Connect to Host → {self.ssh_alias})")
+        return "\n".join(lines)
+
+
+def plan_host(host: Host, spec: BoxSpec, keys: KeySet, image_tag: str, force: bool, restart: bool) -> tuple[Facts, Plan]:
+    facts = gather(host, spec, image_tag, lambda found: restart or needs_host_check(spec, found, image_tag))
+    local_image = not facts.image_present and spec.delivery != "build" and local_has_image(image_tag)
+    plan = plan_up(spec, facts, image_tag, keys.authorized_keys, keys.fingerprint, force=force, local_image=local_image,
+                   restart=restart)
+    return facts, plan
+
+
+def up_host(spec: BoxSpec, result: UpResult, keys: KeySet, *, dry_run: bool = False, force: bool = False, repin: bool = False,
+            verify: bool | None = None, progress: Progress = lambda m: None, restart: bool = False) -> None:
+    """`restart`: re-create the box even when it matches (volumes and host key kept), so
+    nothing a revoked key holder left running in it survives."""
+    result.dry_run = dry_run
+    with Host(spec.host) as host:
+        lock = HostLock(host, spec.box_name)
+        try:
+            _up(host, lock, spec, result, keys, dry_run, force, repin, verify, progress, restart)
+        finally:
+            lock.release()
+
+
+def _up(host: Host, lock: HostLock, spec: BoxSpec, result: UpResult, keys: KeySet, dry_run: bool, force: bool, repin: bool,
+        verify: bool | None, progress: Progress, restart: bool) -> None:
+    identity = identity_for(host, spec, keys)  # refused here, before the host is touched
+    result.warnings = mount_warnings(spec)
+    image_tag = content_tag(spec.image)
+    facts, plan = plan_host(host, spec, keys, image_tag, force, restart)
+    if plan.steps and not dry_run and lock.acquire(progress):
+        facts, plan = plan_host(host, spec, keys, image_tag, force, restart)   # the other `up` changed the host
+    result.port = plan.port
+    result.steps = [s.description for s in plan.steps]
+    if dry_run:
+        result.commands = [c for step in plan.steps for c in step.commands()]
+        result.notes = plan.notes
+        return
+    applied = apply(host, plan.steps, spec.host, progress)
+    result.port = applied.get("port", plan.port)
+    result.delivery = applied.get("delivery", "none")
+    result.bytes_sent = applied.get("bytes_sent", 0)
+    result.changed = plan.changes
+    known_key = facts.box_host_key if facts.box_running and not plan.steps else None
+    result.changed |= connect(host, plan, result.port, identity, repin, result, known_key)
+    lock.release()
+    if verify or (verify is None and result.changed):
+        result.checks = verify_box(host, plan.spec, result.port, identity, keys.fingerprints)
+        result.exit_code = worst(result.checks)
+
+
+def mount_warnings(spec: BoxSpec) -> list[str]:
+    """Said on every `up`: host paths that make every key holder root on the host."""
+    return [f"WARNING: {spec.host}: host path {v.source} is mounted into the box (allow_host_root_mounts = true): "
+            "every key holder can become root on the host" for v in spec.dangerous_mounts()]
+
+
+def connect(host: Host, plan: Plan, port: int, identity: Identity, repin: bool, result: UpResult, known_key: str | None = None) -> bool:
+    """Pin the box's host key (read over the trusted host link) and write the ssh entry."""
+    key = known_key or read_host_key(host, plan.spec)
+    changed = sshconfig.pin_host_key(plan.spec.host, key, replace=repin)
+    entry = sshconfig.BoxEntry(plan.spec.host, port, plan.spec.user, str(identity.path) if identity.path else None)
+    changed |= sshconfig.write_entry(entry)
+    changed |= sshconfig.ensure_include()
+    if changed:
+        result.steps.append(f"ssh entry {entry.alias} written, host key pinned" + (f" ({identity.note})" if identity.note else ""))
+    return changed

@@ -1,0 +1,101 @@
+"""What commands return, and the one place that prints it.
+
+Commands return data (pipx's lesson): a `HostResult` per host, or rows, each with its
+JSON (`as_dict`) and its text (`text`) side by side. `for_each_host` runs one host's
+workflow over many hosts in parallel and is the one place a `DevboxError` becomes a
+result; `render` is the one place results become text or JSON.
+"""
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Iterable, TypeVar
+
+from devbox.errors import DevboxError
+
+
+def _plain(value):
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+@dataclass
+class HostResult:
+    """One host's outcome: every command's JSON has these four, plus its own fields."""
+
+    HEADER: ClassVar[str] = ""     # a table's header line, for results printed as rows
+
+    host: str
+    exit_code: int = 0
+    error: str = ""
+    changed: bool = False
+
+    def fail(self, exc: DevboxError) -> None:
+        self.error, self.exit_code = exc.one_line(), exc.exit_code
+
+    def as_dict(self) -> dict:
+        return {key: _plain(value) for key, value in self.__dict__.items()}
+
+    def text(self) -> str:
+        if self.error:
+            return f"{self.host}: FAILED: {self.error.removeprefix(self.host + ': ')}"
+        return f"{self.host}: {self.summary()}"
+
+    def summary(self) -> str:
+        return "ok"
+
+
+R = TypeVar("R", bound=HostResult)
+
+
+def for_each_host(items: list, start: Callable[[object], R], work: Callable[[object, R], None], max_workers: int = 32) -> list[R]:
+    """Run work(item, result) for every item in parallel, results in the given order.
+
+    Like a Fabric ThreadingGroup over a whole workflow: a failing host becomes its own
+    result (the one `except DevboxError` of the per-host commands) and never stops the rest.
+    """
+    def one(item) -> R:
+        result = start(item)
+        began = time.monotonic()
+        try:
+            work(item, result)
+        except DevboxError as exc:
+            result.fail(exc)
+        if hasattr(result, "seconds"):
+            result.seconds = round(time.monotonic() - began, 3)
+        return result
+
+    if len(items) == 1:
+        return [one(items[0])]
+    with ThreadPoolExecutor(max_workers=min(max_workers, len(items) or 1)) as pool:
+        return list(pool.map(one, items))
+
+
+def render(items: Iterable, as_json: bool, note: str = "", one: bool = False) -> str:
+    """Text (with a header line for rows, and a closing note) or indented JSON."""
+    items = list(items)
+    if as_json:
+        data = [_plain(item) for item in items]
+        return json.dumps(data[0] if one else data, indent=2, default=str)
+    header = getattr(items[0], "HEADER", "") if items else ""
+    lines = ([header] if header else []) + [item.text() for item in items]
+    return "\n".join(lines + ([note] if note else []))
+
+
+def worst_exit(results: Iterable[HostResult]) -> int:
+    return max((r.exit_code for r in results), default=0)
+
+
+def duration(seconds: int | None) -> str:
+    """`3d`, `5h`, `12m`, `40s` or `-`: the tables' one way of saying how long."""
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
