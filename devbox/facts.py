@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from devbox.config import BoxSpec
@@ -46,6 +46,7 @@ class Facts:
     driver_cuda: str | None = None         # max CUDA the driver supports ("12.4")
     nvidia_smi_error: str = ""
     missing_paths: tuple[str, ...] = ()
+    resolved_paths: dict[str, str] = field(default_factory=dict)   # host path -> where it leads (readlink -f)
     authorized_keys: str | None = None     # the box's current file, when it runs
     box_host_key: str | None = None        # the box's host public key, when it runs
     volume_owner: str | None = None        # "uid:gid" the box's volumes were made for
@@ -131,9 +132,14 @@ def _ports(facts: Facts, answers: list[str], tag: str) -> None:
     facts.used_ports = parse_ports(_last(answers))
 
 
-@question("path", lambda spec, tag: "; ".join(f"[ -e {q(v.source)} ] || echo {q(v.source)}" for v in spec.volumes if not v.is_named) or "true")
+# Each host path: missing, or where it really leads (a symlink to the Docker socket is the socket).
+@question("path", lambda spec, tag: "; ".join(
+    f'if [ -e {q(v.source)} ]; then printf "ok\\t%s\\t%s\\n" {q(v.source)} "$(readlink -f -- {q(v.source)})"; '
+    f'else printf "missing\\t%s\\n" {q(v.source)}; fi' for v in spec.volumes if not v.is_named) or "true")
 def _paths(facts: Facts, answers: list[str], tag: str) -> None:
-    facts.missing_paths = tuple(line for line in _last(answers).splitlines() if line)
+    rows = [line.split("\t") for line in _last(answers).splitlines()]
+    facts.missing_paths = tuple(row[1] for row in rows if row[0] == "missing" and len(row) == 2)
+    facts.resolved_paths = {row[1]: row[2] for row in rows if row[0] == "ok" and len(row) == 3 and row[2]}
 
 
 # -- inside the box, as its user, in one `docker exec` (only when it runs)

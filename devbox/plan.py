@@ -10,8 +10,8 @@ import zlib
 from dataclasses import dataclass, field
 
 from devbox import __version__
-from devbox.config import BoxSpec
-from devbox.errors import DevboxError, HostUnreachable
+from devbox.config import BoxSpec, gives_host_root
+from devbox.errors import ConfigError, DevboxError, HostUnreachable
 from devbox.box import keys_writer_argv
 from devbox.facts import AUTHORIZED_KEYS_DIR, Facts, image_cuda, version_tuple
 from devbox.steps import BuildImage, DockerStep, ShellStep, Step, StreamImage, SwapBox
@@ -61,6 +61,7 @@ def preflight(spec: BoxSpec, facts: Facts) -> None:
             f"{h}: host path {facts.missing_paths[0]} to mount does not exist",
             "create it on the host or drop it from `volumes`",
         )
+    _preflight_host_paths(spec, facts)
     if spec.wants_gpus and facts.host_checked:
         _preflight_gpus(spec, facts)
     _preflight_owner(spec, facts)
@@ -82,6 +83,17 @@ def needs_host_check(spec: BoxSpec, facts: Facts, image_tag: str) -> bool:
 def box_matches(facts: Facts, spec_hash: str) -> bool:
     """The box on the host was made from this very spec (its label says so)."""
     return facts.box_labels.get("devbox.spec-hash") == spec_hash
+
+
+def _preflight_host_paths(spec: BoxSpec, facts: Facts) -> None:
+    """A host path that leads (through symlinks) to the Docker socket or a system folder is
+    as dangerous as naming it: devbox.toml cannot see that, the host can."""
+    if spec.allow_host_root_mounts:
+        return
+    for source, real in facts.resolved_paths.items():
+        if real != source and gives_host_root(real):
+            raise ConfigError(f"{spec.host}: host path {source} leads to {real}, which makes every key holder root on the host",
+                              "mount a data folder instead; only if you mean it, set allow_host_root_mounts = true in devbox.toml")
 
 
 def _preflight_owner(spec: BoxSpec, facts: Facts) -> None:

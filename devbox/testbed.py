@@ -551,3 +551,14 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def start_agent(sock: Path) -> subprocess.Popen:
+    """An ssh-agent of a test's own on `sock` (the caller kills it by pid)."""
+    process = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    for _ in range(200):
+        if sock.exists():
+            return process
+        time.sleep(0.02)
+    process.kill()
+    raise RuntimeError(f"ssh-agent never made {sock}")

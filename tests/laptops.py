@@ -38,11 +38,7 @@ def real_laptop(laptop, monkeypatch):
         config + "Host *\n    ServerAliveInterval 15\n    ControlMaster auto\n"
         f"    ControlPath {laptop.mux}/%C\n    ControlPersist 60\n    IdentitiesOnly yes\n")
     sock = laptop.mux / "agent.sock"
-    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
-    for _ in range(200):
-        if sock.exists():
-            break
-        subprocess.run(["sleep", "0.02"])
+    agent = tb.start_agent(sock)
     monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
     laptop.devbox.env["SSH_AUTH_SOCK"] = str(sock)
     laptop.agent_add = lambda key: subprocess.run(["ssh-add", "-q", str(key)], check=True, capture_output=True)

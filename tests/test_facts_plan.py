@@ -290,3 +290,25 @@ def test_restart_recreates_a_matching_box():
                    force=True, restart=True)
     assert plan.steps[-1].action == "create_box" and plan.steps[-1].replace
     assert plan_up(CPU, facts(box=running_box(CPU, port), authorized_keys=KEYS.strip()), TAG, KEYS, "k").notes
+
+
+def test_a_host_path_that_leads_to_host_root_through_a_symlink_is_refused(tmp_path):
+    """devbox.toml names /srv/data; on the host it is a symlink to /etc: refused all the same."""
+    import subprocess
+
+    from devbox.errors import ConfigError
+    from devbox.facts import QUESTIONS
+
+    data, link = tmp_path / "data", tmp_path / "innocent"
+    data.mkdir()
+    link.symlink_to("/etc")
+    spec = BoxSpec("h", gpus="none", volumes=(Volume(str(data), "/data"), Volume(str(link), "/data2"), Volume("/nope", "/x")))
+    script = f"sec() {{ echo; echo '{MARK}' \"$1\"; }}\nsec path; " + QUESTIONS["path"].ask(spec, TAG)
+    found = parse_facts(subprocess.run(["sh", "-c", script], capture_output=True, text=True).stdout, TAG)
+    assert found.missing_paths == ("/nope",)
+    assert found.resolved_paths == {str(data): str(data), str(link): "/etc"}
+    ok = facts(resolved_paths=found.resolved_paths)
+    with pytest.raises(ConfigError, match="leads to /etc"):
+        plan_up(spec, ok, TAG, KEYS, "k")
+    allowed = BoxSpec("h", gpus="none", volumes=spec.volumes[:2], allow_host_root_mounts=True)
+    assert plan_up(allowed, ok, TAG, KEYS, "k").steps

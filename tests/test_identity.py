@@ -35,11 +35,7 @@ def home(tmp_path, monkeypatch) -> Path:
 def agent(tmp_path, monkeypatch):
     """An ssh-agent of our own (killed by pid afterwards); returns `add(key)`."""
     sock = tmp_path / "agent.sock"
-    process = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
-    for _ in range(100):
-        if sock.exists():
-            break
-        subprocess.run(["sleep", "0.05"])
+    process = tb.start_agent(sock)
     monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
     yield lambda key: subprocess.run(["ssh-add", "-q", str(key)], check=True, capture_output=True)
     os.kill(process.pid, signal.SIGTERM)
