@@ -13,6 +13,8 @@ import pytest
 import testbed as tb
 from devbox.image import CONTEXT_DIR, ImageSpec, content_tag, context_tar
 
+pytest_plugins = ("laptops",)  # the real_laptop fixture
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -72,3 +74,31 @@ def test_installed_wheel_builds_ups_and_reports_status_outside_the_checkout(lapt
     status = json.loads(devbox("status", laptop.host1, "--json").stdout)
     assert status[0]["state"] == "running", status
     assert laptop.ssh(f"devbox-{laptop.host1}", "whoami").stdout.strip() == "dev"
+
+
+def test_installed_devbox_on_a_real_laptop_gets_into_direct_bastion_and_proxycommand_hosts(separate_laptop, real_laptop, installed):
+    """Issue 16 end to end: devbox from the wheel, a laptop that reaches hosts with an ops key
+    while keys/ holds its personal key, hosts that are really separate (a bastion is the only
+    way in, or a ProxyCommand is); `up` works first time and OpenSSH gets into each box."""
+    laptop = real_laptop
+
+    def devbox(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([installed / "bin" / "devbox", *args], cwd=laptop.work, env=laptop.devbox.env,
+                              capture_output=True, text=True, timeout=300)
+
+    for host in (laptop.host1, laptop.inner_jump, laptop.inner_cmd):
+        done = devbox("up", host, "--json")
+        assert done.returncode == 0, f"{host}: {done.stdout}\n{done.stderr}"
+        report = json.loads(done.stdout)[0]
+        assert {c["status"] for c in report["checks"]} <= {"ok", "skipped"}, report["checks"]
+        assert laptop.ssh(f"devbox-{host}", "whoami").stdout.strip() == "dev", host
+    inner = laptop.engine.docker("ps", "--format", "{{.Names}}").stdout.split()
+    assert f"devbox-{laptop.inner_jump}" in inner and f"devbox-{laptop.inner_cmd}" in inner, "the boxes run on the inner host"
+    # No key of this laptop is among the box's keys: refused before the host is touched.
+    (laptop.work / "keys" / "me.pub").unlink()
+    stranger = tb.keygen(laptop.work / "stranger_ed25519", "stranger")
+    assert devbox("keys", "add", "stranger", f"{stranger}.pub").returncode == 0
+    done = devbox("up", laptop.host2)
+    assert done.returncode == 2 and "keys add" in done.stderr + done.stdout, done.stderr
+    made = subprocess.run(["docker", "ps", "-a", "-q", "--filter", f"label=devbox.host={laptop.host2}"], capture_output=True, text=True)
+    assert made.stdout.strip() == ""
