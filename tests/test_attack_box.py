@@ -179,3 +179,14 @@ def test_box_has_limits_a_health_check_and_status_shows_its_health(laptop):
     laptop.devbox.json("up", laptop.host1)
     host = inspect(f"devbox-{laptop.host1}")["HostConfig"]
     assert host["Memory"] == 2 << 30 and host["NanoCpus"] == 1_500_000_000
+
+
+def test_the_loud_opt_in_for_a_host_root_mount_warns_on_every_up(laptop):
+    set_config(laptop, 'allow_host_root_mounts = true\nvolumes = ["workspace:/workspace", "/etc:/host-etc:ro"]\n')
+    for _ in range(2):
+        done = laptop.devbox("up", laptop.host1)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "WARNING" in done.stderr and "host path /etc" in done.stderr and "root on the host" in done.stderr
+    set_config(laptop, 'volumes = ["workspace:/workspace", "/etc:/host-etc:ro"]\n')
+    refused = laptop.devbox("up", laptop.host1)
+    assert refused.returncode == 2 and "allow_host_root_mounts" in refused.stderr
