@@ -60,16 +60,17 @@ def desired_keys(directory: Path | None = None, identity: Path | None = None) ->
 @dataclass(frozen=True)
 class Identity:
     """The key `ssh devbox-HOST` and verify log in with: a private key file, or, with
-    path None, a key only ssh-agent holds (the entry then lets the agent offer it)."""
+    path None, a key only ssh-agent holds (`public_key` is then its "type base64")."""
 
     fingerprint: str
     path: Path | None
     source: str
+    public_key: str = ""
 
     @property
     def note(self) -> str:
         if self.path is None:
-            return f"the box entry names no IdentityFile: ssh-agent offers your key {self.fingerprint}"
+            return f"ssh-agent holds your key {self.fingerprint}: the entry names its public half, so the agent offers that key first"
         return ""
 
 
@@ -96,9 +97,9 @@ def choose_identity(keys: KeySet, configured: str = "", host_files: tuple[str, .
         if path.exists() or configured:
             tried.append(f"{path} ({fingerprint or why})")
     if not configured:
-        for fingerprint in agent_fingerprints():
+        for fingerprint, public_key in agent_keys():
             if fingerprint in keys.fingerprints:
-                return Identity(fingerprint, None, "ssh-agent")
+                return Identity(fingerprint, None, "ssh-agent", public_key)
             tried.append(f"ssh-agent ({fingerprint})")
     raise ConfigError(
         f"{host}: none of your keys is among the {keys.count} the box will trust "
@@ -132,15 +133,15 @@ def file_fingerprint(path: Path) -> tuple[str, str]:
         return "", f"not a usable private key: {exc.__class__.__name__}"
 
 
-def agent_fingerprints() -> list[str]:
-    """Fingerprints of the keys ssh-agent holds (none without SSH_AUTH_SOCK)."""
+def agent_keys() -> list[tuple[str, str]]:
+    """(fingerprint, "type base64") of each key ssh-agent holds (none without SSH_AUTH_SOCK)."""
     if not os.environ.get("SSH_AUTH_SOCK"):
         return []
     import paramiko
 
     agent = paramiko.Agent()
     try:
-        return [key.fingerprint for key in agent.get_keys()]
+        return [(key.fingerprint, f"{key.get_name()} {key.get_base64()}") for key in agent.get_keys()]
     finally:
         agent.close()
 

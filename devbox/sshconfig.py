@@ -223,11 +223,28 @@ def write_entry(entry: BoxEntry) -> bool:
 
 @_serialized
 def remove_entry(host: str) -> bool:
+    agent_identity_path(host).unlink(missing_ok=True)
     blocks = read_entries()
     if blocks.pop(BOX_PREFIX + host, None) is None:
         return False
     _write_blocks(blocks)
     return True
+
+
+def agent_identity_path(host: str) -> Path:
+    return devbox_dir() / f"{BOX_PREFIX}{host}.pub"
+
+
+def write_agent_identity(host: str, public_key: str) -> Path:
+    """The public half of a key only ssh-agent holds, for the entry's IdentityFile.
+
+    With `IdentityFile KEY.pub` and `IdentitiesOnly yes`, OpenSSH offers exactly that agent
+    key: an agent holding other keys first would spend the box's MaxAuthTries (3) on them.
+    """
+    path = agent_identity_path(host)
+    if not path.exists() or path.read_text().strip() != public_key:
+        _atomic_write(path, public_key + "\n", 0o644)
+    return path
 
 
 def _write_blocks(blocks: dict[str, str]) -> None:

@@ -46,9 +46,13 @@ def test_a_multiplexed_laptop_still_checks_the_pinned_box_key_every_time(real_la
     assert refused.returncode == 255 and "host key" in refused.stderr.lower(), refused.stderr
 
 
-def test_a_key_only_the_agent_holds_gets_in_without_an_identityfile(real_laptop):
+def test_a_key_only_the_agent_holds_gets_in_even_behind_other_agent_keys(real_laptop):
+    """The agent holds the ops key and two strangers before the personal key: offered in that
+    order they would spend the box's MaxAuthTries (3). The entry names the key's public half."""
     laptop = real_laptop
     personal = laptop.home / ".ssh" / "id_ed25519"
+    for stranger in ("stranger1", "stranger2"):
+        laptop.agent_add(tb.keygen(laptop.home / stranger, stranger))
     laptop.agent_add(personal)
     personal.unlink()
     personal.with_suffix(".pub").unlink()
@@ -56,7 +60,9 @@ def test_a_key_only_the_agent_holds_gets_in_without_an_identityfile(real_laptop)
     assert reports[0]["error"] == "" and reports[0]["exit_code"] == 0, reports
     assert any("ssh-agent" in step for step in reports[0]["steps"])
     entry = entry_of(laptop, laptop.host1)
-    assert "IdentityFile" not in entry and "IdentitiesOnly no" in entry
+    pub = laptop.home / ".ssh" / "devbox" / f"devbox-{laptop.host1}.pub"
+    assert f"IdentityFile {pub}" in entry and "IdentitiesOnly yes" in entry
+    assert pub.read_text().split()[:2] == (laptop.work / "keys" / "me.pub").read_text().split()[:2]
     assert laptop.ssh(f"devbox-{laptop.host1}", "whoami").stdout.strip() == "dev"
     verified, _ = laptop.devbox.json("verify", laptop.host1)
     assert verified[0]["exit_code"] == 0, verified

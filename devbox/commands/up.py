@@ -106,7 +106,8 @@ def connect(host: Host, plan: Plan, port: int, identity: Identity, repin: bool, 
     """Pin the box's host key (read over the trusted host link) and write the ssh entry."""
     key = known_key or read_host_key(host, plan.spec)
     changed = sshconfig.pin_host_key(plan.spec.host, key, replace=repin)
-    entry = sshconfig.BoxEntry(plan.spec.host, port, plan.spec.user, str(identity.path) if identity.path else None)
+    path = identity.path or (sshconfig.write_agent_identity(plan.spec.host, identity.public_key) if identity.public_key else None)
+    entry = sshconfig.BoxEntry(plan.spec.host, port, plan.spec.user, str(path) if path else None)
     changed |= sshconfig.write_entry(entry)
     changed |= sshconfig.ensure_include()
     if changed:
