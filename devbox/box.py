@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 from devbox.config import BoxSpec
-from devbox.errors import DevboxError
+from devbox.errors import DevboxError, HostUnreachable, RemoteCommandFailed
 from devbox.facts import AUTHORIZED_KEYS_DIR
 from devbox.remote import Host, Result
 
@@ -30,21 +30,51 @@ def inspect_box(host: Host, spec: BoxSpec) -> dict | None:
     return parse_inspect(host.docker("container", "inspect", spec.box_name, check=False).stdout)
 
 
+def box_missing(spec: BoxSpec, doing: str = "") -> HostUnreachable:
+    return HostUnreachable(f"no box on {spec.host}" + (f" to {doing}" if doing else ""), f"run `devbox up {spec.host}`")
+
+
+def box_stopped(spec: BoxSpec) -> HostUnreachable:
+    return HostUnreachable(f"the box on {spec.host} is stopped", f"run `devbox up {spec.host}`")
+
+
 def running_box(host: Host, spec: BoxSpec, doing: str = "") -> dict:
     """The box's `docker inspect`; a missing or stopped box is an error that says what to run."""
     box = inspect_box(host, spec)
     if not box:
-        raise DevboxError(f"no box on {spec.host}" + (f" to {doing}" if doing else ""), f"run `devbox up {spec.host}`", exit_code=3)
+        raise box_missing(spec, doing)
     if not box.get("State", {}).get("Running"):
-        raise DevboxError(f"the box on {spec.host} is stopped", f"run `devbox up {spec.host}`", exit_code=3)
+        raise box_stopped(spec)
     return box
 
 
+# Docker's words (`docker exec` on the host) for a box that is not there to run in.
+DOCKER_SAYS = "Error response from daemon"
+BOX_STOPPED = ("is not running", "is paused", "is restarting")
+
+
+def _raise_if_gone(spec: BoxSpec, text: str) -> None:
+    if DOCKER_SAYS not in text:
+        return
+    if "No such container" in text:
+        raise box_missing(spec)
+    if any(words in text for words in BOX_STOPPED):
+        raise box_stopped(spec)
+
+
 def box_exec(host: Host, spec: BoxSpec, argv: list[str], stdin: bytes | None = None, check: bool = True, **kw) -> Result:
-    """Run argv in the box as the login user (uid:gid), never root."""
+    """Run argv in the box as the login user (uid:gid), never root. A stopped or missing box
+    says so and how to bring it back, not in Docker's words."""
     flags = ["-i"] if stdin is not None or kw.get("keep_stdin_open") else []
-    return host.docker("exec", *flags, "-u", f"{spec.uid}:{spec.gid}", "-e", f"HOME={spec.home}",
-                       spec.box_name, *argv, stdin=stdin, check=check, **kw)
+    try:
+        result = host.docker("exec", *flags, "-u", f"{spec.uid}:{spec.gid}", "-e", f"HOME={spec.home}",
+                             spec.box_name, *argv, stdin=stdin, check=check, **kw)
+    except RemoteCommandFailed as exc:
+        _raise_if_gone(spec, exc.message)
+        raise
+    if not result.ok:
+        _raise_if_gone(spec, result.stderr)
+    return result
 
 
 def box_sh(host: Host, spec: BoxSpec, script: str, stdin: bytes | None = None, check: bool = True, **kw) -> Result:

@@ -54,7 +54,7 @@ def specs(hosts, config, playbook, every_host: bool = False):
 def per_host(items, result_type, work):
     from devbox.result import for_each_host
 
-    return for_each_host(items, result_type.start if hasattr(result_type, "start") else (lambda spec: result_type(spec.host)), work)
+    return for_each_host(items, result_type.start, work)
 
 
 # ---------------------------------------------------------------- image
@@ -117,8 +117,11 @@ def verify(
 ):
     """Check the box over the path you will use. Same entry, same key; each check reported; exit 1 on any failure."""
     from devbox.commands.verify import VerifyResult, verify_host
+    from devbox.keyset import desired_keys
 
-    show(per_host(specs(hosts, config, playbook), VerifyResult, lambda spec, result: verify_host(spec, result, keys_dir)), as_json)
+    boxes = specs(hosts, config, playbook)
+    keys = desired_keys(keys_dir)
+    show(per_host(boxes, VerifyResult, lambda spec, result: verify_host(spec, result, keys)), as_json)
 
 
 @app.command()

@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 
 from devbox.box import box_sh
 from devbox.config import BoxSpec
-from devbox.errors import ConfigError, DevboxError, HostUnreachable, RemoteCommandFailed
-from devbox.remote import Host, Result
+from devbox.errors import ConfigError, DevboxError
+from devbox.remote import Host
 
 # No "." or ":": tmux silently turns them into "_" in session names, so a job named
 # "a.b" would run as session "a_b" and read as lost at once.
@@ -56,32 +56,6 @@ def _require_utf8(what: str, items: list[str]) -> None:
             item.encode("utf-8")
         except UnicodeEncodeError:
             raise ConfigError(f"{what} {ascii(item)} is not valid UTF-8", "pass UTF-8 text; put binary data in a file in the box") from None
-
-
-# Docker's words (`docker exec` on the host) for a box that is not there to run in.
-DOCKER_SAYS = "Error response from daemon"
-BOX_STOPPED = ("is not running", "is paused", "is restarting")
-
-
-def _in_box(host: Host, spec: BoxSpec, script: str, check: bool = True, **kw) -> Result:
-    """box_sh, but a stopped or missing box says so and how to bring it back (not Docker's words)."""
-    try:
-        result = box_sh(host, spec, script, check=check, **kw)
-    except RemoteCommandFailed as exc:
-        _raise_if_gone(spec, exc.message)
-        raise
-    if not result.ok:
-        _raise_if_gone(spec, result.stderr)
-    return result
-
-
-def _raise_if_gone(spec: BoxSpec, text: str) -> None:
-    if DOCKER_SAYS not in text:
-        return
-    if "No such container" in text:
-        raise HostUnreachable(f"no box on {spec.host}", f"run `devbox up {spec.host}`")
-    if any(words in text for words in BOX_STOPPED):
-        raise HostUnreachable(f"the box on {spec.host} is stopped", f"run `devbox up {spec.host}`")
 
 
 def run_script(name: str, argv: list[str], cwd: str | None, env: list[str]) -> str:
@@ -128,7 +102,7 @@ def start_job(host: Host, spec: BoxSpec, name: str, argv: list[str], cwd: str | 
         f'{NOW} > "$d/started" && : > "$d/log" && '
         f'tmux new-session -d -s {q} -x 200 -y 50 "exec sh \'$d/run.sh\'"'
     )
-    result = _in_box(host, spec, setup, stdin=script.encode(), check=False)
+    result = box_sh(host, spec, setup, stdin=script.encode(), check=False)
     if result.exit_code == TAKEN_EXIT:
         raise ConfigError(f"a job named {name!r} is already running on {spec.host}", "pick another --name, or pass --replace to stop it first")
     if result.exit_code == NO_CWD_EXIT:
@@ -196,11 +170,11 @@ def _duration(started: str, ended: str, now: datetime) -> int | None:
 
 
 def list_jobs(host: Host, spec: BoxSpec) -> list[Job]:
-    return parse_jobs(_in_box(host, spec, LIST_JOBS).stdout)
+    return parse_jobs(box_sh(host, spec, LIST_JOBS).stdout)
 
 
 def _require_job(host: Host, spec: BoxSpec, name: str) -> None:
-    if not _in_box(host, spec, f"[ -d {_job_dir(name)} ]", check=False).ok:
+    if not box_sh(host, spec, f"[ -d {_job_dir(name)} ]", check=False).ok:
         known = ", ".join(j.name for j in list_jobs(host, spec)) or "none"
         raise ConfigError(f"no job named {name!r} on {spec.host}", f"known jobs: {known}")
 
@@ -211,7 +185,7 @@ def logs(host: Host, spec: BoxSpec, name: str, tail: int = 100, follow: bool = F
     q = shlex.quote(name)
     log = f"{_job_dir(name)}/log"
     if not follow:
-        write(_in_box(host, spec, f"tail -n {max(0, int(tail))} {log}").stdout, end="")
+        write(box_sh(host, spec, f"tail -n {max(0, int(tail))} {log}").stdout, end="")
         return
     # tail --pid ends the stream (after printing what is left) once the job's pane process
     # exits. The watcher ends it when devbox goes away (Ctrl-C, dropped link): our stdin,
@@ -223,7 +197,7 @@ def logs(host: Host, spec: BoxSpec, name: str, tail: int = 100, follow: bool = F
               # a background job's stdin is /dev/null in sh: hand it ours as fd 3
               'exec 3<&0; (cat <&3 >/dev/null; kill "$t" 2>/dev/null) & w=$!; '
               'wait "$t"; kill "$w" 2>/dev/null; exit 0')
-    _in_box(host, spec, script, timeout=None, keep_stdin_open=True,
+    box_sh(host, spec, script, timeout=None, keep_stdin_open=True,
            on_stdout=lambda chunk: write(chunk.decode(errors="replace"), end="", flush=True))
 
 
@@ -264,5 +238,5 @@ def stop_job(host: Host, spec: BoxSpec, name: str, sig: str = "TERM", wait_s: in
         f'[ -s "$d/exit_code" ] || {{ echo $code > "$d/exit_code"; {NOW} > "$d/ended"; }}; '
         f'echo "devbox: stopped ({signame}), exit code $(cat "$d/exit_code")" >> "$d/log"'
     )
-    _in_box(host, spec, script, timeout=wait_s + 60)
+    box_sh(host, spec, script, timeout=wait_s + 60)
     return next((j for j in list_jobs(host, spec) if j.name == name), None)

@@ -345,7 +345,7 @@ class Host:
         result = _exchange(channel, command, stdin, timeout, on_stdout, on_stdin, keep_stdin_open)
         if check and not result.ok:
             raise RemoteCommandFailed(
-                f"{self.alias}: `{_short(command)}` exited {result.exit_code}: {_reason(result)}",
+                f"{self.alias}: `{_short(command)}` exited {result.exit_code}: {why_failed(result)}",
                 "see the message above; re-run with the same command after fixing it",
             )
         return result
@@ -365,7 +365,7 @@ class Host:
             ) from exc
 
 
-def _reason(result: Result) -> str:
+def why_failed(result: Result) -> str:
     """The line that explains a failure: an error line if there is one, else the last."""
     lines = [l.strip() for l in (result.stderr or result.stdout).splitlines() if l.strip()]
     errors = [l for l in lines if "error" in l.lower()]

@@ -35,6 +35,11 @@ class HostResult:
     error: str = ""
     changed: bool = False
 
+    @classmethod
+    def start(cls, spec) -> "HostResult":
+        """An empty result for the host of `spec` (a BoxSpec), before its work runs."""
+        return cls(spec.host)
+
     def fail(self, exc: DevboxError) -> None:
         self.error, self.exit_code = exc.one_line(), exc.exit_code
 

@@ -15,7 +15,7 @@ from typing import Callable
 from devbox.config import BoxSpec
 from devbox.errors import DevboxError
 from devbox.image import context_tar
-from devbox.remote import Host, _reason
+from devbox.remote import Host, why_failed
 
 Progress = Callable[[str], None]
 
@@ -61,7 +61,7 @@ class ShellStep(Step):
     def apply(self, host: Host, progress: Progress) -> dict:
         done = host.run(self.script, check=False)
         if not done.ok:
-            raise DevboxError(f"{host.alias}: could not {self.description}: {_reason(done)}", self.remedy)
+            raise DevboxError(f"{host.alias}: could not {self.description}: {why_failed(done)}", self.remedy)
         return {}
 
 
@@ -189,7 +189,7 @@ class SwapBox(Step):
             if not started.ok and any(t in started.stderr for t in PORT_TAKEN) and attempt + 1 < len(self.ports):
                 progress(f"{self.spec.host}: port {port} was taken meanwhile, trying {self.ports[attempt + 1]}")
                 continue
-            self._fail(host, _reason(started) if not started.ok else f"its sshd did not answer: {_reason(logs) or 'no log'}")
+            self._fail(host, why_failed(started) if not started.ok else f"its sshd did not answer: {why_failed(logs) or 'no log'}")
         host.docker("rename", new, box)
         if self.replace:
             host.docker("rm", "--force", old)
@@ -199,7 +199,7 @@ class SwapBox(Step):
         created = host.docker(*self.argv_for(port, new), check=False)
         if not created.ok:
             host.docker("rm", "--force", new, check=False)
-            raise DevboxError(f"{self.spec.host}: Docker refused the box spec: {_reason(created)}",
+            raise DevboxError(f"{self.spec.host}: Docker refused the box spec: {why_failed(created)}",
                               "fix devbox.toml and re-run; the running box was not touched", exit_code=2)
 
     def _proven(self, host: Host, new: str) -> bool:

@@ -41,6 +41,6 @@ def sync_host(spec: BoxSpec, result: SyncResult, keys: KeySet, restart: bool = F
         if current.strip() != keys.authorized_keys.strip():
             write_authorized_keys(host, spec, box["Config"]["Image"], keys.authorized_keys)
             result.changed = True
-    if restart:
-        up_host(spec, UpResult.start(spec), keys, force=True, restart=True, verify=False)
-        result.restarted = result.changed = True
+        if restart:
+            up_host(spec, UpResult.start(spec), keys, force=True, restart=True, verify=False, host=host)
+            result.restarted = result.changed = True

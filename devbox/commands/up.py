@@ -57,14 +57,16 @@ def plan_host(host: Host, spec: BoxSpec, keys: KeySet, image_tag: str, force: bo
 
 
 def up_host(spec: BoxSpec, result: UpResult, keys: KeySet, *, dry_run: bool = False, force: bool = False, repin: bool = False,
-            verify: bool | None = None, progress: Progress = lambda m: None, restart: bool = False) -> None:
+            verify: bool | None = None, progress: Progress = lambda m: None, restart: bool = False,
+            host: Host | None = None) -> None:
     """`restart`: re-create the box even when it matches (volumes and host key kept), so
-    nothing a revoked key holder left running in it survives."""
+    nothing a revoked key holder left running in it survives. `host`: a connection the
+    caller already has open (keys sync --restart), else one of its own."""
     result.dry_run = dry_run
-    with Host(spec.host) as host:
-        lock = HostLock(host, spec.box_name)
+    with (host or Host(spec.host)) as connected:
+        lock = HostLock(connected, spec.box_name)
         try:
-            _up(host, lock, spec, result, keys, dry_run, force, repin, verify, progress, restart)
+            _up(connected, lock, spec, result, keys, dry_run, force, repin, verify, progress, restart)
         finally:
             lock.release()
 

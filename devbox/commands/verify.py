@@ -9,7 +9,7 @@ from devbox import sshconfig
 from devbox.box import running_box
 from devbox.config import BoxSpec
 from devbox.errors import DevboxError
-from devbox.keyset import Identity, KeySet, choose_identity, desired_keys
+from devbox.keyset import Identity, KeySet, choose_identity
 from devbox.remote import Host
 from devbox.result import HostResult
 from devbox.verify import FAIL, OK, SKIPPED, BoxSession, Check, Expectations, load_identity, run_checks, worst
@@ -51,12 +51,11 @@ def expectations(spec: BoxSpec) -> Expectations:
     return Expectations(spec.user, spec.uid, spec.gid, mounts, spec.gpu_count_wanted)
 
 
-def verify_host(spec: BoxSpec, result: VerifyResult, keys_dir=None) -> None:
+def verify_host(spec: BoxSpec, result: VerifyResult, keys: KeySet) -> None:
     """`devbox verify`: only the checks, over the already-written entry."""
     with Host(spec.host) as host:
         box = running_box(host, spec, "verify")
         result.port = int(box["Config"]["Labels"]["devbox.port"])
-        keys = desired_keys(keys_dir)
         result.checks = verify_box(host, spec, result.port, identity_for(host, spec, keys), keys.fingerprints)
     result.exit_code = worst(result.checks)
 
