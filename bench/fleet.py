@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import shlex
 import subprocess
 import sys
@@ -139,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS / "fleet.json")
     p.add_argument("--keep", action="store_true", help="after the first up, print HOME and the project folder and wait for Ctrl-C (to poke at the fleet)")
     args = p.parse_args(argv)
+    # Ctrl-C, and a `kill` (a bench run in the background ignores SIGINT), both clean up.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     fleet = Fleet(args.hosts, args.dead_timeout)
     results: dict = {"hosts": args.hosts, "parallel": args.parallel, "runs": args.runs, "dead_timeout_s": args.dead_timeout}
     try:
