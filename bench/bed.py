@@ -114,11 +114,14 @@ def remove_heavy_images() -> None:
 
 
 def remove_boxes(hosts) -> None:
-    """Delete the containers and volumes devbox made for these hosts (by label, ours only)."""
+    """Delete the containers, networks and volumes devbox made for these hosts (by label, ours only)."""
     for host in hosts:
         ids = sh("docker", "ps", "-aq", "--filter", f"label=devbox.host={host}", check=False).stdout.split()
         if ids:
             sh("docker", "rm", "-f", *ids, check=False)
+        nets = sh("docker", "network", "ls", "-q", "--filter", f"label=devbox.host={host}", check=False).stdout.split()
+        if nets:
+            sh("docker", "network", "rm", *nets, check=False)
         vols = sh("docker", "volume", "ls", "-q", "--filter", f"label=devbox.host={host}", check=False).stdout.split()
         if vols:
             sh("docker", "volume", "rm", "-f", *vols, check=False)
