@@ -103,11 +103,7 @@ class Fleet:
 
     def _stop_engine(self) -> None:
         if self.engine:
-            ids = self.engine.docker("ps", "-aq").stdout.split()
-            if ids:
-                self.engine.docker("rm", "-f", *ids)
-            self.engine.docker("network", "prune", "-f")   # their bridges would outlive the engine
-            self.engine.stop()
+            self.engine.stop()   # its boxes, their networks (bridges would outlive it), its data
 
 
 def state_scripts(fleet: Fleet, hosts: list[str]) -> Path:

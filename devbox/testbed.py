@@ -249,6 +249,9 @@ class SecondEngine:
         ids = self.docker("ps", "-aq").stdout.split()
         if ids:
             self.docker("rm", "-f", *ids)
+        # Its networks' bridges live in this machine's namespace and outlive the engine,
+        # each holding one of the main engine's ~30 address pools: remove them first.
+        self.docker("network", "prune", "-f")
         if self.process and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=30)
