@@ -119,13 +119,13 @@ def _preflight_gpus(spec: BoxSpec, facts: Facts) -> None:
             f"{h}: GPUs asked for but nvidia-smi found none ({facts.nvidia_smi_error or 'not installed'})",
             'install the NVIDIA driver on the host, or use gpus = "none" (playbook cpu)',
         )
+    if isinstance(spec.gpus, tuple):
+        _preflight_gpu_names(spec, facts)
     if "nvidia" not in facts.runtimes and not facts.cdi_nvidia:
         raise HostUnreachable(
             f"{h}: Docker has no NVIDIA runtime or CDI spec",
             "install nvidia-container-toolkit and run `nvidia-ctk runtime configure --runtime=docker`, then restart Docker",
         )
-    if isinstance(spec.gpus, tuple):
-        _preflight_gpu_names(spec, facts)
     refuse_unworkable(spec, facts)
     wanted = image_cuda(spec.base_image)
     if wanted and facts.driver_cuda and version_tuple(facts.driver_cuda) < version_tuple(wanted):

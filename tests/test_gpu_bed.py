@@ -87,7 +87,7 @@ def test_top_once_json_names_the_box_and_job_using_a_gpu(laptop, testbed):
     finally:
         (testbed.workdir / laptop.noruntime / "smi-q.xml").unlink()
     (gpu,) = rows[0]["gpus"]
-    assert (gpu["name"], gpu["memory_used_mib"], gpu["memory_total_mib"], gpu["temperature_c"]) == ("NVIDIA H100 80GB HBM3", 2575, 81559, 36)
+    assert (gpu["name"], gpu["memory_used_mib"], gpu["memory_total_mib"], gpu["temperature_c"]) == ("NVIDIA H100 80GB HBM3", 2575, 81559, 34)
     assert gpu["processes"] == [{"pid": pid, "memory_mib": 2566, "box": f"devbox-{laptop.host1}", "job": "train"}]
     text = laptop.devbox("top", laptop.noruntime, "--once").stdout
     assert "NVIDIA H100 80GB HBM3" in text and "pid 808" in text   # without the replacement: an unknown process
