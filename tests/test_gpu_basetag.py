@@ -229,3 +229,11 @@ def test_a_plan_that_creates_a_box_on_a_limited_engine_warns():
     assert any("8192 KiB" in w for w in plan.warnings)
     create = plan.steps[-1]
     assert "memlock=8388608:8388608" in " ".join(create.commands())
+
+
+def test_a_dry_run_says_which_base_and_why():
+    from devbox.commands.up import UpResult
+
+    choice = choose(BoxSpec("h"), H100)
+    text = UpResult("h", dry_run=True, steps=["start box"], base_image=choice.tag, base_why=choice.why).text()
+    assert text.splitlines()[1] == f"  base image {choice.tag}: {choice.why}"

@@ -41,7 +41,8 @@ class UpResult(VerifyResult):
         if self.error:
             return head + "FAILED: " + self.error.removeprefix(head)
         if self.dry_run:
-            lines = [head + "would run:", f"  base image {self.base_image}: {self.base_why}"] + [f"  - {s}" for s in self.steps]
+            base = [f"  base image {self.base_image}: {self.base_why}"] if self.base_image else []
+            lines = [head + "would run:", *base] + [f"  - {s}" for s in self.steps]
             lines += [f"      $ {c}" for c in self.commands]
             return "\n".join(lines if self.steps else lines + [f"  (nothing to do: {n})" for n in self.notes or ["-"]])
         done = "changed" if self.changed else "already up to date, nothing changed" + ("" if self.checks else "; `devbox verify` re-checks it")
