@@ -2,7 +2,8 @@
 
 Scripts print their answers between markers; `parse_sections` splits them and each
 `parse_*` turns one answer into data. A no-op `up` costs one exchange (state_script);
-one that will create something asks host_check_script too, on the same connection.
+one that will create something asks host_check_script too, on the same connection. With
+`base_image = "auto"` and GPUs, gpu_script comes first (the image tag depends on its answer).
 """
 from __future__ import annotations
 

@@ -98,3 +98,19 @@ def test_top_on_a_host_without_a_driver_fails_that_host_only(laptop):
     by_host = {r["host"]: r for r in rows}
     assert by_host[laptop.host1]["exit_code"] == 3 and "nvidia-smi" in by_host[laptop.host1]["error"]
     assert by_host[laptop.noruntime]["exit_code"] == 0 and by_host[laptop.noruntime]["gpus"]
+
+
+def test_top_refreshes_over_one_connection_per_host(laptop, monkeypatch):
+    """The live table: each round one exchange per host, over the connection opened once."""
+    from devbox import remote
+    from devbox.commands.top import top_live
+    from devbox.config import load_specs
+
+    opened = []
+    real_enter = remote.Host.__enter__
+    monkeypatch.setattr(remote.Host, "__enter__", lambda self: opened.append(self.alias) or real_enter(self))
+    frames: list[str] = []
+    results = top_live(load_specs([laptop.noruntime]), 0.5, frames.append, rounds=3)
+    assert opened == [laptop.noruntime] and len(frames) == 3
+    assert all(f.startswith("\033[H\033[2J") and "NVIDIA H100 80GB HBM3" in f and "Ctrl-C" in f for f in frames)
+    assert results[0].exit_code == 0 and results[0].gpus[0].memory_total_mib == 81559
