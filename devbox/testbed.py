@@ -120,6 +120,15 @@ def fake_driver(hostdir: Path) -> str:
     return f"SetEnv PATH={bindir}:/usr/local/bin:/usr/bin:/bin\n"
 
 
+def local_facts(spec, sections: list[str]):
+    """What devbox's questions learn of this machine when asked here (the bed's hosts share
+    its engine): e.g. ["memlock"], the most locked memory this dockerd may give a box."""
+    from devbox.facts import SECTION, ask, parse_facts
+
+    script = "\n".join([SECTION, *ask(spec, "", sections)])
+    return parse_facts(subprocess.run(["sh", "-c", script], capture_output=True, text=True).stdout)
+
+
 def start_fake_host(name: str, index: int, workdir: Path, authorized: Path, user: str = OPS_USER, detach: bool = False,
                     extra: str = "") -> FakeHost:
     """Start sshd for one host on 127.0.0.(10+index), key-only, like a hardened real host."""

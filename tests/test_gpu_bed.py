@@ -8,22 +8,14 @@ import subprocess
 import time
 from pathlib import Path
 
-from devbox.facts import parse_memlock
-from devbox.testbed import FIXTURES
-
-
-def engine_memlock() -> int | None:
-    """What this machine's dockerd may give a box, read the way the host check reads it."""
-    pid = subprocess.run(["pidof", "dockerd"], capture_output=True, text=True).stdout.split()[0]
-    hard = next(line.split()[4] for line in Path(f"/proc/{pid}/limits").read_text().splitlines() if line.startswith("Max locked"))
-    cap = next(line.split()[1] for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("CapEff"))
-    return parse_memlock(f"{hard}\n{cap}")
+from devbox.config import BoxSpec
+from devbox.testbed import FIXTURES, local_facts
 
 
 def test_the_box_gets_the_engine_memlock_limit_and_verify_reports_it_with_shm(laptop):
     # Here dockerd has an 8 MiB hard limit and no CAP_SYS_RESOURCE: `--ulimit memlock=-1` fails
     # ("error setting rlimit type 8"), so the box must start with the highest allowed value.
-    allowed = engine_memlock()
+    allowed = local_facts(BoxSpec(laptop.host1), ["memlock"]).memlock_max
     reports, done = laptop.devbox.json("up", laptop.host1)
     assert reports[0]["error"] == "", reports
     inspect = json.loads(subprocess.run(["docker", "inspect", f"devbox-{laptop.host1}"], capture_output=True, text=True).stdout)[0]
