@@ -145,6 +145,28 @@ def status(
 
 
 @app.command()
+def top(
+    hosts: List[str] = typer.Argument(None, help="Hosts to watch (or --all)."),
+    all_hosts: bool = ALL_HOSTS,
+    once: bool = typer.Option(False, "--once", help="One sample and exit (with --json: for scripts)."),
+    interval: float = typer.Option(2.0, "--interval", min=0.5, help="Seconds between refreshes."),
+    config: Optional[Path] = CONFIG,
+    as_json: bool = JSON,
+):
+    """Live GPU health: per GPU its utilisation, memory, temperature, power, and which box and job use it.
+
+    One SSH session per host, one nvidia-smi query per refresh; Ctrl-C to leave.
+    """
+    from devbox.commands.top import top_live, top_once
+    from devbox.result import worst_exit
+
+    boxes = specs(hosts, config, None, all_hosts)
+    if once:
+        show(top_once(boxes), as_json)
+    raise typer.Exit(worst_exit(top_live(boxes, interval, typer.echo, as_json)))
+
+
+@app.command()
 def down(
     host: str = typer.Argument(..., help="Host whose box to remove."),
     purge: bool = typer.Option(False, "--purge", help="Also delete the box's volumes (your /workspace!), ssh entry and pinned key."),

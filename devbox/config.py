@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from devbox.errors import ConfigError
-from devbox.image import DEFAULT_BASE_IMAGE, ImageSpec
+from devbox.image import ImageSpec
 from devbox.resources import shipped_dir
 
 PLAYBOOK_DIR = shipped_dir("playbooks")
@@ -23,6 +23,8 @@ HOME_MOUNT = "/home/{user}"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 SIZE_RE = re.compile(r"^[0-9]+[bkmg]?\Z", re.IGNORECASE)
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
+AUTO_BASE = "auto"          # devbox/basetag.py picks the image from the host's driver and GPUs
+GPU_UUID_RE = re.compile(r"^GPU-[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}\Z")
 REFRESH_RE = re.compile(r"^[A-Za-z0-9._-]{0,32}\Z")
 # Mount paths travel inside `docker run --mount type=…,source=…,target=…`: a comma or
 # `=` would add mount options (a second `source=/`), so paths use a plain alphabet.
@@ -38,10 +40,11 @@ HOST_ROOT_PATHS = ("/boot", "/dev", "/etc", "/proc", "/root", "/run", "/sys", "/
                    "/var/lib/docker", "/var/run")
 HOST_ROOT_SOCKETS = ("docker.sock", "containerd.sock", "podman.sock")
 ALLOWED_KEYS = {
-    "base_image": "an image reference, e.g. pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime",
-    "gpus": '"all", "none", or a list of GPU indices like [0, 1]',
+    "base_image": '"auto" (default: the newest official pytorch/pytorch runtime image the host\'s driver and GPUs run) '
+                  "or an image reference, e.g. pytorch/pytorch:2.11.0-cuda12.8-cudnn9-runtime",
+    "gpus": '"all", "none", or a list of GPU indices or UUIDs like [0, 1] or ["GPU-46748a73-18ca-02c2-e029-6e440dca4aa4"]',
     "volumes": 'a list like ["workspace:/workspace", "/data:/data:ro"]',
-    "shm_size": 'a size like "16g"',
+    "shm_size": '"auto" (default: half the box\'s memory limit, at least 1g) or a size like "16g"',
     "memory": '"auto" (default: the host\'s memory less max(2 GiB, 10%)), a size like "64g", or "" for no limit',
     "cpus": '"auto" (default: the host\'s CPUs less one, when it has more than two), a number like 7.5, or "" for no limit',
     "user": "a login name like dev",
@@ -78,10 +81,10 @@ class BoxSpec:
     """Everything that decides what box runs on one host."""
 
     host: str
-    base_image: str = DEFAULT_BASE_IMAGE
-    gpus: str | tuple[int, ...] = "all"
+    base_image: str = AUTO_BASE
+    gpus: str | tuple[int | str, ...] = "all"
     volumes: tuple[Volume, ...] = (Volume("workspace", "/workspace"),)
-    shm_size: str = "8g"
+    shm_size: str = "auto"
     memory: str = "auto"
     cpus: str = "auto"
     user: str = "dev"
@@ -288,11 +291,18 @@ def check_flags(**flags) -> None:
         _parse(key, value, f"bad value for --{key}")
 
 
-def _parse_gpus(value) -> str | tuple[int, ...]:
+def _is_gpu_name(item) -> bool:
+    """An index 0..63 or a `GPU-…` UUID (indices move when a card is replaced; UUIDs do not)."""
+    if isinstance(item, int) and not isinstance(item, bool):
+        return 0 <= item < 64
+    return isinstance(item, str) and bool(GPU_UUID_RE.match(item))
+
+
+def _parse_gpus(value) -> str | tuple[int | str, ...]:
     if value in ("all", "none"):
         return value
-    if isinstance(value, list) and value and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 64 for i in value):
-        return tuple(sorted(set(value)))
+    if isinstance(value, list) and value and all(_is_gpu_name(i) for i in value):
+        return tuple(sorted(set(value), key=lambda i: (isinstance(i, str), str(i).lower() if isinstance(i, str) else i)))
     raise ValueError(repr(value))
 
 
@@ -367,6 +377,10 @@ def _parse_size(value) -> str:
     raise ValueError(repr(value))
 
 
+def _parse_auto_size(value) -> str:
+    return value if value == "auto" else _parse_size(value)
+
+
 def _parse_id(value) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65534:
         return value
@@ -413,8 +427,8 @@ _PARSERS = {
     "base_image": _parse_str(re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}\Z")),
     "gpus": _parse_gpus,
     "volumes": _parse_volumes,
-    "shm_size": _parse_size,
-    "memory": lambda value: value if value == "auto" else _parse_size(value),
+    "shm_size": _parse_auto_size,
+    "memory": _parse_auto_size,
     "cpus": _parse_cpus,
     "user": _parse_str(USER_RE),
     "uid": _parse_id,

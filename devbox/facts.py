@@ -2,7 +2,8 @@
 
 Scripts print their answers between markers; `parse_sections` splits them and each
 `parse_*` turns one answer into data. A no-op `up` costs one exchange (state_script);
-one that will create something asks host_check_script too, on the same connection.
+one that will create something asks host_check_script too, on the same connection. With
+`base_image = "auto"` and GPUs, gpu_script comes first (the image tag depends on its answer).
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ class Gpu:
     name: str
     driver: str
     memory_mib: int
+    uuid: str = ""
+    compute_cap: str = ""                  # "9.0"; "" where the driver cannot say (before ~510)
 
 
 @dataclass
@@ -56,6 +59,9 @@ class Facts:
     host_cpus: int | None = None           # what the engine reports (docker info NCPU)
     host_memory: int | None = None         # bytes (docker info MemTotal)
     apparmor: bool = False                 # the engine confines containers with AppArmor
+    memlock_max: int | None = None         # bytes the engine may give a box (-1: unlimited), None: unknown
+    box_base: str = ""                     # the base image the existing box was built on (its label)
+    gpu_memory_used: dict[int, int] = field(default_factory=dict)   # GPU index -> MiB in use now
 
     @property
     def box_labels(self) -> dict:
@@ -198,16 +204,41 @@ def _cdi(facts: Facts, answers: list[str], tag: str) -> None:
     facts.cdi_nvidia = bool(_last(answers))
 
 
-@question("gpus", lambda spec, tag: "nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader,nounits 2>&1")
+# Old drivers (before ~510) refuse the compute_cap field: ask again without it.
+GPU_FIELDS = "index,uuid,name,driver_version,memory.total"
+GPU_QUERY = f"nvidia-smi --query-gpu={GPU_FIELDS}{{}} --format=csv,noheader,nounits 2>&1"
+
+
+@question("gpus", lambda spec, tag: f'g=$({GPU_QUERY.format(",compute_cap")}) || g=$({GPU_QUERY.format("")}); echo "$g"')
 def _gpus(facts: Facts, answers: list[str], tag: str) -> None:
     if answers:
         facts.gpus, facts.nvidia_smi_error = parse_gpu_csv(answers[-1])
+
+
+@question("gpumem", lambda spec, tag: "nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits 2>/dev/null")
+def _gpumem(facts: Facts, answers: list[str], tag: str) -> None:
+    rows = [[p.strip() for p in line.split(",")] for line in _last(answers).splitlines()]
+    facts.gpu_memory_used = {int(r[0]): int(r[1]) for r in rows if len(r) == 2 and r[0].isdigit() and r[1].isdigit()}
 
 
 @question("smi", lambda spec, tag: "nvidia-smi 2>/dev/null | head -5")
 def _smi(facts: Facts, answers: list[str], tag: str) -> None:
     if answers:
         facts.driver_cuda = parse_driver_cuda(answers[-1])
+
+
+# The most locked memory a box may get: `--ulimit memlock=-1` needs an engine that may raise
+# its hard limit (CAP_SYS_RESOURCE, bit 24 of CapEff) or one whose own limit is unlimited.
+# /proc/PID/limits and status are world-readable; without a visible dockerd, this shell's own.
+@question("memlock", lambda spec, tag: 'p=$(pidof dockerd 2>/dev/null | cut -d" " -f1); [ -n "$p" ] || p=$$; '
+          "awk '/^Max locked memory/ {print $5}' /proc/$p/limits; awk '/^CapEff/ {print $2}' /proc/$p/status")
+def _memlock(facts: Facts, answers: list[str], tag: str) -> None:
+    facts.memlock_max = parse_memlock(_last(answers))
+
+
+@question("base", lambda spec, tag: f"docker container inspect --format '{{{{index .Config.Labels \"devbox.base\"}}}}' {q(spec.box_name)} 2>/dev/null")
+def _base(facts: Facts, answers: list[str], tag: str) -> None:
+    facts.box_base = _last(answers) if re.match(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$", _last(answers)) else ""
 
 
 def ask(spec: BoxSpec, image_tag: str, sections: list[str]) -> list[str]:
@@ -241,8 +272,15 @@ def host_check_script(spec: BoxSpec) -> str:
     Asked only when `up` will create or re-create something (`docker info` alone costs
     0.13 s): a box that already matches its spec needs no preflight.
     """
-    sections = ["checked", "runtimes", "resources", "cdi", "disk"] + (["gpus", "smi"] if spec.wants_gpus else [])
+    sections = ["checked", "runtimes", "resources", "cdi", "disk", "memlock"] + (["gpus", "smi"] if spec.wants_gpus else [])
     return "\n".join([SECTION, *ask(spec, "", sections), "true"]) + "\n"
+
+
+def gpu_script(spec: BoxSpec, memory: bool = False) -> str:
+    """What `base_image = "auto"` needs before the image tag is known: the GPUs, the driver's
+    CUDA and the base the box has now (one exchange, nvidia-smi calls of ~25 ms each);
+    `memory`: the memory in use too (status)."""
+    return "\n".join([SECTION, *ask(spec, "", ["gpus", "smi", "base"] + (["gpumem"] if memory else [])), "true"]) + "\n"
 
 
 def parse_sections(text: str) -> dict[str, list[str]]:
@@ -319,16 +357,29 @@ def parse_ports(text: str) -> frozenset[int]:
 
 
 def parse_gpu_csv(text: str) -> tuple[tuple[Gpu, ...], str]:
-    """GPUs from `nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader,nounits`."""
+    """GPUs from `nvidia-smi --query-gpu=index,uuid,name,driver_version,memory.total[,compute_cap]
+    --format=csv,noheader,nounits` (or the older index,name,driver_version,memory.total)."""
     gpus, errors = [], []
     for line in text.splitlines():
         parts = [p.strip() for p in line.split(",")]
         if len(parts) == 4 and parts[0].isdigit():
-            memory = int(parts[3]) if parts[3].isdigit() else 0
-            gpus.append(Gpu(int(parts[0]), parts[1], parts[2], memory))
+            parts = [parts[0], "", *parts[1:]]
+        if len(parts) in (5, 6) and parts[0].isdigit():
+            memory = int(parts[4]) if parts[4].isdigit() else 0
+            gpus.append(Gpu(int(parts[0]), parts[2], parts[3], memory, parts[1], parts[5] if len(parts) == 6 else ""))
         elif line.strip():
             errors.append(line.strip())
     return tuple(gpus), "; ".join(errors)
+
+
+def parse_memlock(text: str) -> int | None:
+    """`<hard limit bytes|unlimited>` and `<CapEff hex>` lines -> -1 (a box may have unlimited), bytes, or None."""
+    lines = text.split()
+    if len(lines) != 2 or not re.match(r"^[0-9a-fA-F]+$", lines[1]):
+        return None
+    if lines[0] == "unlimited" or int(lines[1], 16) & (1 << 24):   # CAP_SYS_RESOURCE may raise any limit
+        return -1
+    return int(lines[0]) if lines[0].isdigit() else None
 
 
 def parse_driver_cuda(text: str) -> str | None:

@@ -30,11 +30,22 @@ def nccl_allreduce(world):
     mp.spawn(_allreduce_worker, args=(world, init_file, results), nprocs=world, join=True)
     expected = world * (world + 1) / 2
     values = [results.get(r) for r in range(world)]
-    return {"nccl_ok": all(v == expected for v in values), "nccl": {"world": world, "expected": expected, "got": values}}
+    return {"nccl_ok": all(v == expected for v in values),
+            "nccl": {"world": world, "expected": expected, "got": values, **limits()}}
+
+
+def limits():
+    """The limits NCCL's transports depend on, as this process (the login) has them."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    shm = os.statvfs("/dev/shm")
+    return {"memlock_kib": "unlimited" if soft == resource.RLIM_INFINITY else soft // 1024,
+            "shm_kib": shm.f_blocks * shm.f_frsize // 1024}
 
 
 def main():
-    report = {}
+    report = {"limits": limits()}
     try:
         import torch
     except Exception as exc:  # report, never crash: verify turns this into a failed check

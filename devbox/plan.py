@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from devbox import __version__
 from devbox.config import BoxSpec, gives_host_root
 from devbox.errors import ConfigError, DevboxError, HostUnreachable
+from devbox.basetag import refuse_unworkable
 from devbox.box import keys_writer_argv
 from devbox.facts import AUTHORIZED_KEYS_DIR, Facts, image_cuda, version_tuple
 from devbox.steps import BuildImage, DockerStep, ShellStep, Step, StreamImage, SwapBox
@@ -30,6 +31,7 @@ class Plan:
     spec_hash: str
     steps: list[Step]
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def changes(self) -> bool:
@@ -117,22 +119,33 @@ def _preflight_gpus(spec: BoxSpec, facts: Facts) -> None:
             f"{h}: GPUs asked for but nvidia-smi found none ({facts.nvidia_smi_error or 'not installed'})",
             'install the NVIDIA driver on the host, or use gpus = "none" (playbook cpu)',
         )
+    if isinstance(spec.gpus, tuple):
+        _preflight_gpu_names(spec, facts)
     if "nvidia" not in facts.runtimes and not facts.cdi_nvidia:
         raise HostUnreachable(
             f"{h}: Docker has no NVIDIA runtime or CDI spec",
             "install nvidia-container-toolkit and run `nvidia-ctk runtime configure --runtime=docker`, then restart Docker",
         )
-    if isinstance(spec.gpus, tuple):
-        have = {g.index for g in facts.gpus}
-        missing = sorted(set(spec.gpus) - have)
-        if missing:
-            raise HostUnreachable(f"{h}: GPU index {missing[0]} does not exist (host has {sorted(have)})", "fix `gpus` in devbox.toml")
+    refuse_unworkable(spec, facts)
     wanted = image_cuda(spec.base_image)
     if wanted and facts.driver_cuda and version_tuple(facts.driver_cuda) < version_tuple(wanted):
         raise HostUnreachable(
             f"{h}: driver {facts.gpus[0].driver} supports CUDA {facts.driver_cuda}, the image needs CUDA {wanted}",
             "upgrade the NVIDIA driver on the host, or choose a base_image built for an older CUDA",
         )
+
+
+def _preflight_gpu_names(spec: BoxSpec, facts: Facts) -> None:
+    """Each of `gpus` (an index or a GPU-… UUID) names a GPU the host has; a refusal lists them."""
+    indices = {g.index for g in facts.gpus}
+    uuids = {g.uuid.lower() for g in facts.gpus if g.uuid}
+    for wanted in spec.gpus:
+        if isinstance(wanted, int) and wanted not in indices:
+            raise HostUnreachable(f"{spec.host}: GPU index {wanted} does not exist (host has {sorted(indices)})", "fix `gpus` in devbox.toml")
+        if isinstance(wanted, str) and uuids and wanted.lower() not in uuids:
+            have = ", ".join(f"{g.index}: {g.uuid}" for g in facts.gpus)
+            raise HostUnreachable(f"{spec.host}: no GPU {wanted} on this host (it has {have})",
+                                  "put one of those UUIDs (or an index) in `gpus` in devbox.toml")
 
 
 def choose_port(spec: BoxSpec, facts: Facts) -> int:
@@ -171,6 +184,7 @@ def box_labels(spec: BoxSpec, port: int, image_tag: str, spec_hash: str, keyset:
         "devbox.port": str(port),
         "devbox.user": spec.user,
         "devbox.gpus": spec.gpus if isinstance(spec.gpus, str) else ",".join(map(str, spec.gpus)),
+        "devbox.base": spec.base_image,
         "devbox.keys": keyset,
         "devbox.version": __version__,
     }
@@ -207,6 +221,45 @@ def cpu_limit(spec: BoxSpec, facts: Facts) -> str:
     return str(facts.host_cpus - 1 if facts.host_cpus > 2 else facts.host_cpus)
 
 
+SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+MIN_SHM = 1 << 30
+
+
+def size_bytes(text: str) -> int:
+    """Docker's size words ("512m", "16g", "1048576") in bytes."""
+    unit = text[-1:].lower() if text[-1:].isalpha() else ""
+    return int(text[: len(text) - len(unit)]) * SIZE_UNITS[unit]
+
+
+def shm_size(spec: BoxSpec, facts: Facts) -> str:
+    """`shm_size = "auto"`: half the box's memory limit (half the host's memory without one),
+    at least 1 GiB. Half is what Linux gives /dev/shm on a host; its pages count against the
+    box's memory, so shared memory alone cannot exhaust it. Docker's default (64 MiB) is what
+    crashes NCCL (`ncclShmOpen`) and DataLoader workers."""
+    if spec.shm_size != "auto":
+        return spec.shm_size
+    limit = memory_limit(spec, facts)
+    total = size_bytes(limit) if limit else facts.host_memory
+    if not total:
+        return "8g"   # nothing known of the host: the old fixed default
+    return f"{max(total // 2, MIN_SHM) // (1 << 20)}m"
+
+
+def memlock_ulimit(facts: Facts) -> tuple[str, str]:
+    """`--ulimit memlock=…` for NCCL's pinned buffers, and a warning when it cannot be unlimited.
+
+    Unlimited needs an engine that may raise its hard limit (CAP_SYS_RESOURCE) or has none;
+    asking more than the engine's hard limit fails the start ("error setting rlimit type 8:
+    operation not permitted"), so such a host gets its highest allowed value instead.
+    """
+    if facts.memlock_max is None or facts.memlock_max < 0:
+        return "memlock=-1", ""
+    value = facts.memlock_max
+    return (f"memlock={value}:{value}",
+            f"the engine's locked-memory limit is {value // 1024} KiB, not unlimited: the box gets that much "
+            "(NCCL may be slower or fail to register buffers); raise LimitMEMLOCK=infinity for the Docker service on the host")
+
+
 # CPU weight below Docker's default 1024: other containers on the host win a contended CPU.
 CPU_SHARES = "512"
 
@@ -229,7 +282,8 @@ def run_args(spec: BoxSpec, facts: Facts, port: int, image_tag: str, labels: dic
         "--pids-limit", "8192",
         "--network", spec.network,
         "--publish", f"{address}:{port}:{BOX_SSH_PORT}",
-        "--shm-size", spec.shm_size,
+        "--shm-size", shm_size(spec, facts),
+        "--ulimit", memlock_ulimit(facts)[0],
         "--cpu-shares", CPU_SHARES,
     ]
     if facts.apparmor:
@@ -339,6 +393,7 @@ def plan_up(
                              spec, tuple(ports), argv_for, recreate))
     elif not facts.box_running:
         steps.append(DockerStep("start_box", f"start the stopped box {spec.box_name}", ("start", spec.box_name)))
+    warnings = [f"{spec.host}: {warning}"] if (warning := memlock_ulimit(facts)[1]) and (box is None or recreate) else []
     if not steps:
         notes.append(f"box {spec.box_name} runs spec {spec_hash} with image {image_tag} and the team's keys: nothing to do")
-    return Plan(spec, image_tag, port, spec_hash, steps, notes)
+    return Plan(spec, image_tag, port, spec_hash, steps, notes, warnings)

@@ -101,16 +101,32 @@ FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 
 def fake_driver(hostdir: Path) -> str:
     """A bin dir whose nvidia-smi replays output recorded on a real H100 host: the host
-    then has a "driver" but Docker has no NVIDIA runtime, which preflight must refuse."""
+    then has a "driver" but Docker has no NVIDIA runtime, which preflight must refuse.
+
+    `-q -x` replays hostdir/smi-q.xml when a test wrote one (the recording with a real
+    process's PID in it), else the recording itself; each query answers as recorded."""
     bindir = hostdir / "bin"
     bindir.mkdir(mode=0o755)
     script = bindir / "nvidia-smi"
+    answers = {"*compute_cap*": "nvidia-smi-query-gpu-h100.csv", "*memory.used*": "nvidia-smi-query-memory-h100.csv",
+               "*--query-gpu*": "nvidia-smi-query-h100.csv"}
+    cases = "".join(f"{pattern}) exec cat {FIXTURES / name};; " for pattern, name in answers.items())
     script.write_text(
-        "#!/bin/sh\ncase \"$*\" in *--query-gpu*) exec cat " + str(FIXTURES / "nvidia-smi-query-h100.csv")
-        + ";; *) exec cat " + str(FIXTURES / "nvidia-smi-h100.txt") + ";; esac\n"
+        f'#!/bin/sh\ncase "$*" in {cases}'
+        f'"-q -x") f={hostdir / "smi-q.xml"}; [ -f "$f" ] || f={FIXTURES / "nvidia-smi-q-h100.xml"}; exec cat "$f";; '
+        f'*) exec cat {FIXTURES / "nvidia-smi-h100.txt"};; esac\n'
     )
     script.chmod(0o755)
     return f"SetEnv PATH={bindir}:/usr/local/bin:/usr/bin:/bin\n"
+
+
+def local_facts(spec, sections: list[str]):
+    """What devbox's questions learn of this machine when asked here (the bed's hosts share
+    its engine): e.g. ["memlock"], the most locked memory this dockerd may give a box."""
+    from devbox.facts import SECTION, ask, parse_facts
+
+    script = "\n".join([SECTION, *ask(spec, "", sections)])
+    return parse_facts(subprocess.run(["sh", "-c", script], capture_output=True, text=True).stdout)
 
 
 def start_fake_host(name: str, index: int, workdir: Path, authorized: Path, user: str = OPS_USER, detach: bool = False,

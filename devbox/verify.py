@@ -41,6 +41,8 @@ class Expectations:
     gid: int
     mounts: tuple[tuple[str, bool], ...] = ()   # (target, read_only)
     gpus: int | None = 0                        # 0: none asked; None: all the host has; N: exactly N
+    memlock: str | None = None                  # `ulimit -l` the box was given ("unlimited" or KiB); None: unlimited
+    shm_kib: int | None = None                  # /dev/shm size it was given; None: at least MIN_SHM_KIB
 
 
 # ---------------------------------------------------------------- SSH plumbing
@@ -205,7 +207,23 @@ def box_checks(run: Runner, expect: Expectations) -> list[Check]:
     """What must hold inside the box, asked through `run`."""
     checks = identity_checks(BoxProbe.read(run), expect) + [tmux_check(run)]
     checks += [mount_check(run, target, read_only) for target, read_only in expect.mounts]
-    return checks + gpu_checks(run, expect.gpus)
+    return checks + runtime_checks(run, expect) + gpu_checks(run, expect.gpus)
+
+
+MIN_SHM_KIB = 1 << 20   # 1 GiB: Docker's 64 MiB default is what crashes NCCL's ncclShmOpen
+
+
+def runtime_checks(run: Runner, expect: Expectations) -> list[Check]:
+    """The limits NCCL needs, as the login really has them: locked memory and /dev/shm."""
+    out = run("echo \"memlock=$(ulimit -l)\"; df -Pk /dev/shm | tail -1")[1]
+    memlock = re.search(r"memlock=(\S+)", out)
+    shm = re.search(r"^\S+\s+(\d+)\s", out, re.MULTILINE)
+    got_memlock, got_shm = memlock.group(1) if memlock else "?", int(shm.group(1)) if shm else None
+    want_memlock = expect.memlock or "unlimited"
+    shm_ok = got_shm is not None and (got_shm == expect.shm_kib if expect.shm_kib else got_shm >= MIN_SHM_KIB)
+    want_shm = f"{expect.shm_kib} KiB" if expect.shm_kib else f">= {MIN_SHM_KIB} KiB"
+    return [check("memlock (ulimit -l)", got_memlock == want_memlock, f"{got_memlock} (want {want_memlock})"),
+            check("/dev/shm size", shm_ok, f"{got_shm} KiB (want {want_shm})")]
 
 
 def auth_checks(methods: list[str], password_in: bool, keyboard_in: bool, root_in: bool) -> list[Check]:

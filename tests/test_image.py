@@ -15,7 +15,6 @@ import pytest
 import testbed as tb
 from devbox.box import keys_writer_argv
 from devbox.config import BoxSpec
-from devbox.facts import Facts
 from devbox.image import ImageSpec, build_locally, content_tag
 from devbox.plan import run_args
 
@@ -42,7 +41,8 @@ class RunningBox:
         subprocess.run(["docker", "network", "create", self.spec.network], capture_output=True)
         pub = (self.key.parent / (self.key.name + ".pub")).read_text()
         subprocess.run(["docker", *keys_writer_argv(self.spec, self.image)], input=pub, text=True, check=True)
-        args = run_args(self.spec, Facts(), self.port, self.image, {"devbox.test": "image"})
+        engine = tb.local_facts(self.spec, ["memlock"])   # as `up`'s host check reads it: memlock=-1 fails here
+        args = run_args(self.spec, engine, self.port, self.image, {"devbox.test": "image"})
         args = args[:-1] + ["--mount", f"type=bind,source={self.workspace},target=/workspace", self.image]
         self.id = subprocess.run(["docker", *args], check=True, capture_output=True, text=True).stdout.strip()
         self.host_key = self.wait_host_key()

@@ -39,3 +39,27 @@ def test_a_read_only_mount_that_takes_writes_fails(tmp_path):
 def test_gpu_checks_fail_not_skip_when_gpus_are_asked_and_none_answer():
     checks = gpu_checks(lambda *a, **k: (127, "", "nvidia-smi: not found"), wanted=None)
     assert [c.status for c in checks] == [FAIL] * 5 and "not found" in checks[0].detail
+
+
+def test_runtime_checks_read_this_machine_real_memlock_and_shm():
+    """This machine's own limits, judged against what the box was given (from its inspect)."""
+    from devbox.verify import runtime_checks
+
+    memlock = os.popen("sh -c 'ulimit -l'").read().strip()
+    shm_kib = os.statvfs("/dev/shm").f_blocks * os.statvfs("/dev/shm").f_frsize // 1024
+    given = {c.name: c for c in runtime_checks(LOCAL, Expectations("dev", 1, 1, memlock=memlock, shm_kib=shm_kib))}
+    assert given["memlock (ulimit -l)"].status == OK and given["/dev/shm size"].status == OK
+    other = {c.name: c for c in runtime_checks(LOCAL, Expectations("dev", 1, 1, memlock="1", shm_kib=shm_kib + 4))}
+    assert other["memlock (ulimit -l)"].status == FAIL and other["/dev/shm size"].status == FAIL
+    assert f"{memlock} (want 1)" == other["memlock (ulimit -l)"].detail
+
+
+def test_runtime_expectations_come_from_the_box_inspect():
+    from devbox.commands.verify import expectations
+    from devbox.config import BoxSpec
+
+    box = {"HostConfig": {"Ulimits": [{"Name": "memlock", "Hard": 8388608, "Soft": 8388608}], "ShmSize": 2 << 30}}
+    expect = expectations(BoxSpec("h", gpus="none"), box)
+    assert (expect.memlock, expect.shm_kib) == ("8192", 2 << 20)
+    unlimited = expectations(BoxSpec("h"), {"HostConfig": {"Ulimits": [{"Name": "memlock", "Hard": -1, "Soft": -1}]}})
+    assert unlimited.memlock is None and unlimited.shm_kib is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from devbox.basetag import resolve_on
 from devbox.config import BoxSpec
 from devbox.errors import DevboxError
 from devbox.facts import Facts, gather
@@ -14,7 +15,8 @@ from devbox.result import HostResult, duration
 
 @dataclass
 class BoxStatus(HostResult):
-    HEADER = f"{'HOST':<20} {'STATE':<20} {'PORT':>6} {'UPTIME':>8} {'GPUS':<6} {'KEYS':>4} {'JOBS':>4}  IMAGE / REASON"
+    HEADER = (f"{'HOST':<20} {'STATE':<20} {'PORT':>6} {'UPTIME':>8} {'GPUS':<6} {'GPU MEM':>11} {'KEYS':>4} {'JOBS':>4}  "
+              "IMAGE / REASON")
 
     state: str = "unreachable"     # running, exited, absent, unreachable
     image: str = ""
@@ -25,6 +27,10 @@ class BoxStatus(HostResult):
     jobs: int | None = None
     health: str = ""               # the image's health check: healthy, starting, unhealthy
     reason: str = ""
+    gpu_memory_used_mib: int | None = None    # over the box's GPUs (all the host's for "all")
+    gpu_memory_total_mib: int | None = None
+    base_image: str = ""           # what `up` would build on now, and why (base_image = "auto")
+    base_why: str = ""
 
     def fail(self, exc: DevboxError) -> None:
         super().fail(exc)
@@ -34,7 +40,12 @@ class BoxStatus(HostResult):
         state = self.state + (f" ({self.health})" if self.health else "")
         count = lambda n: "-" if n is None else n  # noqa: E731
         return (f"{self.host:<20} {state:<20} {self.port or '-':>6} {duration(self.uptime_s):>8} {self.gpus or '-':<6} "
-                f"{count(self.keys):>4} {count(self.jobs):>4}  {self.reason or self.image}")
+                f"{self.gpu_memory():>11} {count(self.keys):>4} {count(self.jobs):>4}  {self.reason or self.image}")
+
+    def gpu_memory(self) -> str:
+        if self.gpu_memory_total_mib is None:
+            return "-"
+        return f"{self.gpu_memory_used_mib / 1024:.1f}/{self.gpu_memory_total_mib / 1024:.0f}G"
 
 
 def uptime_seconds(box: dict, now: datetime | None = None) -> int | None:
@@ -64,6 +75,19 @@ def read_status(result: BoxStatus, facts: Facts) -> None:
     result.jobs = facts.job_count if facts.box_running else None
 
 
+def read_gpu_memory(result: BoxStatus, spec: BoxSpec, gpu_facts: Facts | None) -> None:
+    """Used and total memory of the GPUs the box is given (pure)."""
+    if not gpu_facts or not gpu_facts.gpus or not spec.wants_gpus:
+        return
+    wanted = spec.gpus if isinstance(spec.gpus, tuple) else None
+    mine = [g for g in gpu_facts.gpus if wanted is None or g.index in wanted or g.uuid.lower() in {str(w).lower() for w in wanted}]
+    result.gpu_memory_total_mib = sum(g.memory_mib for g in mine)
+    result.gpu_memory_used_mib = sum(gpu_facts.gpu_memory_used.get(g.index, 0) for g in mine)
+
+
 def status_host(spec: BoxSpec, result: BoxStatus) -> None:
     with Host(spec.host) as host:
+        spec, choice, gpu_facts = resolve_on(host, spec, memory=True)
+        result.base_image, result.base_why = choice.tag, choice.why
         read_status(result, gather(host, spec, content_tag(spec.image)))
+        read_gpu_memory(result, spec, gpu_facts)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from devbox import sshconfig
+from devbox.basetag import resolve_on
 from devbox.box import read_host_key
 from devbox.commands.verify import VerifyResult, check_lines, identity_for, verify_box
 from devbox.config import BoxSpec
@@ -32,13 +33,16 @@ class UpResult(VerifyResult):
     warnings: list[str] = field(default_factory=list)
     delivery: str = "none"
     bytes_sent: int = 0
+    base_image: str = ""                                # the base the box is (to be) built on
+    base_why: str = ""                                  # why that one (base_image = "auto")
 
     def text(self) -> str:
         head = f"{self.host}: "
         if self.error:
             return head + "FAILED: " + self.error.removeprefix(head)
         if self.dry_run:
-            lines = [head + "would run:"] + [f"  - {s}" for s in self.steps]
+            base = [f"  base image {self.base_image}: {self.base_why}"] if self.base_image else []
+            lines = [head + "would run:", *base] + [f"  - {s}" for s in self.steps]
             lines += [f"      $ {c}" for c in self.commands]
             return "\n".join(lines if self.steps else lines + [f"  (nothing to do: {n})" for n in self.notes or ["-"]])
         done = "changed" if self.changed else "already up to date, nothing changed" + ("" if self.checks else "; `devbox verify` re-checks it")
@@ -75,12 +79,15 @@ def _up(host: Host, lock: HostLock, spec: BoxSpec, result: UpResult, keys: KeySe
         verify: bool | None, progress: Progress, restart: bool) -> None:
     identity = identity_for(host, spec, keys)  # refused here, before the host is touched
     result.warnings = mount_warnings(spec)
+    spec, choice, _ = resolve_on(host, spec)
+    result.base_image, result.base_why = choice.tag, choice.why
     image_tag = content_tag(spec.image)
     facts, plan = plan_host(host, spec, keys, image_tag, force, restart)
     if plan.steps and not dry_run and lock.acquire(progress):
         facts, plan = plan_host(host, spec, keys, image_tag, force, restart)   # the other `up` changed the host
     result.port = plan.port
     result.steps = [s.description for s in plan.steps]
+    result.warnings += plan.warnings
     if dry_run:
         result.commands = [c for step in plan.steps for c in step.commands()]
         result.notes = plan.notes

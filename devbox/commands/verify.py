@@ -6,7 +6,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from devbox import sshconfig
-from devbox.box import running_box
+from devbox.box import inspect_box, running_box
 from devbox.config import BoxSpec
 from devbox.errors import DevboxError
 from devbox.keyset import Identity, KeySet, choose_identity
@@ -46,9 +46,14 @@ def identity_for(host: Host, spec: BoxSpec, keys: KeySet) -> Identity:
     return choose_identity(keys, spec.identity, tuple(files), spec.host)
 
 
-def expectations(spec: BoxSpec) -> Expectations:
+def expectations(spec: BoxSpec, box: dict | None = None) -> Expectations:
+    """From the spec, and the runtime limits from what the box was created with (its inspect)."""
     mounts = tuple((v.target, v.read_only) for v in spec.volumes)
-    return Expectations(spec.user, spec.uid, spec.gid, mounts, spec.gpu_count_wanted)
+    host_config = (box or {}).get("HostConfig") or {}
+    memlock = next((u.get("Hard") for u in host_config.get("Ulimits") or [] if u.get("Name") == "memlock"), None)
+    shm = host_config.get("ShmSize")
+    return Expectations(spec.user, spec.uid, spec.gid, mounts, spec.gpu_count_wanted,
+                        None if memlock in (None, -1) else str(memlock // 1024), shm // 1024 if shm else None)
 
 
 def verify_host(spec: BoxSpec, result: VerifyResult, keys: KeySet) -> None:
@@ -56,11 +61,12 @@ def verify_host(spec: BoxSpec, result: VerifyResult, keys: KeySet) -> None:
     with Host(spec.host) as host:
         box = running_box(host, spec, "verify")
         result.port = int(box["Config"]["Labels"]["devbox.port"])
-        result.checks = verify_box(host, spec, result.port, identity_for(host, spec, keys), keys.fingerprints)
+        result.checks = verify_box(host, spec, result.port, identity_for(host, spec, keys), keys.fingerprints, box)
     result.exit_code = worst(result.checks)
 
 
-def verify_box(host: Host, spec: BoxSpec, port: int, identity: Identity, trusted: tuple[str, ...]) -> list[Check]:
+def verify_box(host: Host, spec: BoxSpec, port: int, identity: Identity, trusted: tuple[str, ...],
+               box: dict | None = None) -> list[Check]:
     """All checks through the host tunnel with the entry's key and the pinned host key.
 
     The OpenSSH-client check is a separate process: it runs alongside the others.
@@ -74,7 +80,7 @@ def verify_box(host: Host, spec: BoxSpec, port: int, identity: Identity, trusted
     session = BoxSession(lambda: host.open_tunnel(port), pinned, spec.user, keys, alias, trusted)
     try:
         session.login()
-        checks = run_checks(session, expectations(spec))
+        checks = run_checks(session, expectations(spec, box or inspect_box(host, spec)))
     finally:
         session.close()
         result = finish_openssh_check(alias, openssh)

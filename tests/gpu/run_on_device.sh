@@ -142,11 +142,19 @@ else
     "${SSHD_ENV[@]}" "$PY" "$REPO/tests/gpu/launch_as.py" "$LOGIN" "$SSHD" -D -e -f "$CONF" -h "$HOSTKEY" >"$OUT/sshd.log" 2>&1 &
 fi
 SSHD_PID=$!
+# A second sshd stands in for the GPU host itself (`devbox top` logs in to hosts, which share
+# the machine's process table): the same config on the next port, no PID namespace.
+HOST_PORT=$((PORT + 1))
+sed "s/^Port .*/Port $HOST_PORT/" "$CONF" >"$PRIV/sshd_host_config"
+chmod 644 "$PRIV/sshd_host_config"
+"${SSHD_ENV[@]}" "$PY" "$REPO/tests/gpu/launch_as.py" "$LOGIN" "$SSHD" -D -e -f "$PRIV/sshd_host_config" -h "$HOSTKEY" \
+    >"$PRIV/sshd-host.log" 2>&1 &
+HOST_SSHD_PID=$!
 # Stop sshd at the end. In the PID namespace it is unshare's child and PID 1 there (killing
 # it ends the namespace); --kill-child does not reach it, since a uid change clears that.
 stop_sshd() {
     local child
-    for child in $(cat /proc/"$SSHD_PID"/task/*/children 2>/dev/null) "$SSHD_PID"; do kill -KILL "$child" 2>/dev/null || true; done
+    for child in $(cat /proc/"$SSHD_PID"/task/*/children 2>/dev/null) "$SSHD_PID" "$HOST_SSHD_PID"; do kill -KILL "$child" 2>/dev/null || true; done
 }
 trap stop_sshd EXIT
 for _ in $(seq 50); do
@@ -158,7 +166,7 @@ ps -o user,pid,ppid,args -u "$LOGIN" || true
 step "pytest tests/gpu"
 export DEVBOX_GPU_SSH_PORT="$PORT" DEVBOX_GPU_SSH_KEY="$CLIENTKEY" DEVBOX_GPU_HOST_KEY="$HOSTPUB" \
     DEVBOX_GPU_USER="$LOGIN" DEVBOX_GPU_REPORT="$OUT/gpu-report.json" DEVBOX_GPU_ARTIFACTS="$ART" \
-    DEVBOX_GPU_PIDNS="$PIDNS"
+    DEVBOX_GPU_PIDNS="$PIDNS" DEVBOX_GPU_HOST_PORT="$HOST_PORT"
 set +e
 # --confcutdir: the suite's tests/conftest.py (test bed, Docker) is not needed here.
 "$PY" -m pytest tests/gpu -v -rA --confcutdir=tests/gpu
