@@ -13,6 +13,7 @@ import paramiko
 import pytest
 
 import testbed as tb
+from conftest import SUFFIX
 from devbox.box import keys_writer_argv
 from devbox.config import BoxSpec
 from devbox.image import ImageSpec, build_locally, content_tag
@@ -44,7 +45,12 @@ class RunningBox:
         engine = tb.local_facts(self.spec, ["memlock"])   # as `up`'s host check reads it: memlock=-1 fails here
         args = run_args(self.spec, engine, self.port, self.image, {"devbox.test": "image"})
         args = args[:-1] + ["--mount", f"type=bind,source={self.workspace},target=/workspace", self.image]
-        self.id = subprocess.run(["docker", *args], check=True, capture_output=True, text=True).stdout.strip()
+        done = subprocess.run(["docker", *args], capture_output=True, text=True)
+        if done.returncode != 0:   # created but not started: remove it (and the rest) before failing
+            subprocess.run(["docker", "rm", "-f", self.spec.box_name], capture_output=True)
+            self.volume_remove()
+            raise AssertionError(f"docker run failed: {done.stderr.strip()}")
+        self.id = done.stdout.strip()
         self.host_key = self.wait_host_key()
         return self
 
@@ -100,7 +106,7 @@ class RunningBox:
 
 @pytest.fixture
 def box(box_image, tmp_path):
-    running = RunningBox(box_image.tag, f"imgtest-{tmp_path.name[-12:]}", tmp_path).start()
+    running = RunningBox(box_image.tag, f"imgtest-{tmp_path.name[-12:]}{SUFFIX}", tmp_path).start()
     yield running
     running.remove()
     running.volume_remove()
@@ -202,7 +208,7 @@ def test_detached_tmux_session_outlives_the_ssh_session(box, tmp_path):
 
 def test_workspace_is_writable_and_files_belong_to_the_configured_uid(box_image, tmp_path):
     custom = build_locally(ImageSpec(tb.BASE_IMAGE, uid=1234, gid=2345))
-    running = RunningBox(custom.tag, f"imguid-{tmp_path.name[-12:]}", tmp_path, uid=1234, gid=2345).start()
+    running = RunningBox(custom.tag, f"imguid-{tmp_path.name[-12:]}{SUFFIX}", tmp_path, uid=1234, gid=2345).start()
     try:
         done = running.openssh(tmp_path, "touch /workspace/made-in-box && id -u && id -g")
         assert done.stdout.split() == ["1234", "2345"], done.stderr
