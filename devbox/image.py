@@ -35,6 +35,8 @@ class ImageSpec:
     uid: int = 1000
     gid: int = 1000
     refresh: str = ""
+    apt: tuple[str, ...] = ()   # the team's extras (config.py validates: names and pins only)
+    pip: tuple[str, ...] = ()
 
     def build_args(self) -> dict[str, str]:
         args = {
@@ -45,7 +47,23 @@ class ImageSpec:
         }
         if self.refresh:  # absent when unset: existing tags stay as they were
             args["DEVBOX_REFRESH"] = self.refresh
+        # Space-separated words, split by the Dockerfile with globbing off; in the tag
+        # through build_args, so the same lists give the same tag and a new list a new one.
+        if self.apt:
+            args["DEVBOX_APT"] = " ".join(self.apt)
+        if self.pip:
+            args["DEVBOX_PIP"] = " ".join(self.pip)
         return args
+
+    def build_command(self) -> str:
+        """The `devbox build` line that makes this exact tag (for remedies)."""
+        import shlex
+
+        words = ["devbox", "build", "--base", self.base, "--user", self.user, "--uid", str(self.uid), "--gid", str(self.gid)]
+        words += ["--refresh", self.refresh] if self.refresh else []
+        words += [w for package in self.apt for w in ("--apt", package)]
+        words += [w for package in self.pip for w in ("--pip", package)]
+        return shlex.join(words)
 
 
 def context_files(context: Path = CONTEXT_DIR) -> list[Path]:

@@ -284,7 +284,7 @@ def delivery_step(spec: BoxSpec, facts: Facts, image_tag: str, local_image: bool
     if stream:
         if not local_image:
             raise DevboxError(f"delivery = stream but {image_tag} is not on this machine",
-                              f"build it first: devbox build --base {spec.base_image} --uid {spec.uid} --gid {spec.gid}", exit_code=2)
+                              f"build it first: {spec.image.build_command()}", exit_code=2)
         return StreamImage("stream_image", f"send image {image_tag}: only the layers the host lacks, over SSH", spec, image_tag)
     how = "on the host from the build context" + ("" if facts.base_present else f" (the host pulls {spec.base_image})")
     return BuildImage("build_image", f"build image {image_tag} {how}", spec, image_tag)
