@@ -225,7 +225,9 @@ def run_args(spec: BoxSpec, facts: Facts, port: int, image_tag: str, labels: dic
         "--restart", "unless-stopped", "--init", "--pull", "never",
         "--user", f"{spec.uid}:{spec.gid}",
         "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-        "--read-only", "--tmpfs", "/tmp:rw,nosuid,nodev,mode=1777",
+        # exec: Docker's tmpfs is noexec by default, and VS Code's server, triton/torch.compile
+        # kernels and pip builds run code from /tmp (home is exec-able anyway: no loss).
+        "--read-only", "--tmpfs", "/tmp:rw,exec,nosuid,nodev,mode=1777",
         "--pids-limit", "8192",
         "--network", spec.network,
         "--publish", f"{address}:{port}:{BOX_SSH_PORT}",
