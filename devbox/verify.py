@@ -217,8 +217,23 @@ def auth_checks(methods: list[str], password_in: bool, keyboard_in: bool, root_i
             refused("root login refused", root_in)]
 
 
+class ShellProbe:
+    """Facts read in the box with one command (COMMAND) and parsed once (parse)."""
+
+    COMMAND = ""
+
+    @classmethod
+    def read(cls, run: Runner):
+        return cls.parse(run(cls.COMMAND)[1])
+
+    @classmethod
+    def of(cls, found: dict[str, str]):
+        """The probe from what the command printed; names it does not know are left out."""
+        return cls(**{k: v for k, v in found.items() if k in cls.__dataclass_fields__})
+
+
 @dataclass(frozen=True)
-class BoxProbe:
+class BoxProbe(ShellProbe):
     """Who the login is and what it may do, read in one command and parsed once."""
 
     COMMAND = (
@@ -240,10 +255,6 @@ class BoxProbe:
     sudo: str = "?"
 
     @classmethod
-    def read(cls, run: Runner) -> "BoxProbe":
-        return cls.parse(run(cls.COMMAND)[1])
-
-    @classmethod
     def parse(cls, text: str) -> "BoxProbe":
         """`key=value` words and `Key:<tab>value` /proc lines."""
         found: dict[str, str] = {}
@@ -252,7 +263,7 @@ class BoxProbe:
             pairs = [match.groups()] if match else [w.split("=", 1) for w in line.split() if "=" in w]
             found.update({k: v for k, v in pairs})
         names = {"CapEff": "cap_eff", "NoNewPrivs": "no_new_privs"}
-        return cls(**{names.get(k, k): v for k, v in found.items() if names.get(k, k) in cls.__dataclass_fields__})
+        return cls.of({names.get(k, k): v for k, v in found.items()})
 
     @property
     def has_capabilities(self) -> bool:
@@ -348,7 +359,7 @@ MIN_GLIBC, MIN_GLIBCXX = (2, 28), (3, 4, 25)
 
 
 @dataclass(frozen=True)
-class VSCodeProbe:
+class VSCodeProbe(ShellProbe):
     """The box's side of VS Code's requirements, read in one command."""
 
     COMMAND = (
@@ -373,13 +384,9 @@ class VSCodeProbe:
     tmp: str = "?"
 
     @classmethod
-    def read(cls, run: Runner) -> "VSCodeProbe":
-        return cls.parse(run(cls.COMMAND)[1])
-
-    @classmethod
     def parse(cls, text: str) -> "VSCodeProbe":
-        found = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-        return cls(**{k: v.strip() for k, v in found.items() if k in cls.__dataclass_fields__})
+        """`key=value` lines (a value may hold spaces: an error message)."""
+        return cls.of({k: v.strip() for k, v in (line.split("=", 1) for line in text.splitlines() if "=" in line)})
 
 
 def version(text: str) -> tuple[int, ...]:

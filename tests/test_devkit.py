@@ -275,11 +275,18 @@ def test_a_new_apt_list_rebuilds_on_the_host_and_recreates_the_box_keeping_data_
     assert done.returncode == 0, done.stderr
     wait_until(lambda: "exited 0" == jobs_of(laptop, host).get("hello", {}).get("state"), 15, "the job to end")
     set_config(laptop, tb.BASE_IMAGE, 'apt = ["jq"]\n')
-    report = up(laptop, host)
-    assert any(s.startswith("build image") for s in report["steps"]) and any("re-create" in s for s in report["steps"]), report["steps"]
+    reports, _ = laptop.devbox.json("up", host, expect=None)
     after = subprocess.run(["docker", "inspect", "-f", "{{.Id}} {{.Config.Image}}", box], capture_output=True, text=True).stdout.split()
-    assert after[0] != before[0] and after[1] != before[1]
-    assert laptop.ssh(box, "jq --version").returncode == 0
-    assert (laptop.home / ".ssh" / "devbox" / "known_hosts").read_text() == pinned
-    assert laptop.ssh(box, "cat /workspace/keep.txt").stdout.strip() == "precious"
-    assert "hello from the old box" in laptop.devbox("logs", host, "hello").stdout
+    try:
+        report = reports[0]
+        assert report["error"] == "" and report["delivery"] == "build-on-host", report
+        assert any("re-create" in s for s in report["steps"]), report["steps"]
+        assert after[0] != before[0] and after[1] != before[1]
+        assert laptop.ssh(box, "jq --version").returncode == 0
+        assert (laptop.home / ".ssh" / "devbox" / "known_hosts").read_text() == pinned
+        assert laptop.ssh(box, "cat /workspace/keep.txt").stdout.strip() == "precious"
+        assert "hello from the old box" in laptop.devbox("logs", host, "hello").stdout
+    finally:  # the next run must build it again
+        laptop.devbox("down", host)
+        if len(after) == 2 and after[1] != before[1]:
+            subprocess.run(["docker", "rmi", after[1]], capture_output=True)
