@@ -38,7 +38,7 @@ class Forward:
         return asdict(self)
 
 
-def _port(text: str, what: str) -> int:
+def port_number(text: str, what: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise ConfigError(f"{what} {text!r} is not a port number", "give ports as numbers 1..65535, e.g. 6006 or 6006:16006")
     return int(text)
@@ -47,7 +47,7 @@ def _port(text: str, what: str) -> int:
 def parse_forward(text: str) -> Forward:
     """PORT (the same port here) or PORT:LOCAL."""
     box, _, local = text.partition(":")
-    return Forward(_port(box, "box port"), _port(local or box, "local port"))
+    return Forward(port_number(box, "box port"), port_number(local or box, "local port"))
 
 
 def listening(port: int) -> bool:

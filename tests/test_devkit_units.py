@@ -102,3 +102,17 @@ def test_each_unmet_vscode_requirement_fails_with_its_remedy(change, forward, sf
     text = "\n".join(line for line in GOOD.splitlines() if not key or not line.startswith(key + "=")) + "\n" + change
     check = vscode_check(VSCodeProbe.parse(text), forward, sftp)
     assert check.status == FAIL and needle in check.detail and " | " not in check.detail, check.detail
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["jupyter", "gpu-host-3", "--port", "-5"], "--port '-5' is not a port number"),
+    (["jupyter", "gpu-host-3", "--port", "70000"], "not a port number"),
+    (["jupyter", "gpu-host-3"], "run `devbox up gpu-host-3` first"),
+    (["forward", "gpu-host-3", "6006"], "run `devbox up gpu-host-3` first"),
+    (["forward", "gpu-host-3", "6006", "7007:6006"], "the same local port is given twice"),
+    (["forward", "bad;host", "6006"], "not a valid host name"),
+])
+def test_jupyter_and_forward_refuse_bad_input_before_connecting(tmp_path, args, needle):
+    done = devbox(*args, cwd=tmp_path, home=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith("devbox: error: ") and done.stderr.count("\n") == 1 and needle in done.stderr

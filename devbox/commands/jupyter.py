@@ -19,7 +19,7 @@ from devbox.config import BoxSpec
 from devbox.errors import ConfigError, DevboxError
 from devbox.jobs import Job, list_jobs, start_job, stop_job
 from devbox.remote import Host
-from devbox.tunnel import Forward, free_port, require_free, run_until_interrupted
+from devbox.tunnel import Forward, free_port, port_number, require_free, run_until_interrupted
 
 JOB = "jupyter"
 BOX_PORT = 8888
@@ -98,7 +98,7 @@ def answers(url: str) -> bool:
 def open_jupyter(spec: BoxSpec, local_port: int | None, announce: Callable[[JupyterSession], None],
                  say: Callable[[str], None]) -> None:
     """Server up, tunnel open, URL announced once it answers; then hold the tunnel until Ctrl-C."""
-    port = require_free(local_port) if local_port else free_port()
+    port = require_free(port_number(str(local_port), "--port")) if local_port is not None else free_port()
     require_entry(spec.host)
     with Host(spec.host) as host:
         token = start_server(host, spec)
