@@ -116,7 +116,12 @@ class Tunnel:
     def open(self, timeout: float = 60) -> None:
         """Start and wait until `ready`; a first connection that fails is an error."""
         self._start()
-        if not self._wait_ready(timeout):
+        try:
+            ready = self._wait_ready(timeout)
+        except BaseException:  # Ctrl-C while waiting: no ssh left behind in its own session
+            self.close()
+            raise
+        if not ready:
             code = self.process.poll()
             self.close()
             why = self.errors[-1] if self.errors else (f"ssh exited {code}" if code is not None else f"not ready within {timeout:.0f} s")
