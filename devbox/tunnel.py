@@ -131,7 +131,10 @@ class Tunnel:
         """Until close() (or Ctrl-C): when ssh ends, say so and start it again, waiting longer each time."""
         failures = 0
         while not self.closed:
-            code = self.process.wait()
+            # Polled, not one blocking wait(): the kernel may hand Ctrl-C's SIGINT to the relay
+            # thread, and Python runs the handler only when the main thread next runs bytecode.
+            while (code := self.process.poll()) is None:
+                time.sleep(0.2)
             if self.closed:
                 return
             wait = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
