@@ -96,7 +96,7 @@ class Tunnel:
         # Its own session: a terminal's Ctrl-C reaches devbox alone, which then closes the tunnel.
         self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True)
-        threading.Thread(target=self._relay, args=(self.process,), daemon=True).start()
+        threading.Thread(target=self._relay, args=(self.process,), name="tunnel-relay", daemon=True).start()
 
     def _relay(self, process: subprocess.Popen) -> None:
         """ssh's own messages (a refused channel, a dropped link) reach the user's stderr."""

@@ -116,3 +116,24 @@ def test_jupyter_and_forward_refuse_bad_input_before_connecting(tmp_path, args, 
     done = devbox(*args, cwd=tmp_path, home=tmp_path)
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.startswith("devbox: error: ") and done.stderr.count("\n") == 1 and needle in done.stderr
+
+
+CTRL_C_IN_THE_RELAY_THREAD = """
+import signal, sys, threading, time
+from devbox.tunnel import Tunnel, run_until_interrupted
+ssh = [sys.executable, "-c", "import sys, time; print('ssh: up', file=sys.stderr, flush=True); time.sleep(60)"]
+tunnel = Tunnel(ssh, lambda: True)
+tunnel.open()
+def ctrl_c():
+    time.sleep(1)
+    relay = next(t for t in threading.enumerate() if t.name == "tunnel-relay")
+    signal.pthread_kill(relay.ident, signal.SIGINT)  # the kernel may pick any thread
+threading.Thread(target=ctrl_c, daemon=True).start()
+run_until_interrupted(tunnel)
+print("closed", tunnel.process.poll() is not None)
+"""
+
+
+def test_ctrl_c_that_lands_in_the_relay_thread_still_closes_the_tunnel():
+    done = subprocess.run([sys.executable, "-c", CTRL_C_IN_THE_RELAY_THREAD], capture_output=True, text=True, timeout=30)
+    assert done.stdout.strip() == "closed True", done.stderr
