@@ -27,6 +27,9 @@ CONFIG = typer.Option(None, "--config", help="devbox.toml to use (default: ./dev
 PLAYBOOK = typer.Option(None, "--playbook", "-p", help="A box profile from playbooks/ (default, cpu) or a .toml path; overrides the config.")
 KEYS_DIR = typer.Option(None, "--keys", help="Team keys folder (default: ./keys, then ~/.config/devbox/keys).")
 ALL_HOSTS = typer.Option(False, "--all", help="Every host with a devbox entry or a [hosts.NAME] table.")
+PARALLEL = typer.Option(16, "--parallel", "-P", min=1, max=256,
+                        help="Hosts worked on at once (one SSH connection each); a host that does not answer "
+                             "waits out its ConnectTimeout (default 10 s) in its own slot.")
 
 
 def show(items, as_json: bool, note: str = "", one: bool = False, exit_code: int | None = None) -> None:
@@ -51,10 +54,10 @@ def specs(hosts, config, playbook, every_host: bool = False):
     return load_specs(list(hosts or []), config, playbook, every_host)
 
 
-def per_host(items, result_type, work):
+def per_host(items, result_type, work, parallel: int = 16):
     from devbox.result import for_each_host
 
-    return for_each_host(items, result_type.start, work)
+    return for_each_host(items, result_type.start, work, max_workers=parallel)
 
 
 # ---------------------------------------------------------------- image
@@ -95,6 +98,7 @@ def up(
     repin: bool = typer.Option(False, "--repin", help="Accept a new box host key (only after re-making the box on purpose)."),
     verify: Optional[bool] = typer.Option(None, "--verify/--no-verify",
                                           help="Verify over SSH (default: only when up changed something; `devbox verify` re-checks any time)."),
+    parallel: int = PARALLEL,
     as_json: bool = JSON,
 ):
     """Provision the box on each host. Checks the host, delivers the image, starts the box, pins its key, writes `ssh devbox-HOST`, verifies."""
@@ -107,7 +111,7 @@ def up(
         typer.echo(f"note: {keys.notice}", err=True)
     progress = progress_printer(as_json)
     show(per_host(boxes, UpResult, lambda spec, result: up_host(spec, result, keys, dry_run=dry_run, force=force, repin=repin,
-                                                               verify=verify, progress=progress)), as_json)
+                                                               verify=verify, progress=progress), parallel), as_json)
 
 
 @app.command()
@@ -116,6 +120,7 @@ def verify(
     playbook: Optional[str] = PLAYBOOK,
     config: Optional[Path] = CONFIG,
     keys_dir: Optional[Path] = KEYS_DIR,
+    parallel: int = PARALLEL,
     as_json: bool = JSON,
 ):
     """Check the box over the path you will use. Same entry, same key; each check reported; exit 1 on any failure."""
@@ -124,7 +129,7 @@ def verify(
 
     boxes = specs(hosts, config, playbook)
     keys = desired_keys(keys_dir)
-    show(per_host(boxes, VerifyResult, lambda spec, result: verify_host(spec, result, keys)), as_json)
+    show(per_host(boxes, VerifyResult, lambda spec, result: verify_host(spec, result, keys), parallel), as_json)
 
 
 @app.command()
@@ -133,12 +138,13 @@ def status(
     all_hosts: bool = ALL_HOSTS,
     playbook: Optional[str] = PLAYBOOK,
     config: Optional[Path] = CONFIG,
+    parallel: int = PARALLEL,
     as_json: bool = JSON,
 ):
     """Show each box: state, health, image, uptime, port, GPUs, keys, jobs. Read from the host's labels, not a local database."""
     from devbox.commands.status import BoxStatus, status_host
 
-    show(per_host(specs(hosts, config, playbook, all_hosts), BoxStatus, status_host), as_json)
+    show(per_host(specs(hosts, config, playbook, all_hosts), BoxStatus, status_host, parallel), as_json)
 
 
 @app.command()
@@ -243,6 +249,7 @@ def keys_sync(
     keys_dir: Optional[Path] = KEYS_DIR,
     playbook: Optional[str] = PLAYBOOK,
     config: Optional[Path] = CONFIG,
+    parallel: int = PARALLEL,
     as_json: bool = JSON,
 ):
     """Push keys/ to running boxes. authorized_keys is rewritten atomically, live, without a restart."""
@@ -251,7 +258,7 @@ def keys_sync(
 
     boxes = specs(hosts, config, playbook, all_hosts)
     keys = desired_keys(keys_dir)
-    show(per_host(boxes, SyncResult, lambda spec, result: sync_host(spec, result, keys, restart)), as_json)
+    show(per_host(boxes, SyncResult, lambda spec, result: sync_host(spec, result, keys, restart), parallel), as_json)
 
 
 # ---------------------------------------------------------------- jobs

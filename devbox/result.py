@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Iterable, TypeVar
 
@@ -58,11 +57,12 @@ class HostResult:
 R = TypeVar("R", bound=HostResult)
 
 
-def for_each_host(items: list, start: Callable[[object], R], work: Callable[[object, R], None], max_workers: int = 32) -> list[R]:
-    """Run work(item, result) for every item in parallel, results in the given order.
+def for_each_host(items: list, start: Callable[[object], R], work: Callable[[object, R], None], max_workers: int = 16) -> list[R]:
+    """Run work(item, result) for every item, `max_workers` at a time, results in the given order.
 
     Like a Fabric ThreadingGroup over a whole workflow: a failing host becomes its own
-    result (the one `except DevboxError` of the per-host commands) and never stops the rest.
+    result (the one `except DevboxError` of the per-host commands) and never stops the rest;
+    a host that does not answer holds one worker for its connect timeout, not the others.
     """
     def one(item) -> R:
         result = start(item)
@@ -75,8 +75,10 @@ def for_each_host(items: list, start: Callable[[object], R], work: Callable[[obj
             result.seconds = round(time.monotonic() - began, 3)
         return result
 
-    if len(items) == 1:
-        return [one(items[0])]
+    if len(items) == 1 or max_workers == 1:
+        return [one(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor  # here: one host (the common case) needs no pool
+
     with ThreadPoolExecutor(max_workers=min(max_workers, len(items) or 1)) as pool:
         return list(pool.map(one, items))
 

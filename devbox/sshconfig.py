@@ -83,10 +83,17 @@ def expand_includes(path: Path, depth: int = 0) -> str:
 
 
 def load_user_config(path: Path | None = None):
-    """A paramiko SSHConfig of the user's config with Includes followed."""
+    """A paramiko SSHConfig of the user's config with Includes followed (read every time,
+    parsed once per distinct text: a fleet of 100 hosts shares one parse)."""
+    return _parse_config(expand_includes(path or user_config_path()))
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_config(text: str):
+    """Parsed once per text; lookups only read it, so threads share it safely."""
     from paramiko import SSHConfig
 
-    config = SSHConfig.from_text(expand_includes(path or user_config_path()))
+    config = SSHConfig.from_text(text)
     # Left raw for expand_tokens: paramiko replaces `~` anywhere in a ProxyCommand and
     # knows neither %n nor %%.
     config.TOKENS_BY_CONFIG_KEY = {**SSHConfig.TOKENS_BY_CONFIG_KEY, "proxycommand": [], "proxyjump": []}

@@ -256,8 +256,10 @@ class SecondEngine:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start_second_engine(root: Path, seed_images: list[str]) -> SecondEngine:
-    """Start it, then copy `seed_images` (e.g. the base) into it, as a host that has them."""
+def start_second_engine(root: Path, seed_images: list[str], address_pool: str = "") -> SecondEngine:
+    """Start it, then copy `seed_images` (e.g. the base) into it, as a host that has them.
+    `address_pool` (e.g. "10.150.0.0/16"): room for more than Docker's default ~30 user
+    networks, one per box, for a fleet of boxes on one engine."""
     root.chmod(0o755)  # the host user reaches the socket through it
     tag = f"{os.getpid() % 100000}"
     engine = SecondEngine(root, root / "docker.sock", f"dbx{tag}")
@@ -268,7 +270,8 @@ def start_second_engine(root: Path, seed_images: list[str]) -> SecondEngine:
     log = open(root / "dockerd.log", "w")
     engine.process = subprocess.Popen(
         ["dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"), "--pidfile", str(root / "docker.pid"),
-         "-H", engine.docker_host, "--bridge", engine.bridge, "--iptables=false", "--ip6tables=false", "--group", "docker"],
+         "-H", engine.docker_host, "--bridge", engine.bridge, "--iptables=false", "--ip6tables=false", "--group", "docker",
+         *(["--default-address-pool", f"base={address_pool},size=24"] if address_pool else [])],
         stdout=log, stderr=subprocess.STDOUT)
     for _ in range(120):
         if engine.docker("info").returncode == 0:
@@ -486,10 +489,12 @@ class SeparateBed:
         shutil.rmtree(self.workdir, ignore_errors=True)
         (BEDS_DIR / f"{self.tag}.json").unlink(missing_ok=True)
 
-    def record(self) -> None:
-        """Note what this bed makes, so a later run can undo it if this one dies uncleaned."""
+    def record(self, roles=("bastion", "inner"), links=("l", "i"), routes=(".4/30",)) -> None:
+        """Note what this bed will make (namespaces, veths, routes as suffixes of the prefix),
+        before making it, so a later run can undo it if this one dies uncleaned."""
         BEDS_DIR.mkdir(mode=0o700, exist_ok=True)
-        info = {"pid": os.getpid(), "workdir": str(self.workdir), "prefix": self.prefix}
+        info = {"pid": os.getpid(), "workdir": str(self.workdir), "prefix": self.prefix, "roles": roles, "links": links,
+                "routes": routes}
         (BEDS_DIR / f"{self.tag}.json").write_text(json.dumps(info))
 
     @staticmethod
@@ -526,6 +531,25 @@ def start_separate_bed(workdir: Path, authorized: Path, tag: str, seed_images: l
     return bed
 
 
+def start_dead_host(workdir: Path, tag: str) -> tuple[SeparateBed, str]:
+    """An address that drops every packet (a host that is down, or a firewall that says
+    nothing): a namespace of its own behind a veth, whose iptables DROPs all input.
+    Returns the bed (stop() undoes it) and the address; connecting waits for the timeout."""
+    workdir.mkdir(mode=0o755, parents=True)
+    sweep_dead_beds()
+    bed = SeparateBed(workdir, tag)
+    try:
+        prefix = bed.prefix = _free_subnet()
+        bed.record(roles=("dead",), links=("d",), routes=())
+        dead = bed.add_netns("dead")
+        bed.add_link(None, f"{prefix}.1", dead, f"{prefix}.2", "d")
+        subprocess.run(in_netns(dead, ["iptables", "-A", "INPUT", "-j", "DROP"]), check=True, capture_output=True)
+    except BaseException:
+        bed.stop()
+        raise
+    return bed, f"{prefix}.2"
+
+
 def sweep_dead_beds() -> list[str]:
     """Undo the beds of runs that died before their cleanup (SIGKILL, a lost session): each
     left a record naming what it made. Beds of runs still alive are never touched."""
@@ -535,11 +559,12 @@ def sweep_dead_beds() -> list[str]:
         if _alive(info["pid"]):
             continue
         bed = SeparateBed(Path(info["workdir"]), path.stem, info["prefix"])
-        bed.netns = [bed.netns_name(role) for role in ("bastion", "inner")]
-        bed.links = [bed.link_name(which) for which in ("l", "i")]
-        bed.routes = [f"{bed.prefix}.4/30"] if bed.prefix else []
+        bed.netns = [bed.netns_name(role) for role in info.get("roles", ("bastion", "inner"))]
+        bed.links = [bed.link_name(which) for which in info.get("links", ("l", "i"))]
+        bed.routes = [f"{bed.prefix}{route}" for route in info.get("routes", (".4/30",))] if bed.prefix else []
         root = bed.workdir / "engine"
-        bed.engine = NetnsEngine(root, root / "docker.sock", "", netns=bed.netns_name("inner"))
+        if root.exists():
+            bed.engine = NetnsEngine(root, root / "docker.sock", "", netns=bed.netns_name("inner"))
         bed.stop()
         swept.append(path.stem)
     return swept
