@@ -159,11 +159,13 @@ def test_jupyter_answers_through_the_tunnel_only_with_its_token_and_outlives_the
     started = jobs_of(laptop, host)["jupyter"]["started"]
     report = up(laptop, host)
     assert report["changed"] is False and report["steps"] == []
-    again = Background(laptop, "jupyter", host, "--json")
+    again = Background(laptop, "jupyter", host)   # the text a person reads
     try:
-        second = json.loads(again.line())
-        assert second["url"].endswith(f"token={token}"), "the same server, the same token"
-        assert http_status(second["url"].replace("/lab?", "/api/status?")) == 200
+        said = again.line()
+        url = re.match(rf"^JupyterLab on {re.escape(host)}: (http://127\.0\.0\.1:\d+/lab\?token=\w+)$", said.strip()).group(1)
+        assert url.endswith(f"token={token}"), "the same server, the same token"
+        assert "Ctrl-C closes the tunnel" in again.line()
+        assert http_status(url.replace("/lab?", "/api/status?")) == 200
         warm_200 = time.monotonic() - again.started
         assert jobs_of(laptop, host)["jupyter"]["started"] == started, "the server was not restarted"
         assert again.interrupt() == 0

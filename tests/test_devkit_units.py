@@ -137,3 +137,16 @@ print("closed", tunnel.process.poll() is not None)
 def test_ctrl_c_that_lands_in_the_relay_thread_still_closes_the_tunnel():
     done = subprocess.run([sys.executable, "-c", CTRL_C_IN_THE_RELAY_THREAD], capture_output=True, text=True, timeout=30)
     assert done.stdout.strip() == "closed True", done.stderr
+
+
+def test_stream_delivery_without_the_image_names_the_build_line_that_makes_its_tag():
+    from devbox.config import BoxSpec
+    from devbox.errors import DevboxError
+    from devbox.facts import Facts
+    from devbox.plan import delivery_step
+
+    spec = BoxSpec("h", delivery="stream", apt=("jq",), pip=("numpy<2",))
+    with pytest.raises(DevboxError) as err:
+        delivery_step(spec, Facts(), content_tag(spec.image), local_image=False)
+    assert err.value.exit_code == 2 and spec.image.build_command() in err.value.remedy
+    assert "--apt jq --pip 'numpy<2'" in err.value.remedy

@@ -19,8 +19,8 @@ from devbox.remote import Host
 from devbox.result import HostResult
 from devbox.plan import BOX_SSH_PORT
 from devbox.tunnel import free_port, listening
-from devbox.verify import (FAIL, OK, SKIPPED, BoxSession, Check, Expectations, VSCodeProbe, load_identity, run_checks,
-                           vscode_check, worst)
+from devbox.verify import (FAIL, OK, SKIPPED, VSCODE, BoxSession, Check, Expectations, VSCodeProbe, load_identity,
+                           run_checks, vscode_check, worst)
 
 MARKS = {OK: "ok  ", FAIL: "FAIL", SKIPPED: "skip"}
 
@@ -81,11 +81,12 @@ def verify_box(host: Host, spec: BoxSpec, port: int, identity: Identity, trusted
     keys = load_identity(identity.path, identity.fingerprint)
     session = BoxSession(lambda: host.open_tunnel(port), pinned, spec.user, keys, alias, trusted)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        client = pool.submit(vscode_client, ["-F", str(sshconfig.user_config_path())], alias)
+        client = pool.submit(vscode_client, ["-F", str(sshconfig.user_config_path())], alias) if shutil.which("ssh") else None
         try:
             session.login()
             checks = run_checks(session, expectations(spec))
-            checks.append(vscode_check(VSCodeProbe.read(session.run), *client.result()))
+            checks.append(vscode_check(VSCodeProbe.read(session.run), *client.result()) if client
+                          else Check(VSCODE, SKIPPED, "no OpenSSH client on this machine (VS Code needs one)"))
         finally:
             session.close()
             result = finish_openssh_check(alias, openssh)
