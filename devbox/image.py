@@ -85,8 +85,11 @@ def content_tag(spec: ImageSpec, context: Path = CONTEXT_DIR) -> str:
 
 
 def context_tar(context: Path = CONTEXT_DIR) -> bytes:
-    """The build context as a reproducible tar (fixed mtimes, owners and modes: a wheel
-    install or a checkout's umask must not change the layers a tag stands for): a few KB."""
+    """The build context as a reproducible gzipped tar (fixed mtimes, owners and modes: a wheel
+    install or a checkout's umask must not change the layers a tag stands for): a few KB.
+    Gzipped because a tar pads to 10 KiB records (half of it zeros); Docker unpacks either."""
+    import gzip
+
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for path in context_files(context):
@@ -94,7 +97,7 @@ def context_tar(context: Path = CONTEXT_DIR) -> bytes:
             info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
             with path.open("rb") as handle:
                 tar.addfile(info, handle)
-    return buffer.getvalue()
+    return gzip.compress(buffer.getvalue(), mtime=0)
 
 
 @dataclass
@@ -176,7 +179,7 @@ def _stream_build(client, tag: str, spec: ImageSpec) -> Iterator[str]:
     """Yield build output lines; raise DevboxError with the last lines when it fails."""
     log: list[str] = []
     stream = client.api.build(
-        fileobj=io.BytesIO(context_tar()), custom_context=True, tag=tag, rm=True,
+        fileobj=io.BytesIO(context_tar()), custom_context=True, encoding="gzip", tag=tag, rm=True,
         forcerm=True, decode=True, buildargs=spec.build_args(),
         labels={"devbox.image": "ssh", "devbox.base": spec.base},
     )
