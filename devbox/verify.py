@@ -231,6 +231,11 @@ class ShellProbe:
         """The probe from what the command printed; names it does not know are left out."""
         return cls(**{k: v for k, v in found.items() if k in cls.__dataclass_fields__})
 
+    @classmethod
+    def parse(cls, text: str):
+        """`key=value` lines (a value may hold spaces: an error message)."""
+        return cls.of({k: v.strip() for k, v in (line.split("=", 1) for line in text.splitlines() if "=" in line)})
+
 
 @dataclass(frozen=True)
 class BoxProbe(ShellProbe):
@@ -382,11 +387,6 @@ class VSCodeProbe(ShellProbe):
     glibcxx: str = ""
     home: str = "?"
     tmp: str = "?"
-
-    @classmethod
-    def parse(cls, text: str) -> "VSCodeProbe":
-        """`key=value` lines (a value may hold spaces: an error message)."""
-        return cls.of({k: v.strip() for k, v in (line.split("=", 1) for line in text.splitlines() if "=" in line)})
 
 
 def version(text: str) -> tuple[int, ...]:
