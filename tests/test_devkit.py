@@ -136,7 +136,6 @@ def test_jupyter_answers_through_the_tunnel_only_with_its_token_and_outlives_the
     try:
         announced = json.loads(session.line())
         url = announced["url"]
-        first_200 = None
         base, token = re.match(r"^(http://127\.0\.0\.1:(\d+))/lab\?token=([0-9a-f]{48})$", url).group(1, 3)
         assert announced["job"] == "jupyter" and base.endswith(f":{announced['local_port']}")
         assert http_status(f"{base}/api/status?token={token}") == 200
@@ -148,8 +147,10 @@ def test_jupyter_answers_through_the_tunnel_only_with_its_token_and_outlives_the
         assert published_ports(box) == {"2222/tcp": [{"HostIp": "127.0.0.1", "HostPort": published_ports(box)["2222/tcp"][0]["HostPort"]}]}
         listeners = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True, check=True).stdout
         assert not re.search(r":8888\s", listeners), listeners
-        mode = laptop.ssh(box, "stat -c %a ~/.devbox/jupyter/token; ss -Hltn 2>/dev/null || cat /proc/net/tcp")
-        assert mode.stdout.splitlines()[0] == "600", mode
+        inside = laptop.ssh(box, "stat -c %a ~/.devbox/jupyter/token; cat /proc/net/tcp /proc/net/tcp6")
+        assert inside.stdout.splitlines()[0] == "600", inside
+        listening_8888 = [line.split()[1] for line in inside.stdout.splitlines()[1:] if ":22B8 " in line and line.split()[3] == "0A"]
+        assert listening_8888 == ["0100007F:22B8"], "in the box, Jupyter listens on 127.0.0.1 only"
         # Ctrl-C closes the tunnel and leaves the server.
         assert session.interrupt() == 0, "".join(session.errors)
         assert not local_listening(int(announced["local_port"]))
