@@ -246,8 +246,9 @@ def test_vscode_check_fails_with_the_download_remedy_on_an_image_without_curl_an
     dockerfile = (f"FROM {box_image.tag}\nUSER root\nRUN dpkg --purge curl && ! command -v wget\n"
                   "USER 1000:1000\n")
     subprocess.run(["docker", "build", "-q", "-t", bare, "-"], input=dockerfile, text=True, check=True, capture_output=True)
-    box = RunningBox(bare, f"nocurl-{tmp_path.name[-12:]}", tmp_path).start()
+    box = RunningBox(bare, f"nocurl-{tmp_path.name[-12:]}", tmp_path)
     try:
+        box.start()
         options = ["-F", "/dev/null", "-o", f"Port={box.port}", "-o", "User=dev", "-i", str(box.key), "-o", "IdentitiesOnly=yes",
                    "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={box.known_hosts(tmp_path / 'kh')}"]
 
@@ -264,6 +265,7 @@ def test_vscode_check_fails_with_the_download_remedy_on_an_image_without_curl_an
         assert " | " not in check.detail, "only that requirement fails: -D forward and sftp work"
     finally:
         box.remove()
+        subprocess.run(["docker", "rm", "-f", box.spec.box_name], capture_output=True)  # a `docker run` that failed half-way
         box.volume_remove()
         subprocess.run(["docker", "rmi", bare], capture_output=True)
 
