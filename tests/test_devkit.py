@@ -248,7 +248,10 @@ def test_vscode_check_fails_with_the_download_remedy_on_an_image_without_curl_an
     subprocess.run(["docker", "build", "-q", "-t", bare, "-"], input=dockerfile, text=True, check=True, capture_output=True)
     box = RunningBox(bare, f"nocurl-{tmp_path.name[-12:]}", tmp_path)
     try:
-        box.start()
+        try:
+            box.start()
+        except subprocess.CalledProcessError as exc:
+            raise AssertionError(f"docker run of {bare} failed: {exc.stderr}") from None
         options = ["-F", "/dev/null", "-o", f"Port={box.port}", "-o", "User=dev", "-i", str(box.key), "-o", "IdentitiesOnly=yes",
                    "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={box.known_hosts(tmp_path / 'kh')}"]
 
