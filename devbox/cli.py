@@ -70,6 +70,8 @@ def build(
     uid: int = typer.Option(1000, help="UID of the login user (match the owner of your data on the host)."),
     gid: int = typer.Option(1000, help="GID of the login user."),
     refresh: str = typer.Option("", "--refresh", help="A label (e.g. today's date): a new one rebuilds with current openssh/tmux packages; `refresh` in devbox.toml does the same for up."),
+    apt: List[str] = typer.Option([], "--apt", help="An extra Debian/Ubuntu package (name or name=version); repeatable, like `apt` in devbox.toml."),
+    pip: List[str] = typer.Option([], "--pip", help="An extra Python package (name with an optional pin); repeatable, like `pip` in devbox.toml."),
     as_json: bool = JSON,
 ):
     """Build the box image locally. The tag is a content hash of context, base and args: same inputs reuse it."""
@@ -77,7 +79,8 @@ def build(
     from devbox.image import DEFAULT_BASE_IMAGE, ImageSpec, build_locally
 
     check_flags(user=user, uid=uid, gid=gid, refresh=refresh)
-    show(build_locally(ImageSpec(base or DEFAULT_BASE_IMAGE, user, uid, gid, refresh), on_progress=progress_printer(as_json)),
+    extras = check_flags(apt=list(apt), pip=list(pip))
+    show(build_locally(ImageSpec(base or DEFAULT_BASE_IMAGE, user, uid, gid, refresh, **extras), on_progress=progress_printer(as_json)),
          as_json, one=True)
 
 
@@ -368,6 +371,54 @@ def stop(
     with remote:
         job = stop_job(remote, spec, name, sig)
     show(job, as_json, one=True)
+
+
+# ---------------------------------------------------------------- notebooks and forwards
+
+
+def _announcer(as_json: bool):
+    """--json: one line a script can read as soon as the tunnel answers; else the text."""
+    return lambda item: typer.echo(item.json_line() if as_json else item.text())
+
+
+@app.command()
+def jupyter(
+    host: str = typer.Argument(..., help="Host whose box runs JupyterLab."),
+    port: Optional[int] = typer.Option(None, "--port", help="Local port for the tunnel (default: a free one)."),
+    stop_server: bool = typer.Option(False, "--stop", help="Stop the JupyterLab job in the box."),
+    playbook: Optional[str] = PLAYBOOK,
+    config: Optional[Path] = CONFIG,
+    as_json: bool = JSON,
+):
+    """Open JupyterLab in the box through an SSH tunnel; prints http://127.0.0.1:PORT/lab?token=...
+
+    The server is a job on the box's 127.0.0.1 (it keeps running: `devbox ps`, `devbox logs HOST jupyter`);
+    no port is published on the host. Ctrl-C closes the tunnel only; --stop ends the server.
+    Needs `pip = ["jupyterlab"]` in devbox.toml.
+    """
+    from devbox.commands.jupyter import open_jupyter, stop_jupyter
+
+    spec = specs([host], config, playbook)[0]
+    if stop_server:
+        show(stop_jupyter(spec), as_json, one=True)
+        return
+    open_jupyter(spec, port, _announcer(as_json), lambda line: typer.echo(line, err=True))
+
+
+@app.command("forward")
+def forward_ports(
+    host: str = typer.Argument(..., help="Host whose box to reach."),
+    ports: List[str] = typer.Argument(..., help="PORT (same port here) or PORT:LOCAL, e.g. 6006 or 6006:16006; several allowed."),
+    as_json: bool = JSON,
+):
+    """Forward ports of the box to this machine's 127.0.0.1 (TensorBoard, a debugger) until Ctrl-C.
+
+    Goes through `ssh devbox-HOST` (the pinned key, ProxyJump); a dropped link is re-made.
+    Example: devbox forward gpu-host-3 6006 5678:15678
+    """
+    from devbox.commands.forward import forward
+
+    forward(host, list(ports), _announcer(as_json), lambda line: typer.echo(line, err=True))
 
 
 def main() -> None:

@@ -26,6 +26,11 @@ USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
 AUTO_BASE = "auto"          # devbox/basetag.py picks the image from the host's driver and GPUs
 GPU_UUID_RE = re.compile(r"^GPU-[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}\Z")
 REFRESH_RE = re.compile(r"^[A-Za-z0-9._-]{0,32}\Z")
+# Image extras: a package name and an optional version pin, nothing else. They reach the
+# build as words (never shell text), and an option (`--index-url=…`, `-o…`) cannot start one.
+APT_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]{0,99}(=[A-Za-z0-9.+~:-]{1,100})?\Z")
+PIP_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,98}[A-Za-z0-9])?(\[[A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*\])?"
+                    r"((===?|~=|!=|<=?|>=?)[A-Za-z0-9.*+!-]{1,60})?(,(===?|~=|!=|<=?|>=?)[A-Za-z0-9.*+!-]{1,60}){0,4}\Z")
 # Mount paths travel inside `docker run --mount type=…,source=…,target=…`: a comma or
 # `=` would add mount options (a second `source=/`), so paths use a plain alphabet.
 PATH_RE = re.compile(r"^/[A-Za-z0-9._@+/-]*\Z")
@@ -56,6 +61,8 @@ ALLOWED_KEYS = {
     "delivery": '"auto" (default), "build" (on the host from the context) or "stream" (send the missing layers over SSH)',
     "refresh": 'any label like "2026-11-23" (letters, digits, . _ -): change it to rebuild the image with today\'s openssh-server and tmux',
     "identity": "the private key the box entry logs in with, e.g. ~/.ssh/id_ed25519 (default: the first of yours whose public key the box trusts)",
+    "apt": 'Debian/Ubuntu packages added to the image, names or name=version pins, e.g. ["htop", "python3-pip"]',
+    "pip": 'Python packages added to the image\'s Python, names with an optional pin, e.g. ["jupyterlab", "numpy<2", "ray[default]==2.9"]',
     "allow_host_root_mounts": "true to let volumes mount host paths that give root on the host (the Docker socket, /etc, /, …); every key holder becomes host root, and `up` warns each time",
 }
 
@@ -96,11 +103,14 @@ class BoxSpec:
     refresh: str = ""
     allow_host_root_mounts: bool = False
     identity: str = ""
+    apt: tuple[str, ...] = ()
+    pip: tuple[str, ...] = ()
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     # Not part of the container: changing them must not re-create a box (and the
     # opt-in flag must not change the hash of configs written before it existed).
-    HASH_EXCLUDED = ("sources", "port", "host", "delivery", "allow_host_root_mounts", "identity")
+    # apt and pip reach the hash through the image tag, which holds them.
+    HASH_EXCLUDED = ("sources", "port", "host", "delivery", "allow_host_root_mounts", "identity", "apt", "pip")
 
     @property
     def box_name(self) -> str:
@@ -119,7 +129,7 @@ class BoxSpec:
 
     @property
     def image(self) -> ImageSpec:
-        return ImageSpec(self.base_image, self.user, self.uid, self.gid, self.refresh)
+        return ImageSpec(self.base_image, self.user, self.uid, self.gid, self.refresh, apt=self.apt, pip=self.pip)
 
     @property
     def home(self) -> str:
@@ -285,10 +295,10 @@ def _parse(key: str, value, what: str):
         raise ConfigError(f"{what}: {exc}", f"{key} must be {ALLOWED_KEYS[key]}") from None
 
 
-def check_flags(**flags) -> None:
-    """Command-line flags named like devbox.toml keys (--uid, --refresh, …), held to the same rules."""
-    for key, value in flags.items():
-        _parse(key, value, f"bad value for --{key}")
+def check_flags(**flags) -> dict:
+    """Command-line flags named like devbox.toml keys (--uid, --refresh, …), held to the same
+    rules; returns them parsed (as BoxSpec holds them)."""
+    return {key: _parse(key, value, f"bad value for --{key}") for key, value in flags.items()}
 
 
 def _is_gpu_name(item) -> bool:
@@ -415,6 +425,18 @@ def _parse_str(pattern: re.Pattern):
     return parse
 
 
+def _parse_packages(pattern: re.Pattern):
+    """A list of package specs -> sorted, without repeats: the same set always gives the same tag."""
+    def parse(value) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise ValueError("not a list")
+        for item in value:
+            if not isinstance(item, str) or not pattern.match(item):
+                raise ValueError(f"{item!r} is not a package name with an optional version pin")
+        return tuple(sorted(set(value)))
+    return parse
+
+
 def _parse_cpus(value) -> str:
     if value in ("auto", ""):
         return value
@@ -440,4 +462,6 @@ _PARSERS = {
     "refresh": _parse_str(REFRESH_RE),
     "allow_host_root_mounts": _parse_bool,
     "identity": _parse_str(re.compile(r'^[^\n\r\0"]{1,4096}\Z')),  # written into an ssh config line
+    "apt": _parse_packages(APT_RE),
+    "pip": _parse_packages(PIP_RE),
 }

@@ -35,6 +35,8 @@ class ImageSpec:
     uid: int = 1000
     gid: int = 1000
     refresh: str = ""
+    apt: tuple[str, ...] = ()   # the team's extras (config.py validates: names and pins only)
+    pip: tuple[str, ...] = ()
 
     def build_args(self) -> dict[str, str]:
         args = {
@@ -45,7 +47,23 @@ class ImageSpec:
         }
         if self.refresh:  # absent when unset: existing tags stay as they were
             args["DEVBOX_REFRESH"] = self.refresh
+        # Space-separated words, split by the Dockerfile with globbing off; in the tag
+        # through build_args, so the same lists give the same tag and a new list a new one.
+        if self.apt:
+            args["DEVBOX_APT"] = " ".join(self.apt)
+        if self.pip:
+            args["DEVBOX_PIP"] = " ".join(self.pip)
         return args
+
+    def build_command(self) -> str:
+        """The `devbox build` line that makes this exact tag (for remedies)."""
+        import shlex
+
+        words = ["devbox", "build", "--base", self.base, "--user", self.user, "--uid", str(self.uid), "--gid", str(self.gid)]
+        words += ["--refresh", self.refresh] if self.refresh else []
+        words += [w for package in self.apt for w in ("--apt", package)]
+        words += [w for package in self.pip for w in ("--pip", package)]
+        return shlex.join(words)
 
 
 def context_files(context: Path = CONTEXT_DIR) -> list[Path]:
@@ -67,8 +85,11 @@ def content_tag(spec: ImageSpec, context: Path = CONTEXT_DIR) -> str:
 
 
 def context_tar(context: Path = CONTEXT_DIR) -> bytes:
-    """The build context as a reproducible tar (fixed mtimes, owners and modes: a wheel
-    install or a checkout's umask must not change the layers a tag stands for): a few KB."""
+    """The build context as a reproducible gzipped tar (fixed mtimes, owners and modes: a wheel
+    install or a checkout's umask must not change the layers a tag stands for): a few KB.
+    Gzipped because a tar pads to 10 KiB records (half of it zeros); Docker unpacks either."""
+    import gzip
+
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for path in context_files(context):
@@ -76,7 +97,7 @@ def context_tar(context: Path = CONTEXT_DIR) -> bytes:
             info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
             with path.open("rb") as handle:
                 tar.addfile(info, handle)
-    return buffer.getvalue()
+    return gzip.compress(buffer.getvalue(), mtime=0)
 
 
 @dataclass
@@ -158,7 +179,7 @@ def _stream_build(client, tag: str, spec: ImageSpec) -> Iterator[str]:
     """Yield build output lines; raise DevboxError with the last lines when it fails."""
     log: list[str] = []
     stream = client.api.build(
-        fileobj=io.BytesIO(context_tar()), custom_context=True, tag=tag, rm=True,
+        fileobj=io.BytesIO(context_tar()), custom_context=True, encoding="gzip", tag=tag, rm=True,
         forcerm=True, decode=True, buildargs=spec.build_args(),
         labels={"devbox.image": "ssh", "devbox.base": spec.base},
     )

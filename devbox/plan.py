@@ -278,7 +278,9 @@ def run_args(spec: BoxSpec, facts: Facts, port: int, image_tag: str, labels: dic
         "--restart", "unless-stopped", "--init", "--pull", "never",
         "--user", f"{spec.uid}:{spec.gid}",
         "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-        "--read-only", "--tmpfs", "/tmp:rw,nosuid,nodev,mode=1777",
+        # exec: Docker's tmpfs is noexec by default, and VS Code's server, triton/torch.compile
+        # kernels and pip builds run code from /tmp (home is exec-able anyway: no loss).
+        "--read-only", "--tmpfs", "/tmp:rw,exec,nosuid,nodev,mode=1777",
         "--pids-limit", "8192",
         "--network", spec.network,
         "--publish", f"{address}:{port}:{BOX_SSH_PORT}",
@@ -338,7 +340,7 @@ def delivery_step(spec: BoxSpec, facts: Facts, image_tag: str, local_image: bool
     if stream:
         if not local_image:
             raise DevboxError(f"delivery = stream but {image_tag} is not on this machine",
-                              f"build it first: devbox build --base {spec.base_image} --uid {spec.uid} --gid {spec.gid}", exit_code=2)
+                              f"build it first: {spec.image.build_command()}", exit_code=2)
         return StreamImage("stream_image", f"send image {image_tag}: only the layers the host lacks, over SSH", spec, image_tag)
     how = "on the host from the build context" + ("" if facts.base_present else f" (the host pulls {spec.base_image})")
     return BuildImage("build_image", f"build image {image_tag} {how}", spec, image_tag)

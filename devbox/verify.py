@@ -235,8 +235,28 @@ def auth_checks(methods: list[str], password_in: bool, keyboard_in: bool, root_i
             refused("root login refused", root_in)]
 
 
+class ShellProbe:
+    """Facts read in the box with one command (COMMAND) and parsed once (parse)."""
+
+    COMMAND = ""
+
+    @classmethod
+    def read(cls, run: Runner):
+        return cls.parse(run(cls.COMMAND)[1])
+
+    @classmethod
+    def of(cls, found: dict[str, str]):
+        """The probe from what the command printed; names it does not know are left out."""
+        return cls(**{k: v for k, v in found.items() if k in cls.__dataclass_fields__})
+
+    @classmethod
+    def parse(cls, text: str):
+        """`key=value` lines (a value may hold spaces: an error message)."""
+        return cls.of({k: v.strip() for k, v in (line.split("=", 1) for line in text.splitlines() if "=" in line)})
+
+
 @dataclass(frozen=True)
-class BoxProbe:
+class BoxProbe(ShellProbe):
     """Who the login is and what it may do, read in one command and parsed once."""
 
     COMMAND = (
@@ -258,10 +278,6 @@ class BoxProbe:
     sudo: str = "?"
 
     @classmethod
-    def read(cls, run: Runner) -> "BoxProbe":
-        return cls.parse(run(cls.COMMAND)[1])
-
-    @classmethod
     def parse(cls, text: str) -> "BoxProbe":
         """`key=value` words and `Key:<tab>value` /proc lines."""
         found: dict[str, str] = {}
@@ -270,7 +286,7 @@ class BoxProbe:
             pairs = [match.groups()] if match else [w.split("=", 1) for w in line.split() if "=" in w]
             found.update({k: v for k, v in pairs})
         names = {"CapEff": "cap_eff", "NoNewPrivs": "no_new_privs"}
-        return cls(**{names.get(k, k): v for k, v in found.items() if names.get(k, k) in cls.__dataclass_fields__})
+        return cls.of({names.get(k, k): v for k, v in found.items()})
 
     @property
     def has_capabilities(self) -> bool:
@@ -352,3 +368,78 @@ def torch_checks(report: dict, wanted: int | None, smi_count: int) -> list[Check
 def worst(checks: list[Check]) -> int:
     """The exit code a list of checks earns: 1 when any failed."""
     return 1 if any(c.status == FAIL for c in checks) else 0
+
+
+# ---------------------------------------------------------------- VS Code Remote-SSH
+#
+# What VS Code needs to install and run its server in the box (its check-requirements
+# script and its install flow): tar; curl or wget (else the laptop downloads and copies it);
+# glibc >= 2.28 and libstdc++ with GLIBCXX >= 3.4.25; a home and /tmp it can write and exec
+# in; a dynamic forward (`ssh -T -D PORT host bash`) to the port its server listens on.
+
+VSCODE = "VS Code Remote-SSH"
+MIN_GLIBC, MIN_GLIBCXX = (2, 28), (3, 4, 25)
+
+
+@dataclass(frozen=True)
+class VSCodeProbe(ShellProbe):
+    """The box's side of VS Code's requirements, read in one command."""
+
+    COMMAND = (
+        'command -v tar >/dev/null 2>&1 && echo tar=yes || echo tar=no; '
+        'if command -v curl >/dev/null 2>&1; then echo fetch=curl; elif command -v wget >/dev/null 2>&1; then echo fetch=wget; '
+        'else echo fetch=; fi; '
+        'echo "glibc=$(getconf GNU_LIBC_VERSION 2>/dev/null | cut -d" " -f2)"; '
+        # found as VS Code does: ldconfig's cache first, then the usual folders
+        'lib=$({ /sbin/ldconfig -p 2>/dev/null | grep -o "/[^ ]*libstdc++\\.so\\.6$"; '
+        'ls /usr/lib/*/libstdc++.so.6 /usr/lib64/libstdc++.so.6 /usr/lib/libstdc++.so.6 2>/dev/null; } | head -n 1); '
+        'echo "glibcxx=$([ -n "$lib" ] && grep -ao "GLIBCXX_3\\.4\\.[0-9]*" "$(readlink -f "$lib")" | cut -d_ -f2 '
+        '| sort -t. -k3 -n | tail -n 1)"; '
+        'x() { f="$1/.devbox-vscode-probe.$$"; r=$( { printf "#!/bin/sh\\necho ran\\n" > "$f" && chmod 700 "$f" && "$f"; } 2>&1); '
+        'rm -f "$f"; [ "$r" = ran ] && echo ok || echo "${r:-cannot write}" | head -n 1; }; '
+        'echo "home=$(x "$HOME")"; echo "tmp=$(x /tmp)"'
+    )
+    tar: str = "?"
+    fetch: str = ""
+    glibc: str = ""
+    glibcxx: str = ""
+    home: str = "?"
+    tmp: str = "?"
+
+
+def version(text: str) -> tuple[int, ...]:
+    """'2.36' -> (2, 36); anything unreadable -> () (older than every minimum)."""
+    return tuple(int(part) for part in text.split(".")) if re.match(r"^\d+(\.\d+)*$", text) else ()
+
+
+def vscode_problems(probe: VSCodeProbe, forward_error: str, sftp_error: str) -> list[str]:
+    """Each unmet requirement with its remedy (pure: unit-tested with recorded probes)."""
+    problems = []
+    if probe.tar != "yes":
+        problems.append('no tar in the box (VS Code unpacks its server with it): add apt = ["tar"] to devbox.toml')
+    if not probe.fetch:
+        problems.append('no curl or wget in the box: set "remote.SSH.localServerDownload": "always" in VS Code '
+                        '(it downloads on the laptop and copies over), or add apt = ["curl"] to devbox.toml')
+    if version(probe.glibc) < MIN_GLIBC:
+        problems.append(f"glibc {probe.glibc or 'unknown'} < 2.28: VS Code's server will not run; use a base_image on Ubuntu 20.04+ or Debian 10+")
+    if version(probe.glibcxx) < MIN_GLIBCXX:
+        problems.append(f"libstdc++ GLIBCXX {probe.glibcxx or 'not found'} < 3.4.25: VS Code's server will not run; "
+                        "use a base_image on Ubuntu 20.04+ or Debian 10+")
+    for where, result in (("home", probe.home), ("/tmp", probe.tmp)):
+        if result != "ok":
+            problems.append(f"cannot write and run a program in {where} ({result}): VS Code installs and starts its server there; "
+                            "mount it without noexec and owned by the login user")
+    if forward_error:
+        problems.append(f"a -D forward into the box failed ({forward_error}): VS Code connects through one; "
+                        "the box's sshd must allow local forwarding (AllowTcpForwarding local)")
+    if sftp_error:
+        problems.append(f"sftp failed ({sftp_error}): VS Code's local-download fallback copies its server over it; "
+                        "the box's sshd needs `Subsystem sftp internal-sftp`")
+    return problems
+
+
+def vscode_check(probe: VSCodeProbe, forward_error: str, sftp_error: str) -> Check:
+    problems = vscode_problems(probe, forward_error, sftp_error)
+    if problems:
+        return Check(VSCODE, FAIL, " | ".join(problems))
+    return Check(VSCODE, OK, f"tar, {probe.fetch}, glibc {probe.glibc}, GLIBCXX {probe.glibcxx}, home and /tmp exec, -D forward, sftp")

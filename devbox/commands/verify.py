@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from devbox import sshconfig
 from devbox.box import inspect_box, running_box
@@ -12,7 +17,10 @@ from devbox.errors import DevboxError
 from devbox.keyset import Identity, KeySet, choose_identity
 from devbox.remote import Host
 from devbox.result import HostResult
-from devbox.verify import FAIL, OK, SKIPPED, BoxSession, Check, Expectations, load_identity, run_checks, worst
+from devbox.plan import BOX_SSH_PORT
+from devbox.tunnel import free_port, listening
+from devbox.verify import (FAIL, OK, SKIPPED, VSCODE, BoxSession, Check, Expectations, VSCodeProbe, load_identity,
+                           run_checks, vscode_check, worst)
 
 MARKS = {OK: "ok  ", FAIL: "FAIL", SKIPPED: "skip"}
 
@@ -78,12 +86,16 @@ def verify_box(host: Host, spec: BoxSpec, port: int, identity: Identity, trusted
     openssh = start_openssh_check(alias)
     keys = load_identity(identity.path, identity.fingerprint)
     session = BoxSession(lambda: host.open_tunnel(port), pinned, spec.user, keys, alias, trusted)
-    try:
-        session.login()
-        checks = run_checks(session, expectations(spec, box or inspect_box(host, spec)))
-    finally:
-        session.close()
-        result = finish_openssh_check(alias, openssh)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        client = pool.submit(vscode_client, ["-F", str(sshconfig.user_config_path())], alias) if shutil.which("ssh") else None
+        try:
+            session.login()
+            checks = run_checks(session, expectations(spec, box or inspect_box(host, spec)))
+            checks.append(vscode_check(VSCodeProbe.read(session.run), *client.result()) if client
+                          else Check(VSCODE, SKIPPED, "no OpenSSH client on this machine (VS Code needs one)"))
+        finally:
+            session.close()
+            result = finish_openssh_check(alias, openssh)
     return checks + [result]
 
 
@@ -107,3 +119,68 @@ def finish_openssh_check(alias: str, process: subprocess.Popen | None) -> Check:
         return Check("openssh client path", OK, f"ssh {alias}")
     lines = [line for line in err.strip().splitlines() if line.strip()]
     return Check("openssh client path", FAIL, lines[-1] if lines else f"exit {process.returncode}")
+
+
+# ---------------------------------------------------------------- VS Code Remote-SSH, the laptop's side
+
+
+def vscode_client(options: list[str], destination: str) -> tuple[str, str]:
+    """What VS Code does with the OpenSSH client: a -D forward and sftp. Returns their errors ("" when fine)."""
+    return dynamic_forward_error(options, destination), sftp_error(options, destination)
+
+
+def _last_line(text: str, code: int | None) -> str:
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[-1] if lines else f"ssh exit {code}"
+
+
+def dynamic_forward_error(options: list[str], destination: str, timeout: float = 30) -> str:
+    """`ssh -T -D PORT box` as VS Code opens it; through it, reach the box's own sshd port and read its banner."""
+    port = free_port()
+    argv = ["ssh", *options, "-T", "-D", f"127.0.0.1:{port}", "-o", "ExitOnForwardFailure=yes", "-o", "BatchMode=yes",
+            "-o", "ConnectTimeout=15", "--", destination, "sleep 60"]
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not listening(port):
+            if process.poll() is not None:
+                return _last_line(process.stderr.read(), process.returncode)
+            if time.monotonic() > deadline:
+                return f"no SOCKS port after {timeout:.0f} s"
+            time.sleep(0.05)
+        banner = socks_read(port, "127.0.0.1", BOX_SSH_PORT)
+        return "" if banner.startswith(b"SSH-2.0-") else f"port {BOX_SSH_PORT} in the box answered {banner[:40]!r}"
+    except OSError as exc:
+        return str(exc)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def socks_read(socks_port: int, address: str, port: int) -> bytes:
+    """SOCKS5 CONNECT (RFC 1928, no auth) through 127.0.0.1:socks_port; the first bytes the target sends."""
+    with socket.create_connection(("127.0.0.1", socks_port), timeout=15) as sock:
+        sock.sendall(b"\x05\x01\x00")
+        if sock.recv(2) != b"\x05\x00":
+            raise OSError("the SOCKS port refused the handshake")
+        sock.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(address) + port.to_bytes(2, "big"))
+        reply = sock.recv(10)
+        if len(reply) < 2 or reply[1] != 0:
+            raise OSError(f"the box refused the forwarded connection to {address}:{port}")
+        return sock.recv(64)
+
+
+def sftp_error(options: list[str], destination: str) -> str:
+    """Copy a file into the box's home and remove it, as VS Code's fallback copies its server."""
+    if not shutil.which("sftp"):
+        return "no sftp client on this machine"
+    with tempfile.TemporaryDirectory() as folder:
+        probe = Path(folder) / "devbox-verify-sftp"
+        probe.write_text("devbox\n")
+        batch = f'put "{probe}" .devbox-verify-sftp\nrm .devbox-verify-sftp\n'
+        argv = ["sftp", *options, "-q", "-b", "-", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15", "--", destination]
+        try:
+            done = subprocess.run(argv, input=batch, capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            return "sftp timed out after 60 s"
+    return "" if done.returncode == 0 else _last_line(done.stderr, done.returncode)
