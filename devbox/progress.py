@@ -6,6 +6,7 @@ a transfer starts on a terminal: `devbox --help` must not pay for it.
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -67,8 +68,9 @@ class BarMeter:
         with self._lock:
             self.row = min(set(range(len(self._rows) + 1)) - self._rows)
             self._rows.add(self.row)
+        width = {"dynamic_ncols": True} if _columns(stream) else {"ncols": 100, "nrows": 50}   # a pty of no size: tqdm hides all bars
         self.bar = tqdm(total=total, desc=host, unit="B", unit_scale=True, unit_divisor=1000, file=stream,
-                        position=self.row, leave=True, mininterval=0.25, dynamic_ncols=True)
+                        position=self.row, leave=True, mininterval=0.25, **width)
         self.sent = 0
 
     def update(self, sent: int) -> None:
@@ -82,6 +84,13 @@ class BarMeter:
         self.bar.close()
         with self._lock:
             self._rows.discard(self.row)
+
+
+def _columns(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        return 0
 
 
 class Reporter:

@@ -29,6 +29,17 @@ HOSTS = [HOST1, HOST2, NODOCKER, NORUNTIME]
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(config, items):
+    """`slow` tests (multi-GB deliveries, minutes each) run only when asked for: `-m slow`
+    or DEVBOX_SLOW=1 (`make bench` does both); never in CI's default run."""
+    if os.environ.get("DEVBOX_SLOW") == "1" or "slow" in (config.getoption("markexpr") or ""):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
 def _require(reason: str | None) -> None:
     if reason:
         if os.environ.get("CI") or os.environ.get("DEVBOX_REQUIRE_TESTBED"):

@@ -154,3 +154,33 @@ def test_a_link_cut_mid_transfer_is_one_line_exit_3_and_the_next_up_works(stream
     reports, _ = laptop.devbox.json("up", laptop.engine_host, "--no-verify")
     assert reports[0]["delivery"] == "stream-missing-layers"
     assert laptop.engine.docker("image", "inspect", laptop.tag).returncode == 0
+
+
+def test_on_a_terminal_up_draws_a_bar_and_keeps_stdout_for_the_result(stream_laptop):
+    """stderr a real pty (as in a person's terminal): the tqdm bar is drawn there."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    laptop = stream_laptop
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))   # 30 rows, 100 columns
+    done = subprocess.run([sys.executable, "-m", "devbox.cli", "up", laptop.engine_host, "--no-verify"], cwd=laptop.work,
+                          env=laptop.devbox.env, stdout=subprocess.PIPE, stderr=follower, text=True, timeout=300)
+    os.close(follower)
+    screen = b""
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        screen += data
+    os.close(leader)
+    assert done.returncode == 0, done.stdout
+    text = screen.decode(errors="replace")
+    assert laptop.engine_host in text and "B/s" in text and "\r" in text, text[-2000:]
+    assert "B/s" not in done.stdout and "changed" in done.stdout
