@@ -74,18 +74,7 @@ class Bed:
         return report
 
     def save_load(self, tag: str) -> int:
-        """`docker save TAG | ssh HOST docker load`, counting the bytes that cross."""
-        save = subprocess.Popen(["docker", "save", tag], stdout=subprocess.PIPE)
-        load = subprocess.Popen(["ssh", "-F", str(self.laptop.ssh_config), "-o", "BatchMode=yes", HOST, "docker", "load", "-q"],
-                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        sent = 0
-        while chunk := save.stdout.read(1 << 20):
-            load.stdin.write(chunk)
-            sent += len(chunk)
-        load.stdin.close()
-        if save.wait() != 0 or load.wait() != 0:
-            raise RuntimeError(f"docker save | ssh docker load failed: {load.stderr.read()[-500:]}")
-        return sent
+        return save_into_ssh_load(tag, ["ssh", "-F", str(self.laptop.ssh_config), "-o", "BatchMode=yes", HOST])
 
     def stop(self) -> None:
         subprocess.run(["docker", "rm", "-f", *subprocess.run(["docker", "ps", "-aq", "--filter", f"label=devbox.host={HOST}"],
@@ -94,6 +83,20 @@ class Bed:
         self.engine.stop()
         self.testbed.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def save_into_ssh_load(tag: str, ssh: list[str]) -> int:
+    """`docker save TAG | ssh … docker load -q`, counting the bytes that cross."""
+    save = subprocess.Popen(["docker", "save", tag], stdout=subprocess.PIPE)
+    load = subprocess.Popen([*ssh, "docker", "load", "-q"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    sent = 0
+    while chunk := save.stdout.read(1 << 20):
+        load.stdin.write(chunk)
+        sent += len(chunk)
+    load.stdin.close()
+    if save.wait() != 0 or load.wait() != 0:
+        raise RuntimeError(f"docker save | ssh docker load failed: {load.stderr.read()[-500:]}")
+    return sent
 
 
 def layer_bytes(tag: str, above: str) -> int:

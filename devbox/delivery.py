@@ -18,7 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
+import shutil
+import subprocess
 import tarfile
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
@@ -345,8 +349,34 @@ def inspect_local(tag: str) -> ImageLayers:
     return ImageLayers(tag, attrs["Id"], tuple(attrs["RootFS"]["Layers"]), attrs.get("Architecture", "amd64"), attrs.get("Os", "linux"))
 
 
-def save_stream(tag: str) -> Iterator[bytes]:
-    """The local engine's `docker save` of tag, in 1 MiB chunks; its failures as ours."""
+def save_stream(tag: str, ahead: int = 32) -> Iterator[bytes]:
+    """The local engine's `docker save` of tag in 1 MiB chunks, read by a thread of its own
+    up to `ahead` chunks in advance: the engine's export and the SSH send then overlap as
+    in a shell pipe (read in turn, each waited on the other: 1.1-1.8x slower, bench/delivery.py).
+    The docker CLI when there is one (its pipe costs less per byte than the SDK's chunked
+    HTTP), else the SDK."""
+    source = _cli_save(tag) if shutil.which("docker") else _sdk_save(tag)
+    return read_ahead(source, ahead)
+
+
+def _cli_save(tag: str) -> Iterator[bytes]:
+    process = subprocess.Popen(["docker", "save", tag], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        while chunk := process.stdout.read(1 << 20):
+            yield chunk
+        if process.wait() != 0:
+            said = process.stderr.read().decode(errors="replace").strip().splitlines()
+            raise DevboxError(f"`docker save {tag}` failed: {said[-1] if said else f'exit {process.returncode}'}",
+                              f"check `docker save {tag} > /dev/null` works on this machine")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+        process.stderr.close()
+
+
+def _sdk_save(tag: str) -> Iterator[bytes]:
     from devbox.image import _docker_client as docker_client
 
     try:
@@ -356,6 +386,47 @@ def save_stream(tag: str) -> Iterator[bytes]:
     except Exception as exc:  # the SDK and requests raise several unrelated types
         raise DevboxError(f"reading {tag} from the local Docker engine failed ({exc.__class__.__name__}: {exc})",
                           f"check `docker save {tag} > /dev/null` works on this machine") from exc
+
+
+def read_ahead(source: Iterable[bytes], depth: int) -> Iterator[bytes]:
+    """Iterate `source` in a thread, at most `depth` items ahead (bounded memory); its
+    errors are raised here. Closing this generator early stops the thread and the source."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def pump() -> None:
+        iterator = iter(source)
+        try:
+            for item in iterator:
+                while not stop.is_set():
+                    try:
+                        items.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(("end", None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            items.put(("error", exc))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close:
+                close()
+
+    thread = threading.Thread(target=pump, name="docker-save-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = items.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def load_command(image_id: str) -> str:

@@ -249,6 +249,11 @@ class SecondEngine:
         ids = self.docker("ps", "-aq").stdout.split()
         if ids:
             self.docker("rm", "-f", *ids)
+        # Its networks' bridges live in this machine's namespace and outlive the engine:
+        # left behind, they use up Docker's default address pools for every engine here.
+        nets = self.docker("network", "ls", "-q", "--filter", "type=custom").stdout.split()
+        if nets:
+            self.docker("network", "rm", *nets)
         if self.process and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=30)
@@ -256,8 +261,10 @@ class SecondEngine:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start_second_engine(root: Path, seed_images: list[str]) -> SecondEngine:
-    """Start it, then copy `seed_images` (e.g. the base) into it, as a host that has them."""
+def start_second_engine(root: Path, seed_images: list[str], address_pool: str = "") -> SecondEngine:
+    """Start it, then copy `seed_images` (e.g. the base) into it, as a host that has them.
+    `address_pool` (e.g. "10.150.0.0/16"): room for more than Docker's default ~30 user
+    networks, one per box, for a fleet of boxes on one engine."""
     root.chmod(0o755)  # the host user reaches the socket through it
     tag = f"{os.getpid() % 100000}"
     engine = SecondEngine(root, root / "docker.sock", f"dbx{tag}")
@@ -268,7 +275,8 @@ def start_second_engine(root: Path, seed_images: list[str]) -> SecondEngine:
     log = open(root / "dockerd.log", "w")
     engine.process = subprocess.Popen(
         ["dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"), "--pidfile", str(root / "docker.pid"),
-         "-H", engine.docker_host, "--bridge", engine.bridge, "--iptables=false", "--ip6tables=false", "--group", "docker"],
+         "-H", engine.docker_host, "--bridge", engine.bridge, "--iptables=false", "--ip6tables=false", "--group", "docker",
+         *(["--default-address-pool", f"base={address_pool},size=24"] if address_pool else [])],
         stdout=log, stderr=subprocess.STDOUT)
     for _ in range(120):
         if engine.docker("info").returncode == 0:

@@ -74,7 +74,9 @@ def testbed():
 @pytest.fixture(scope="session")
 def engine_host(testbed):
     """A fake host backed by its own Docker engine that has only the base image."""
-    engine = tb.start_second_engine(Path(tempfile.mkdtemp(prefix="devbox-engine-", dir="/var/lib")), [tb.BASE_IMAGE])
+    # its own address pool: bridges other engines left on this machine may fill Docker's defaults
+    engine = tb.start_second_engine(Path(tempfile.mkdtemp(prefix="devbox-engine-", dir="/var/lib")), [tb.BASE_IMAGE],
+                                    address_pool="10.149.0.0/16")
     host = tb.start_engine_host(f"gpu-engine{SUFFIX}", testbed.workdir, testbed.workdir / "authorized_keys", engine)
     yield host, engine
     host.stop()

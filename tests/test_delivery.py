@@ -38,6 +38,16 @@ while True:
 """
 
 
+def cut_route(laptop, tmp_path, limit: int) -> str:
+    """An alias for the own-engine host whose link drops after `limit` bytes towards it."""
+    cutter = tmp_path / "cutter.py"
+    cutter.write_text(CUTTER)
+    block = laptop.ssh_config.read_text().split(f"Host {laptop.engine_host}\n", 1)[1].split("\n\n", 1)[0]
+    laptop.ssh_config.write_text(laptop.ssh_config.read_text() + f"Host cut-{laptop.engine_host}\n{block}\n"
+                                 f"    ProxyCommand {sys.executable} {cutter} %h %p {limit}\n\n")
+    return f"cut-{laptop.engine_host}"
+
+
 @pytest.fixture
 def stream_laptop(engine_laptop, engine_host, box_image):
     """The own-engine host with only the base, `delivery = "stream"`; cleaned after."""
@@ -58,6 +68,9 @@ def clean_engine(engine, tag: str) -> None:
     vols = engine.docker("volume", "ls", "-q", "--filter", "label=devbox.host").stdout.split()
     if vols:
         engine.docker("volume", "rm", "-f", *vols)
+    nets = engine.docker("network", "ls", "-q", "--filter", "label=devbox.host").stdout.split()
+    if nets:
+        engine.docker("network", "rm", *nets)
     partials = engine.docker("image", "ls", "-q", "--filter", f"label={PARTIAL_LABEL}").stdout.split()
     engine.docker("rmi", "-f", tag, *partials)
 
@@ -142,12 +155,7 @@ def test_a_cut_after_a_committed_part_keeps_it_and_the_next_up_sends_only_the_re
 
 def test_a_link_cut_mid_transfer_is_one_line_exit_3_and_the_next_up_works(stream_laptop, tmp_path):
     laptop = stream_laptop
-    cutter = tmp_path / "cutter.py"
-    cutter.write_text(CUTTER)
-    block = laptop.ssh_config.read_text().split(f"Host {laptop.engine_host}\n", 1)[1].split("\n\n", 1)[0]
-    laptop.ssh_config.write_text(laptop.ssh_config.read_text() + f"Host cut-{laptop.engine_host}\n{block}\n"
-                                 f"    ProxyCommand {sys.executable} {cutter} %h %p {8 << 20}\n\n")
-    done = laptop.devbox("up", f"cut-{laptop.engine_host}", "--no-verify")
+    done = laptop.devbox("up", cut_route(laptop, tmp_path, 8 << 20), "--no-verify")
     assert done.returncode == 3, done.stdout + done.stderr
     failure = [l for l in done.stdout.splitlines() if "FAILED" in l]
     assert len(failure) == 1 and "the link dropped" in failure[0] and "Traceback" not in done.stderr

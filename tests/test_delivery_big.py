@@ -10,7 +10,7 @@ import pytest
 
 import testbed as tb
 from devbox.delivery import PARTIAL_LABEL, Rewrite, host_chains, inspect_local
-from test_delivery import CUTTER, clean_engine, engine_layers, layer_sizes
+from test_delivery import clean_engine, cut_route, engine_layers, layer_sizes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import bigimage  # noqa: E402
@@ -47,12 +47,7 @@ def test_a_cut_multi_gb_delivery_resumes_with_only_what_the_host_lacks(big_lapto
     it from the names, so the test asks it); the next `up` sends exactly the rest."""
     laptop = big_laptop
     image = inspect_local(laptop.tag)
-    cutter = tmp_path / "cutter.py"
-    cutter.write_text(CUTTER)
-    block = laptop.ssh_config.read_text().split(f"Host {laptop.engine_host}\n", 1)[1].split("\n\n", 1)[0]
-    laptop.ssh_config.write_text(laptop.ssh_config.read_text() + f"Host cut-{laptop.engine_host}\n{block}\n"
-                                 f"    ProxyCommand {sys.executable} {cutter} %h %p {2500 << 20}\n\n")
-    done = laptop.devbox("up", f"cut-{laptop.engine_host}", "--no-verify")
+    done = laptop.devbox("up", cut_route(laptop, tmp_path, 2500 << 20), "--no-verify")
     assert done.returncode == 3 and "the link dropped" in done.stdout and "Traceback" not in done.stderr, done.stdout + done.stderr
     kept = {d for layers in engine_layers(laptop.engine) for d in layers}
     assert laptop.engine.docker("image", "inspect", laptop.tag).returncode != 0
