@@ -48,7 +48,7 @@ class Bed:
         self.testbed = tb.start_testbed(self.workdir, [])
         root = self.workdir / "engine"
         root.mkdir()
-        self.engine = tb.start_second_engine(root, [])
+        self.engine = tb.start_second_engine(root, [], address_pool="10.148.0.0/16")
         self.host = tb.start_engine_host(HOST, self.workdir, self.workdir / "authorized_keys", self.engine)
         self.laptop = tb.make_laptop(self.workdir / "home", self.testbed, {HOST: self.host})
         self.env = {**os.environ, "HOME": str(self.laptop.home), "PYTHONUNBUFFERED": "1"}
