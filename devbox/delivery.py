@@ -216,6 +216,7 @@ class Rewrite:
         self.splittable = len(set(self.image.diff_ids)) == len(self.image.diff_ids)
         self.loaded: set[int] = set()       # layers whose bytes went into a load already
         self.metadata: list[bytes] = []
+        self.small: dict[int, bytes] = {}     # layers under SMALL_LAYER, held until a load needs them
         self._metadata_size = 0
         self.finished = False
 
@@ -247,7 +248,7 @@ class Rewrite:
                 self._place_legacy_top(member.name, raw[len(member.header):len(member.header) + member.size])
                 continue
             if index is not None and member.regular and member.size <= SMALL_LAYER:
-                self._keep(member.header + stream.read(data))   # small: rides with the last load
+                self.small[index] = self._keep(member.header + stream.read(data), hold=False)   # joins the load that needs it
                 self.sent_layers.add(index)
                 self.layer_bytes += member.size
                 continue
@@ -261,10 +262,11 @@ class Rewrite:
             self.sent_layers.add(index)
             self.loaded.add(index)
             in_this_load.append(index)
-            top = self._prefix_end()
-            if not unplaced and self.splittable and size >= self.commit_bytes and max(in_this_load) <= top < len(self.present) - 1:
+            top = min(self._prefix_end(), len(self.present) - 2)   # the last layer comes with the image itself
+            if not unplaced and self.splittable and size >= self.commit_bytes and max(in_this_load) <= top:
                 yield from self._commit(top)
                 return
+        yield from self.small.values()
         yield from self.metadata
         yield END_OF_ARCHIVE
         self.finished = True
@@ -282,17 +284,19 @@ class Rewrite:
         if parent == v1[-1]:
             self.index[f"{name[:-5]}/layer.tar"] = len(self.image.diff_ids) - 1
 
-    def _keep(self, raw: bytes) -> None:
+    def _keep(self, raw: bytes, hold: bool = True) -> bytes:
         self._metadata_size += len(raw)
         if self._metadata_size > METADATA_LIMIT:
             raise DevboxError("the image's save stream has more metadata than expected (over 64 MB outside its layers)",
                               "deliver it with `delivery = \"build\"` in devbox.toml, or report this image layout")
-        self.metadata.append(raw)
+        if hold:
+            self.metadata.append(raw)
+        return raw
 
     def _prefix_end(self) -> int:
         """The last index k such that every layer 0..k is on the host or sent."""
         k = -1
-        while k + 1 < len(self.present) and (self.present[k + 1] or k + 1 in self.loaded):
+        while k + 1 < len(self.present) and (self.present[k + 1] or k + 1 in self.loaded or k + 1 in self.small):
             k += 1
         return k
 
@@ -308,6 +312,9 @@ class Rewrite:
                                 "Layers": [self.image.layer_path(i) for i in range(top + 1)]}]).encode()
         self.committed = top
         self.partials.append("sha256:" + name)
+        for index in [i for i in self.small if i <= top]:
+            self.loaded.add(index)
+            yield self.small.pop(index)
         yield tar_member(f"{name}.json", config)
         yield tar_member("manifest.json", manifest)
         yield END_OF_ARCHIVE
