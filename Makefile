@@ -27,5 +27,8 @@ demo: setup
 test: setup ubuntu-bases
 	$(PY) -m pytest -v tests
 
+# Figures for docs/PERFORMANCE.md, then the slow (multi-GB) tests; none of it runs in `make test`.
 bench: setup
 	$(PY) -m bench
+	$(PY) -m bench.delivery
+	$(PY) -m pytest -v -m slow tests

@@ -320,16 +320,9 @@ def stage_delivery(bed: B.Bed, runs: int, cold_runs: int, ballast_mb: int) -> di
                 prep=lambda i: (B.remove_boxes([host]), B.sh("docker", "rmi", warm["tag"])))
 
     def save_load(i):
-        save = subprocess.Popen(["docker", "save", warm["tag"]], stdout=subprocess.PIPE)
-        load = subprocess.Popen(["ssh", "-F", str(bed.ssh_config), "-o", "BatchMode=yes", host, "docker", "load", "-q"],
-                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        sent = 0
-        while chunk := save.stdout.read(1 << 20):
-            load.stdin.write(chunk)
-            sent += len(chunk)
-        load.stdin.close()
-        assert save.wait() == 0 and load.wait() == 0, load.stderr.read()
-        return {"bytes_sent": sent}
+        from bench.delivery import save_into_ssh_load
+
+        return {"bytes_sent": save_into_ssh_load(warm["tag"], ["ssh", "-F", str(bed.ssh_config), "-o", "BatchMode=yes", host])}
     sl = Cmd("docker save IMG, piped into ssh HOST docker load", save_load)
     # cold builds are slow (apt-get inside): fewer rounds of those; warm and save|load get all.
     interleave([cold, warmc, sl], cold_runs, warmup=0, log=log)

@@ -45,7 +45,9 @@ def show(items, as_json: bool, note: str = "", one: bool = False, exit_code: int
 
 
 def progress_printer(as_json: bool):
-    return (lambda message: None) if as_json else (lambda message: typer.echo(f"  … {message}", err=True))
+    from devbox.progress import Reporter
+
+    return Reporter.for_cli(as_json)
 
 
 def specs(hosts, config, playbook, every_host: bool = False):

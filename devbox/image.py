@@ -193,7 +193,7 @@ def _stream_build(client, tag: str, spec: ImageSpec) -> Iterator[str]:
             yield text
 
 
-# ---------------------------------------------------------------- streaming delivery
+# ---------------------------------------------------------------- streaming delivery (devbox/delivery.py)
 
 
 def local_has_image(tag: str) -> bool:
@@ -205,28 +205,3 @@ def local_has_image(tag: str) -> bool:
         return True
     except (HostUnreachable, docker.errors.ImageNotFound, docker.errors.APIError):
         return False
-
-
-def save_missing_layers(tag: str, host_layers: set[str], workdir: Path) -> tuple[Path, int, int]:
-    """`docker save` of tag without the layers the host already has (by diff ID).
-
-    `docker load` skips any layer whose chain already exists, so a tarball lacking
-    those layer files loads fine: only what the host is missing crosses the wire.
-    Returns (tar path, bytes of the tar, number of layers left out).
-    """
-    import json as _json
-
-    full = workdir / "full.tar"
-    with full.open("wb") as handle:
-        for chunk in _docker_client().images.get(tag).save(chunk_size=1 << 20, named=tag):
-            handle.write(chunk)
-    part = workdir / "missing.tar"
-    with tarfile.open(full) as source, tarfile.open(part, "w") as target:
-        manifest = _json.load(source.extractfile("manifest.json"))[0]
-        diff_ids = _json.load(source.extractfile(manifest["Config"]))["rootfs"]["diff_ids"]
-        skip = {path for path, diff in zip(manifest["Layers"], diff_ids) if diff in host_layers}
-        for member in source.getmembers():
-            if member.name not in skip:
-                target.addfile(member, source.extractfile(member) if member.isfile() else None)
-    full.unlink()
-    return part, part.stat().st_size, len(skip)

@@ -11,7 +11,7 @@ import time
 from typing import Callable
 
 from devbox.errors import HostUnreachable
-from devbox.remote import Host
+from devbox.remote import Host, close_channel
 
 BUSY = 75          # flock -E: the lock is held by someone else
 NO_FLOCK = 127
@@ -53,6 +53,7 @@ class HostLock:
         return True
 
     def release(self) -> None:
+        """Close the lock's channel (on a link that dropped, the host has freed it already)."""
         if self.channel is not None:
-            self.channel.close()
-            self.channel = None
+            channel, self.channel = self.channel, None
+            close_channel(channel)

@@ -165,10 +165,13 @@ class _ProxyCommand:
             raise EOFError(f"ProxyCommand exited ({exc.strerror})") from exc
 
     def recv(self, size: int) -> bytes:
-        ready, _, _ = select.select([self.process.stdout], [], [], self.timeout)
-        if not ready:
-            raise socket.timeout()
-        return os.read(self.process.stdout.fileno(), size)  # b"" at EOF: paramiko sees a closed link
+        try:
+            ready, _, _ = select.select([self.process.stdout], [], [], self.timeout)
+            if not ready:
+                raise socket.timeout()
+            return os.read(self.process.stdout.fileno(), size)  # b"" at EOF: paramiko sees a closed link
+        except ValueError:   # closed by close() while paramiko's thread still reads: the link is gone
+            return b""
 
     def settimeout(self, timeout) -> None:
         self.timeout = timeout
@@ -402,9 +405,20 @@ def _exchange(channel, command: str, stdin, timeout, on_stdout, on_stdin=None, k
     try:
         return _exchange_on(channel, command, stdin, timeout, on_stdout, on_stdin, keep_stdin_open)
     except (OSError, EOFError, paramiko.SSHException) as exc:
-        channel.close()
+        close_channel(channel)
         raise HostUnreachable(f"SSH connection lost during `{_short(command)}` ({exc.__class__.__name__}: {exc})",
                               "check the link and re-run: every devbox step is safe to repeat") from exc
+
+
+def close_channel(channel) -> None:
+    """Close a channel whose link may be gone: paramiko then raises EOFError from close(),
+    which would hide the error that says the link dropped."""
+    import paramiko
+
+    try:
+        channel.close()
+    except (EOFError, OSError, paramiko.SSHException):
+        pass
 
 
 def _exchange_on(channel, command: str, stdin, timeout, on_stdout, on_stdin, keep_stdin_open) -> Result:

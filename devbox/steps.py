@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from devbox.config import BoxSpec
@@ -98,40 +97,38 @@ HOST_LAYERS = "docker image ls -q | sort -u | xargs -r docker image inspect --fo
 
 @dataclass(frozen=True)
 class StreamImage(Step):
-    """Send only the layers the host lacks (docker save minus its layers | docker load)."""
+    """Stream `docker save` straight into the host's `docker load`, minus the layers it has
+    (devbox/delivery.py): no temp file, committed in parts so a cut link loses little."""
 
     spec: BoxSpec | None = None
     tag: str = ""
 
     def commands(self) -> list[str]:
-        return [HOST_LAYERS, f"docker save {self.tag} (minus those layers) | ssh {self.spec.host} docker load"]
+        return [HOST_LAYERS, f"docker save {self.tag} (minus those layers, in parts) | ssh {self.spec.host} docker load"]
 
     def apply(self, host: Host, progress: Progress) -> dict:
         import json
-        import tempfile
 
-        from devbox.image import save_missing_layers
+        from devbox.delivery import Rewrite, deliver, host_chains, inspect_local, save_stream, todo_bytes
 
-        have: set[str] = set()
-        for line in host.run(HOST_LAYERS, check=False).stdout.splitlines():
-            have.update(json.loads(line) or [])
-        with tempfile.TemporaryDirectory(prefix="devbox-stream-") as tmp:
-            tar, size, skipped = save_missing_layers(self.tag, have, Path(tmp))
-            progress(f"{self.spec.host}: sending {size / 1e6:.1f} MB ({skipped} layer(s) already on the host)")
-            with tar.open("rb") as handle:
-                host.docker("load", "--quiet", stdin=handle, timeout=3600, on_stdin=_meter(progress, self.spec.host, size))
-        return {"delivery": "stream-missing-layers", "bytes_sent": size}
+        lists = [json.loads(line) or [] for line in host.run(HOST_LAYERS, check=False).stdout.splitlines() if line.startswith("[")]
+        rewrite = Rewrite(inspect_local(self.tag), host_chains(lists))
+        missing = rewrite.present.count(False)
+        total = todo_bytes(self.tag, rewrite.present)
+        progress(f"{self.spec.host}: sending {missing} of {len(rewrite.present)} layers"
+                 + (f", about {total / 1e6:.0f} MB" if total else ""))
+        meter = _meter(progress, self.spec.host, total)
+        done = deliver(host, rewrite, save_stream(self.tag), meter.update)
+        meter.close(done.bytes_sent)
+        return {"delivery": "stream-missing-layers", "bytes_sent": done.bytes_sent, "layers_sent": done.layers_sent,
+                "layers_skipped": done.layers_skipped}
 
 
-def _meter(progress: Progress, host: str, total: int):
-    """A callback printing progress at each 10% of a transfer."""
-    marks = {"next": 0.1}
+def _meter(progress: Progress, host: str, total: int | None):
+    """A bar on a terminal, plain lines otherwise, nothing with --json (devbox/progress.py)."""
+    from devbox.progress import meter
 
-    def sent(count: int) -> None:
-        if total and count / total >= marks["next"]:
-            progress(f"{host}: sent {count / 1e6:.0f}/{total / 1e6:.0f} MB")
-            marks["next"] += 0.1
-    return sent
+    return meter(progress, host, total)
 
 
 PORT_TAKEN = ("address already in use", "port is already allocated")

@@ -29,6 +29,17 @@ HOSTS = [HOST1, HOST2, NODOCKER, NORUNTIME]
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(config, items):
+    """`slow` tests (multi-GB deliveries, minutes each) run only when asked for: `-m slow`
+    or DEVBOX_SLOW=1 (`make bench` does both); never in CI's default run."""
+    if os.environ.get("DEVBOX_SLOW") == "1" or "slow" in (config.getoption("markexpr") or ""):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
 def _require(reason: str | None) -> None:
     if reason:
         if os.environ.get("CI") or os.environ.get("DEVBOX_REQUIRE_TESTBED"):
@@ -63,7 +74,9 @@ def testbed():
 @pytest.fixture(scope="session")
 def engine_host(testbed):
     """A fake host backed by its own Docker engine that has only the base image."""
-    engine = tb.start_second_engine(Path(tempfile.mkdtemp(prefix="devbox-engine-", dir="/var/lib")), [tb.BASE_IMAGE])
+    # its own address pool: bridges other engines left on this machine may fill Docker's defaults
+    engine = tb.start_second_engine(Path(tempfile.mkdtemp(prefix="devbox-engine-", dir="/var/lib")), [tb.BASE_IMAGE],
+                                    address_pool="10.149.0.0/16")
     host = tb.start_engine_host(f"gpu-engine{SUFFIX}", testbed.workdir, testbed.workdir / "authorized_keys", engine)
     yield host, engine
     host.stop()
