@@ -13,7 +13,7 @@ def devbox(*args, home=None, cwd=None):
 
 def test_help_lists_every_command():
     out = devbox("--help").stdout
-    for command in ("build", "up", "verify", "status", "down", "ssh", "code", "keys", "run", "ps", "logs", "attach", "stop"):
+    for command in ("build", "up", "verify", "status", "down", "ssh", "code", "keys", "run", "ps", "logs", "attach", "stop", "jupyter", "forward", "top"):
         assert command in out
 
 
