@@ -31,4 +31,5 @@ test: setup ubuntu-bases
 bench: setup
 	$(PY) -m bench
 	$(PY) -m bench.delivery
+	$(PY) -m bench.fleet
 	$(PY) -m pytest -v -m slow tests

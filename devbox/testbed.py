@@ -261,13 +261,20 @@ class SecondEngine:
     def docker(self, *args: str, **kw) -> subprocess.CompletedProcess:
         return subprocess.run(["docker", "-H", self.docker_host, *args], capture_output=True, text=True, **kw)
 
-    def stop(self) -> None:
-        ids = self.docker("ps", "-aq").stdout.split()
+    def _empty(self) -> None:
+        """Its containers, then its networks (their bridges live in this machine's namespace
+        and outlive the engine, each holding one of the main engine's ~30 address pools)."""
+        ids = self.docker("ps", "-aq", timeout=60).stdout.split()
         if ids:
-            self.docker("rm", "-f", *ids)
-        # Its networks' bridges live in this machine's namespace and outlive the engine,
-        # each holding one of the main engine's ~30 address pools: remove them first.
-        self.docker("network", "prune", "-f")
+            self.docker("rm", "-f", *ids, timeout=120)
+        self.docker("network", "prune", "-f", timeout=60)
+
+    def stop(self) -> None:
+        try:
+            self._empty()
+        except subprocess.TimeoutExpired:   # a hung engine: kill it, do not wait forever
+            if self.process:
+                self.process.kill()
         if self.process and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=30)
