@@ -177,12 +177,12 @@ def resolved(spec: BoxSpec, choice: BaseChoice) -> BoxSpec:
     return spec if spec.base_image == choice.tag else replace(spec, base_image=choice.tag)
 
 
-def resolve_on(host, spec: BoxSpec, memory: bool = False) -> tuple[BoxSpec, BaseChoice, Facts | None]:
-    """The spec with its base decided, and the GPU facts asked for it: for `auto` with GPUs
+def resolve_on(host, spec: BoxSpec, memory: bool = False) -> tuple[BoxSpec, BaseChoice, str]:
+    """The spec with its base decided, and the answers asked for it: for `auto` with GPUs
     (or `memory`, for status), one exchange over `host` (a remote.Host) asks the GPUs, the
-    driver's CUDA and the box's current base."""
-    facts = None
-    if spec.wants_gpus and (spec.base_image == AUTO or memory):
-        facts = parse_facts(host.run(gpu_script(spec, memory), check=False).stdout)
+    driver's CUDA and the box's current base. The answers go on to `facts.gather`, which
+    then does not ask them again."""
+    asked = host.run(gpu_script(spec, memory), check=False).stdout if spec.wants_gpus and (spec.base_image == AUTO or memory) else ""
+    facts = parse_facts(asked) if asked else None
     choice = choose(spec, facts, facts.box_base if facts else "")
-    return resolved(spec, choice), choice, facts
+    return resolved(spec, choice), choice, asked

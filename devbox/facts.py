@@ -266,14 +266,14 @@ def state_script(spec: BoxSpec, image_tag: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def host_check_script(spec: BoxSpec) -> str:
+def host_check_script(spec: BoxSpec, asked: frozenset[str] = frozenset()) -> str:
     """What preflight needs before creating anything: runtimes, resources, disk, GPUs and driver.
 
     Asked only when `up` will create or re-create something (`docker info` alone costs
     0.13 s): a box that already matches its spec needs no preflight.
     """
     sections = ["checked", "runtimes", "resources", "cdi", "disk", "memlock"] + (["gpus", "smi"] if spec.wants_gpus else [])
-    return "\n".join([SECTION, *ask(spec, "", sections), "true"]) + "\n"
+    return "\n".join([SECTION, *ask(spec, "", [s for s in sections if s not in asked]), "true"]) + "\n"
 
 
 def gpu_script(spec: BoxSpec, memory: bool = False) -> str:
@@ -398,11 +398,13 @@ def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.split(".") if p.isdigit())
 
 
-def gather(host, spec: BoxSpec, image_tag: str, host_check: Callable[[Facts], bool] | None = None) -> Facts:
+def gather(host, spec: BoxSpec, image_tag: str, host_check: Callable[[Facts], bool] | None = None, asked: str = "") -> Facts:
     """The box's state in one exchange over `host` (a remote.Host); the host checks in a
-    second one only when `host_check(facts)` says so (`up` about to create something)."""
-    state = host.run(state_script(spec, image_tag), check=False).stdout
+    second one only when `host_check(facts)` says so (`up` about to create something).
+    `asked`: answers an earlier exchange already got (gpu_script), not asked again."""
+    state = asked + host.run(state_script(spec, image_tag), check=False).stdout
     facts = parse_facts(state, image_tag)
     if host_check is not None and host_check(facts):
-        facts = parse_facts(state + host.run(host_check_script(spec), check=False).stdout, image_tag)
+        again = host_check_script(spec, frozenset(parse_sections(asked)))
+        facts = parse_facts(state + host.run(again, check=False).stdout, image_tag)
     return facts

@@ -87,7 +87,8 @@ def read_gpu_memory(result: BoxStatus, spec: BoxSpec, gpu_facts: Facts | None) -
 
 def status_host(spec: BoxSpec, result: BoxStatus) -> None:
     with Host(spec.host) as host:
-        spec, choice, gpu_facts = resolve_on(host, spec, memory=True)
+        spec, choice, asked = resolve_on(host, spec, memory=True)
         result.base_image, result.base_why = choice.tag, choice.why
-        read_status(result, gather(host, spec, content_tag(spec.image)))
-        read_gpu_memory(result, spec, gpu_facts)
+        facts = gather(host, spec, content_tag(spec.image), asked=asked)
+        read_status(result, facts)
+        read_gpu_memory(result, spec, facts if asked else None)

@@ -52,8 +52,8 @@ class UpResult(VerifyResult):
         return "\n".join(lines)
 
 
-def plan_host(host: Host, spec: BoxSpec, keys: KeySet, image_tag: str, force: bool, restart: bool) -> tuple[Facts, Plan]:
-    facts = gather(host, spec, image_tag, lambda found: restart or needs_host_check(spec, found, image_tag))
+def plan_host(host: Host, spec: BoxSpec, keys: KeySet, image_tag: str, force: bool, restart: bool, asked: str = "") -> tuple[Facts, Plan]:
+    facts = gather(host, spec, image_tag, lambda found: restart or needs_host_check(spec, found, image_tag), asked)
     local_image = not facts.image_present and spec.delivery != "build" and local_has_image(image_tag)
     plan = plan_up(spec, facts, image_tag, keys.authorized_keys, keys.fingerprint, force=force, local_image=local_image,
                    restart=restart)
@@ -79,12 +79,12 @@ def _up(host: Host, lock: HostLock, spec: BoxSpec, result: UpResult, keys: KeySe
         verify: bool | None, progress: Progress, restart: bool) -> None:
     identity = identity_for(host, spec, keys)  # refused here, before the host is touched
     result.warnings = mount_warnings(spec)
-    spec, choice, _ = resolve_on(host, spec)
+    spec, choice, asked = resolve_on(host, spec)
     result.base_image, result.base_why = choice.tag, choice.why
     image_tag = content_tag(spec.image)
-    facts, plan = plan_host(host, spec, keys, image_tag, force, restart)
+    facts, plan = plan_host(host, spec, keys, image_tag, force, restart, asked)
     if plan.steps and not dry_run and lock.acquire(progress):
-        facts, plan = plan_host(host, spec, keys, image_tag, force, restart)   # the other `up` changed the host
+        facts, plan = plan_host(host, spec, keys, image_tag, force, restart, asked)   # the other `up` changed the host
     result.port = plan.port
     result.steps = [s.description for s in plan.steps]
     result.warnings += plan.warnings
