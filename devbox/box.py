@@ -107,8 +107,9 @@ def keys_writer_argv(spec: BoxSpec, image: str) -> list[str]:
 def home_folders_argv(spec: BoxSpec, image: str, folders: list[str]) -> list[str]:
     """Make the folders above a shared cache inside the home as the box user: Docker would
     make a missing `~/.cache` for the mount as root, and the user could not write there."""
-    script = "mkdir -p -- " + " ".join(shlex.quote(f"/devbox-home/{folder}") for folder in folders)
-    return throwaway_argv(spec, image, spec.volume_name(spec.all_volumes()[0]), "/devbox-home", script)
+    script = "mkdir -p -- " + " ".join(shlex.quote(f"{spec.home}/{folder}") for folder in folders)
+    # At the home's own path: a new volume gets the image's home (owned by the user) copied in first.
+    return throwaway_argv(spec, image, spec.volume_name(spec.all_volumes()[0]), spec.home, script)
 
 
 def write_authorized_keys(host: Host, spec: BoxSpec, image: str, content: str) -> None:
