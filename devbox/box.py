@@ -88,11 +88,28 @@ def keys_writer_argv(spec: BoxSpec, image: str) -> list[str]:
     inside. The writer is the box image as the box's own uid (files stay theirs, as
     sshd's StrictModes wants), with no network, no capabilities and a read-only root.
     """
-    return ["run", "--rm", "-i", "--pull", "never", "--network", "none", "--log-driver", "none",
-            "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--read-only",
-            "--user", f"{spec.uid}:{spec.gid}", "--label", "devbox.managed=true", "--label", f"devbox.host={spec.host}",
-            "--mount", f"type=volume,source={spec.keys_volume},target={AUTHORIZED_KEYS_DIR}",
+    return ["run", "--rm", "-i", *_throwaway(spec, spec.keys_volume), "--log-driver", "none",
             "--entrypoint", "sh", image, "-c", WRITE_AUTHORIZED_KEYS]
+
+
+def volume_owner_argv(spec: BoxSpec, image: str, volume: str) -> list[str]:
+    """`docker create` (never started) that gives an empty volume to the box user.
+
+    Mounting an empty volume over a folder of the image copies that folder into it, its
+    owner and mode included (Docker's copy-up, done at create). The keys folder is one
+    the image makes empty and the user's, so a volume at a path the image lacks
+    (/datasets) is the user's too, with no root and no capability. A volume with files
+    in it is left as it is; the box's own mount still copies up an image folder there.
+    """
+    return ["create", *_throwaway(spec, volume), "--entrypoint", "true", image]
+
+
+def _throwaway(spec: BoxSpec, volume: str) -> list[str]:
+    """A helper container's confinement: the box's uid, no network, no capabilities, a
+    read-only root, labelled as ours, with `volume` at the keys folder."""
+    return ["--pull", "never", "--network", "none", "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--read-only",
+            "--user", f"{spec.uid}:{spec.gid}", "--label", "devbox.managed=true", "--label", f"devbox.host={spec.host}",
+            "--mount", f"type=volume,source={volume},target={AUTHORIZED_KEYS_DIR}"]
 
 
 def write_authorized_keys(host: Host, spec: BoxSpec, image: str, content: str) -> None:

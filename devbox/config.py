@@ -23,6 +23,10 @@ HOME_MOUNT = "/home/{user}"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 SIZE_RE = re.compile(r"^[0-9]+[bkmg]?\Z", re.IGNORECASE)
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
+# Accounts Debian and Ubuntu images already have (base-passwd's, apt's, sshd's, Ubuntu's own):
+# the build's useradd would stop on them ("exited 9"), and root would be no sandbox at all.
+SYSTEM_USERS = frozenset("root daemon bin sys sync games man lp mail news uucp proxy www-data backup list irc gnats "
+                         "nobody _apt sshd messagebus systemd-network systemd-resolve systemd-timesync".split())
 AUTO_BASE = "auto"          # devbox/basetag.py picks the image from the host's driver and GPUs
 GPU_UUID_RE = re.compile(r"^GPU-[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}\Z")
 REFRESH_RE = re.compile(r"^[A-Za-z0-9._-]{0,32}\Z")
@@ -52,7 +56,7 @@ ALLOWED_KEYS = {
     "shm_size": '"auto" (default: half the box\'s memory limit, at least 1g) or a size like "16g"',
     "memory": '"auto" (default: the host\'s memory less max(2 GiB, 10%)), a size like "64g", or "" for no limit',
     "cpus": '"auto" (default: the host\'s CPUs less one, when it has more than two), a number like 7.5, or "" for no limit',
-    "user": "a login name like dev",
+    "user": "a login name like dev (not root, nor an account the image already has, like nobody or sshd)",
     "uid": "an integer 1..65534",
     "gid": "an integer 1..65534",
     "expose": '"loopback" (default) or "all" (publish the box port on every interface)',
@@ -391,6 +395,15 @@ def _parse_auto_size(value) -> str:
     return value if value == "auto" else _parse_size(value)
 
 
+def _parse_user(value) -> str:
+    name = _parse_str(USER_RE)(value)
+    if name == "root":
+        raise ValueError("'root' is refused: the box runs as a non-root login user")
+    if name in SYSTEM_USERS:
+        raise ValueError(f"{name!r} is a system account of Debian and Ubuntu images, the build could not make it")
+    return name
+
+
 def _parse_id(value) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65534:
         return value
@@ -452,7 +465,7 @@ _PARSERS = {
     "shm_size": _parse_auto_size,
     "memory": _parse_auto_size,
     "cpus": _parse_cpus,
-    "user": _parse_str(USER_RE),
+    "user": _parse_user,
     "uid": _parse_id,
     "gid": _parse_id,
     "expose": _parse_choice("loopback", "all"),

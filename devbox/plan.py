@@ -13,7 +13,7 @@ from devbox import __version__
 from devbox.config import BoxSpec, gives_host_root
 from devbox.errors import ConfigError, DevboxError, HostUnreachable
 from devbox.basetag import refuse_unworkable
-from devbox.box import keys_writer_argv
+from devbox.box import keys_writer_argv, volume_owner_argv
 from devbox.facts import AUTHORIZED_KEYS_DIR, Facts, image_cuda, version_tuple
 from devbox.steps import BuildImage, DockerStep, ShellStep, Step, StreamImage, SwapBox
 
@@ -306,11 +306,15 @@ def run_args(spec: BoxSpec, facts: Facts, port: int, image_tag: str, labels: dic
     return args + [image_tag]
 
 
-def volume_step(spec: BoxSpec, name: str) -> DockerStep:
-    """`docker volume create` of an existing volume changes nothing: no check needed."""
+def volume_step(spec: BoxSpec, name: str, image_tag: str) -> ShellStep:
+    """Create the volume (`docker volume create` of an existing one changes nothing) and
+    give it to the box user, whatever its path (box.volume_owner_argv says how)."""
     labels = {"devbox.managed": "true", "devbox.host": spec.host, "devbox.uid": spec.uid, "devbox.gid": spec.gid}
-    argv = ["volume", "create", *(a for k, v in labels.items() for a in ("--label", f"{k}={v}")), name]
-    return DockerStep("create_volume", f"ensure volume {name}", tuple(argv))
+    create = ["docker", "volume", "create", *(a for k, v in labels.items() for a in ("--label", f"{k}={v}")), name]
+    owner = shlex.join(["docker", *volume_owner_argv(spec, image_tag, name)])
+    script = f'{shlex.join(create)} >/dev/null && c=$({owner}) && docker rm "$c" >/dev/null'
+    return ShellStep("create_volume", f"ensure volume {name} (the box user's)", script,
+                     f"check the host's Docker can create volumes (`docker volume create {name}`)")
 
 
 def network_step(spec: BoxSpec) -> ShellStep:
@@ -376,7 +380,7 @@ def plan_up(
                 "wait for them, stop them with `devbox stop`, or pass --force (their logs are kept)",
             )
     if box is None or recreate:
-        steps += [volume_step(spec, name) for name in volume_names(spec)]
+        steps += [volume_step(spec, name, image_tag) for name in volume_names(spec)]
         steps.append(network_step(spec))
     if box is None or recreate or not facts.box_running or facts.authorized_keys != authorized_keys.strip():
         steps.append(DockerStep("sync_keys", f"install {authorized_keys.count(chr(10)) - 1} team key(s) in {spec.keys_volume} "
