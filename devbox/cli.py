@@ -74,6 +74,7 @@ def build(
     refresh: str = typer.Option("", "--refresh", help="A label (e.g. today's date): a new one rebuilds with current openssh/tmux packages; `refresh` in devbox.toml does the same for up."),
     apt: List[str] = typer.Option([], "--apt", help="An extra Debian/Ubuntu package (name or name=version); repeatable, like `apt` in devbox.toml."),
     pip: List[str] = typer.Option([], "--pip", help="An extra Python package (name with an optional pin); repeatable, like `pip` in devbox.toml."),
+    ca_bundle: str = typer.Option("", "--ca-bundle", help="A PEM file of CA certificates the build and the box trust, like `ca_bundle` in devbox.toml."),
     as_json: bool = JSON,
 ):
     """Build the box image locally. The tag is a content hash of context, base and args: same inputs reuse it."""
@@ -81,7 +82,7 @@ def build(
     from devbox.image import DEFAULT_BASE_IMAGE, ImageSpec, build_locally
 
     check_flags(user=user, uid=uid, gid=gid, refresh=refresh)
-    extras = check_flags(apt=list(apt), pip=list(pip))
+    extras = check_flags(apt=list(apt), pip=list(pip), **({"ca_bundle": str(Path(ca_bundle).expanduser().resolve())} if ca_bundle else {}))
     show(build_locally(ImageSpec(base or DEFAULT_BASE_IMAGE, user, uid, gid, refresh, **extras), on_progress=progress_printer(as_json)),
          as_json, one=True)
 

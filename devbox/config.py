@@ -67,6 +67,9 @@ ALLOWED_KEYS = {
     "identity": "the private key the box entry logs in with, e.g. ~/.ssh/id_ed25519 (default: the first of yours whose public key the box trusts)",
     "apt": 'Debian/Ubuntu packages added to the image, names or name=version pins, e.g. ["htop", "python3-pip"]',
     "pip": 'Python packages added to the image\'s Python, names with an optional pin, e.g. ["jupyterlab", "numpy<2", "ray[default]==2.9"]',
+    "ca_bundle": "the path (absolute, or ~/…) of a PEM file of CA certificates the image build and the box trust, "
+                 "e.g. a TLS-intercepting proxy's: \"/usr/local/share/ca-certificates/proxy.crt\"",
+    "build_stall": "seconds a build on the host may print nothing before it is stopped, 1..86400 (default 300)",
     "allow_host_root_mounts": "true to let volumes mount host paths that give root on the host (the Docker socket, /etc, /, …); every key holder becomes host root, and `up` warns each time",
 }
 
@@ -109,12 +112,15 @@ class BoxSpec:
     identity: str = ""
     apt: tuple[str, ...] = ()
     pip: tuple[str, ...] = ()
+    ca_bundle: str = ""
+    build_stall: int = 300
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     # Not part of the container: changing them must not re-create a box (and the
     # opt-in flag must not change the hash of configs written before it existed).
-    # apt and pip reach the hash through the image tag, which holds them.
-    HASH_EXCLUDED = ("sources", "port", "host", "delivery", "allow_host_root_mounts", "identity", "apt", "pip")
+    # apt, pip and ca_bundle reach the hash through the image tag, which holds them.
+    HASH_EXCLUDED = ("sources", "port", "host", "delivery", "allow_host_root_mounts", "identity", "apt", "pip",
+                     "ca_bundle", "build_stall")
 
     @property
     def box_name(self) -> str:
@@ -133,7 +139,7 @@ class BoxSpec:
 
     @property
     def image(self) -> ImageSpec:
-        return ImageSpec(self.base_image, self.user, self.uid, self.gid, self.refresh, apt=self.apt, pip=self.pip)
+        return ImageSpec(self.base_image, self.user, self.uid, self.gid, self.refresh, apt=self.apt, pip=self.pip, ca_bundle=self.ca_bundle)
 
     @property
     def home(self) -> str:
@@ -450,6 +456,23 @@ def _parse_packages(pattern: re.Pattern):
     return parse
 
 
+def _parse_ca_bundle(value) -> str:
+    """A path on this machine, read now: a missing or wrong file stops before any host is touched."""
+    from devbox.cabundle import read_ca_bundle
+
+    if not isinstance(value, str) or not (value.startswith("/") or value.startswith("~/")):
+        raise ValueError(f"{value!r} is not an absolute path")
+    path = str(Path(value).expanduser())
+    read_ca_bundle(path)
+    return path
+
+
+def _parse_seconds(value) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 86400:
+        return value
+    raise ValueError(repr(value))
+
+
 def _parse_cpus(value) -> str:
     if value in ("auto", ""):
         return value
@@ -477,4 +500,6 @@ _PARSERS = {
     "identity": _parse_str(re.compile(r'^[^\n\r\0"]{1,4096}\Z')),  # written into an ssh config line
     "apt": _parse_packages(APT_RE),
     "pip": _parse_packages(PIP_RE),
+    "ca_bundle": _parse_ca_bundle,
+    "build_stall": _parse_seconds,
 }

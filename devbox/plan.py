@@ -340,14 +340,17 @@ def delivery_step(spec: BoxSpec, facts: Facts, image_tag: str, local_image: bool
     """
     if facts.image_present:
         return None
+    streaming = StreamImage("stream_image", f"send image {image_tag}: only the layers the host lacks, over SSH", spec, image_tag)
     stream = spec.delivery == "stream" or (spec.delivery == "auto" and not facts.base_present and local_image)
     if stream:
         if not local_image:
             raise DevboxError(f"delivery = stream but {image_tag} is not on this machine",
                               f"build it first: {spec.image.build_command()}", exit_code=2)
-        return StreamImage("stream_image", f"send image {image_tag}: only the layers the host lacks, over SSH", spec, image_tag)
+        return streaming
     how = "on the host from the build context" + ("" if facts.base_present else f" (the host pulls {spec.base_image})")
-    return BuildImage("build_image", f"build image {image_tag} {how}", spec, image_tag)
+    fallback = streaming if spec.delivery == "auto" and local_image else None   # for a build stuck on a mirror
+    how += f"; if it prints nothing for {spec.build_stall} s, send it from this machine instead" if fallback else ""
+    return BuildImage("build_image", f"build image {image_tag} {how}", spec, image_tag, fallback)
 
 
 def plan_up(

@@ -4,13 +4,21 @@ failed and how, a build that stalls on an unreachable mirror ends (or streams in
 team's CA reaches the build."""
 from __future__ import annotations
 
+import itertools
+import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
 import testbed as tb
+from conftest import SUFFIX
+from devbox.config import load_spec
+from devbox.image import ImageSpec, build_locally, content_tag
 
 
 def set_config(laptop, extra: str = "", base: str = tb.BASE_IMAGE) -> None:
@@ -60,3 +68,128 @@ def test_a_login_user_the_build_cannot_make_is_refused_in_one_line(tmp_path, nam
                           capture_output=True, text=True, env={**os.environ, "HOME": str(tmp_path)})
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert f"bad value for 'user': '{name}'" in done.stderr and "not root" in done.stderr
+
+
+# ---------------------------------------------------------------- 6: a failed build says where and why
+
+
+@pytest.mark.parametrize("apt, says", [
+    ("no-such-package-devbox", "E: Unable to locate package no-such-package-devbox"),
+    ("tmux=9.9-devbox", "E: Version '9.9-devbox' for 'tmux' was not found"),
+])
+def test_a_failing_apt_step_names_the_step_and_apts_own_words(laptop, apt, says):
+    """Was: "exited 100: DEPRECATED: The legacy builder is deprecated… (see the message above)", nothing above."""
+    set_config(laptop, f'delivery = "build"\napt = ["{apt}"]\n')
+    reports, done = laptop.devbox.json("up", laptop.host1, expect=1)
+    error = reports[0]["error"]
+    assert "the image build failed at step" in error and "(apt-get install of openssh-server, tmux, the kit and `apt`)" in error
+    assert "(exit 100)" in error and says in error and "apt-cache policy" in error, error
+    assert "DEPRECATED" not in error and "\n" not in error
+    assert f"DEVBOX_APT={apt}" not in build_containers_env(), "--force-rm: no half-built container stays"
+
+
+def build_containers_env(engine: list[str] = ["docker"]) -> str:
+    """The environment of every stopped container (a build's RUN step carries its build args)."""
+    ids = subprocess.run([*engine, "ps", "-aq", "--filter", "status=exited"], capture_output=True, text=True).stdout.split()
+    return subprocess.run([*engine, "inspect", "-f", "{{range .Config.Env}}{{.}} {{end}}", *ids], capture_output=True, text=True).stdout if ids else ""
+
+
+# ---------------------------------------------------------------- 9: a build stuck on its mirror ends
+
+
+class Tarpit:
+    """A proxy that accepts connections and never answers (a firewall or proxy that drops
+    the traffic), on an address of the test's own engine bridge."""
+
+    def __init__(self, address: str):
+        self.server = socket.create_server((address, 0))
+        self.url = f"http://{address}:{self.server.getsockname()[1]}"
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._hold, daemon=True).start()
+
+    def _hold(self) -> None:
+        while True:
+            try:
+                self.held.append(self.server.accept()[0])
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.server.close()
+        for connection in self.held:
+            connection.close()
+
+
+STALL_HOSTS = itertools.count(1)
+
+
+@pytest.fixture
+def stalling_host(engine_laptop, testbed):
+    """A host with its own engine (it has the base) whose Docker client sends builds through a
+    proxy that never answers, as a host behind a dead proxy or with no route to its mirror."""
+    laptop, engine = engine_laptop, engine_laptop.engine
+    address = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", engine.bridge], capture_output=True, text=True).stdout.split()[3].split("/")[0]
+    tarpit = Tarpit(address)
+    name = f"gpu-stall{next(STALL_HOSTS)}{SUFFIX}"
+    config = testbed.workdir / f"{name}-docker-config"
+    config.mkdir(mode=0o755, parents=True)
+    (config / "config.json").write_text(json.dumps({"proxies": {"default": {"httpProxy": tarpit.url, "httpsProxy": tarpit.url}}}))
+    (config / "config.json").chmod(0o644)
+    host = tb.start_fake_host(name, 41, testbed.workdir, testbed.workdir / "authorized_keys",
+                              extra=f"SetEnv DOCKER_HOST={engine.docker_host} DOCKER_CONFIG={config}\n")
+    known = laptop.home / ".ssh" / "known_hosts"
+    known.write_text(known.read_text() + host.host_key_line() + "\n")
+    laptop.ssh_config.write_text(laptop.ssh_config.read_text() + host.config_block(laptop.identity, known))
+    laptop.stall_host = name
+    yield laptop
+    host.stop()
+    tarpit.close()
+    ids = engine.docker("ps", "-aq", "--filter", f"label=devbox.host={name}").stdout.split()
+    if ids:
+        engine.docker("rm", "-f", *ids)
+    volumes = engine.docker("volume", "ls", "-q", "--filter", f"label=devbox.host={name}").stdout.split()
+    if volumes:
+        engine.docker("volume", "rm", "-f", *volumes)
+    networks = engine.docker("network", "ls", "-q", "--filter", f"label=devbox.host={name}").stdout.split()
+    if networks:
+        engine.docker("network", "rm", *networks)
+
+
+STALL_REFRESH = f"stall{SUFFIX}"   # a tag of this run's own: no engine has it built
+
+
+def test_a_build_stuck_on_an_unreachable_mirror_ends_in_one_line_and_tags_nothing(stalling_host):
+    """Was: `up` sat in apt-get with no output and no end (10 minutes and more)."""
+    laptop = stalling_host
+    set_config(laptop, f'delivery = "build"\nrefresh = "{STALL_REFRESH}"\nbuild_stall = 5\n')
+    began = time.monotonic()
+    reports, done = laptop.devbox.json("up", laptop.stall_host, expect=3)
+    took = time.monotonic() - began
+    error = reports[0]["error"]
+    assert "made no progress for 5 s" in error and "apt-get install" in error and "could not reach deb.debian.org" in error, error
+    assert 'delivery = "stream"' in error and "build_stall" in error and "\n" not in error
+    assert took < 120, f"{took:.0f} s"
+    tag = content_tag(load_spec(laptop.stall_host, laptop.work / "devbox.toml").image)
+    assert laptop.engine.docker("image", "inspect", tag).returncode != 0, "nothing half-built is tagged"
+    for _ in range(50):  # the engine cancels the stopped build and removes its container
+        if f"DEVBOX_REFRESH={STALL_REFRESH}" not in build_containers_env(["docker", "-H", laptop.engine.docker_host]):
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the stalled build's container is still on the host")
+
+
+@pytest.fixture(scope="session")
+def stall_image(testbed):
+    """This machine has the image the stalling host would build (`devbox build` made it)."""
+    return build_locally(ImageSpec(tb.BASE_IMAGE, refresh=STALL_REFRESH))
+
+
+def test_a_stuck_build_falls_back_to_streaming_when_this_machine_has_the_image(stalling_host, stall_image):
+    laptop = stalling_host
+    set_config(laptop, f'refresh = "{STALL_REFRESH}"\nbuild_stall = 5\n')
+    done = laptop.devbox("up", laptop.stall_host)
+    assert done.returncode == 0, done.stderr
+    assert "made no progress for 5 s" in done.stderr and "sending the image from this machine instead" in done.stderr
+    assert laptop.engine.docker("image", "inspect", stall_image.tag).returncode == 0
+    assert laptop.ssh(f"devbox-{laptop.stall_host}", "whoami").stdout.strip() == "dev"
