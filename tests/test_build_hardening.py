@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -193,3 +194,43 @@ def test_a_stuck_build_falls_back_to_streaming_when_this_machine_has_the_image(s
     assert "made no progress for 5 s" in done.stderr and "sending the image from this machine instead" in done.stderr
     assert laptop.engine.docker("image", "inspect", stall_image.tag).returncode == 0
     assert laptop.ssh(f"devbox-{laptop.stall_host}", "whoami").stdout.strip() == "dev"
+
+
+@pytest.fixture
+def machine_ca(tmp_path) -> Path:
+    """This machine's CAs in one PEM file: the TLS-intercepting proxy that reaches PyPI is among them."""
+    certs = sorted(Path("/usr/local/share/ca-certificates").glob("*.crt"))
+    if not certs:
+        pytest.skip("this machine has no CA of its own in /usr/local/share/ca-certificates")
+    bundle = tmp_path / "team-ca.pem"
+    bundle.write_text("".join(cert.read_text() for cert in certs))
+    return bundle
+
+
+PIP_STEP = 'delivery = "build"\napt = ["python3-pip"]\npip = ["six"]\n'
+
+
+def test_pip_behind_a_tls_intercepting_proxy_fails_naming_the_cause_and_the_ca_bundle_fix(laptop, machine_ca):
+    set_config(laptop, PIP_STEP)
+    reports, _ = laptop.devbox.json("up", laptop.host1, expect=1)
+    error = reports[0]["error"]
+    assert "(pip install of `pip`)" in error and "a TLS certificate check failed" in error and "set ca_bundle" in error, error
+
+
+def test_a_team_ca_bundle_lets_pip_in_the_build_through_the_proxy_and_the_box_trusts_it(laptop, machine_ca):
+    set_config(laptop, PIP_STEP + f'ca_bundle = "{machine_ca}"\n')
+    reports, _ = laptop.devbox.json("up", laptop.host1)
+    assert reports[0]["error"] == "", reports[0]
+    done = box_ssh(laptop, laptop.host1, "python -c 'import six; print(six.__name__)' && ls /etc/ssl/certs/devbox-team-ca.pem "
+                   "&& cat /etc/xdg/pip/pip.conf")
+    assert done.returncode == 0 and done.stdout.startswith("six\n") and "cert = /etc/ssl/certs/ca-certificates.crt" in done.stdout, done
+
+
+def test_a_ca_bundle_that_is_not_certificates_is_refused_before_anything_runs(tmp_path):
+    key = tmp_path / "id"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    for path, says in ((key, "holds a private key"), (tmp_path / "none.pem", "cannot read"), (key.with_suffix(".pub"), "no PEM certificate")):
+        (tmp_path / "devbox.toml").write_text(f'[defaults]\nca_bundle = "{path}"\n')
+        done = subprocess.run([sys.executable, "-m", "devbox.cli", "up", "some-host", "--dry-run"], cwd=tmp_path,
+                              capture_output=True, text=True, env={**os.environ, "HOME": str(tmp_path)})
+        assert done.returncode == 2 and says in done.stderr and done.stderr.count("\n") == 1, done.stderr
