@@ -441,7 +441,8 @@ def plan_up(
         why = "its spec changed" if not restart else "asked to restart"
         what = (f"re-create box {spec.box_name} ({why}): the new one starts beside it and replaces it only once its sshd "
                 "answers; volumes and host key are kept") if recreate else f"start box {spec.box_name}"
-        steps.append(SwapBox("create_box", f"{what} on 127.0.0.1:{port} as {spec.user} ({spec.uid}:{spec.gid})",
+        gpus = "" if not spec.wants_gpus else f" with GPUs {spec.gpus if isinstance(spec.gpus, str) else ','.join(map(str, spec.gpus))}"
+        steps.append(SwapBox("create_box", f"{what} on 127.0.0.1:{port} as {spec.user} ({spec.uid}:{spec.gid}){gpus}",
                              spec, tuple(ports), argv_for, recreate))
     elif not facts.box_running:
         steps.append(DockerStep("start_box", f"start the stopped box {spec.box_name}", ("start", spec.box_name)))
