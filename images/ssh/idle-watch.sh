@@ -7,8 +7,8 @@
 # above the threshold. After a whole window with none of these it logs one line to the box's
 # stdout (docker logs), writes it to ~/.devbox/idle/stopped and ends sshd with TERM: the box exits
 # 0, which `--restart on-failure` leaves stopped. Every sample rewrites ~/.devbox/idle/state.
-# Cheap on purpose: /proc is read with the shell's own `read`; a sample forks only date, sleep
-# and mv, plus tmux when its socket exists and nvidia-smi when the box has one.
+# Cheap on purpose: a sample forks only grep, mv and sleep, plus tmux when its socket exists and
+# nvidia-smi when the box has one; the clock is /proc/uptime read by the shell itself.
 set -u
 
 sshd_pid=$1
@@ -30,17 +30,17 @@ fi
 
 count_ssh() {  # -> ssh_sessions; addresses are hex, little-endian per 32-bit word
     ssh_sessions=0
-    for table in /proc/net/tcp /proc/net/tcp6; do
-        [ -r "$table" ] || continue
-        while read -r _ local remote st _; do
-            [ "$st" = 01 ] || continue                  # 01: ESTABLISHED (the header reads "st")
-            case $local in *:08AE) ;; *) continue ;; esac
-            case $remote in                             # 127.0.0.0/8, ::1, ::ffff:127.0.0.0/104
-                ??????7F:*|00000000000000000000000001000000:*|0000000000000000FFFF0000??????7F:*) continue ;;
-            esac
-            ssh_sessions=$((ssh_sessions + 1))
-        done < "$table"
-    done
+    # grep reads the tables in a few syscalls (the shell's `read` takes a byte per syscall, and
+    # /proc/net/tcp is rebuilt on each); it keeps ESTABLISHED (01) connections to 2222 (08AE).
+    established=$(grep -hE '^ *[0-9]+: [0-9A-F]+:08AE [0-9A-F]+:[0-9A-F]+ 01 ' /proc/net/tcp /proc/net/tcp6 2>/dev/null) || return 0
+    while read -r _ _ remote _; do
+        case $remote in                                 # 127.0.0.0/8, ::1, ::ffff:127.0.0.0/104
+            ''|??????7F:*|00000000000000000000000001000000:*|0000000000000000FFFF0000??????7F:*) continue ;;
+        esac
+        ssh_sessions=$((ssh_sessions + 1))
+    done <<EOF
+$established
+EOF
 }
 
 list_jobs() {  # -> jobs: tmux session names, commas made "_" (the state file's list separator)
@@ -94,15 +94,23 @@ stop_box() {
 
 mkdir -p "$dir" || echo "devbox-idle: cannot make $dir: no state file, the box still stops when idle" >&2
 rm -f "$dir/stopped"
+clock() {  # -> now, epoch seconds without forking date: the start time plus uptime since
+    read -r up _ < /proc/uptime
+    now=$((epoch0 + ${up%.*} - up0))
+}
+
 gpu_note=
-now=$(date +%s)
+epoch0=$(date +%s)
+read -r up0 _ < /proc/uptime
+up0=${up0%.*}
+clock
 idle_since=$now
 echo "devbox-idle: watching: the box stops after $window_text with no ssh session, no job and no GPU at or above $threshold% (sampled every ${interval}s)"
 while kill -0 "$sshd_pid" 2>/dev/null; do
     count_ssh
     list_jobs
     read_gpus
-    now=$(date +%s)
+    clock
     if [ "$ssh_sessions" -gt 0 ] || [ -n "$jobs" ] || [ "$gpu_busy" = 1 ]; then
         idle_since=
     elif [ -z "$idle_since" ]; then
