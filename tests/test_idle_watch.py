@@ -179,11 +179,16 @@ def test_loopback_connections_like_the_health_check_do_not_count(idle_box, tmp_p
     assert wait_stopped(box)["ExitCode"] == 0
 
 
-def test_docker_stop_still_stops_a_watched_box_promptly(idle_box, tmp_path):
+def test_docker_stop_still_stops_a_watched_box_promptly_and_the_watcher_has_no_privilege(idle_box, tmp_path):
     box = idle_box("DEVBOX_IDLE_STOP=3600")   # the watcher sleeps 60 s between samples
     session = ssh_session(box, tmp_path)
     try:
         wait_for("the watcher's first sample", lambda: idle_state(box), 10, box)
+        top = docker("top", box.id, "-o", "pid,uid,cmd").splitlines()[1:]
+        assert all(line.split()[1] == "1000" for line in top), top   # the watcher adds no user, no capability
+        watcher = next(line.split()[0] for line in top if "devbox-idle-watch" in line)
+        status = open(f"/proc/{watcher}/status").read()
+        assert "CapEff:\t0000000000000000" in status and "CapPrm:\t0000000000000000" in status and "NoNewPrivs:\t1" in status
         started = time.monotonic()
         docker("stop", box.id)
         took = time.monotonic() - started
