@@ -229,3 +229,13 @@ def test_without_a_valid_idle_stop_sshd_is_the_box_itself_and_nothing_watches(id
     assert not any("devbox-idle-watch" in line for line in top)
     assert subprocess.run(["docker", "exec", box.id, "test", "-e", STATE]).returncode == 1
     assert (note in logs(box)) if note else "devbox-idle" not in logs(box)
+
+
+def test_a_hangup_reloads_sshd_as_before_and_the_box_keeps_running(idle_box, tmp_path):
+    box = idle_box("DEVBOX_IDLE_STOP=3600")
+    docker("kill", "--signal", "HUP", box.id)
+    time.sleep(1)
+    wait_for("a login after the reload", lambda: box.openssh(tmp_path, "true").returncode == 0, 20, box)
+    state = container_state(box)
+    assert state["Running"] and state["RestartCount"] == 0
+    assert "Received SIGHUP; restarting." in logs(box)

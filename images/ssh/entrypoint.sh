@@ -30,6 +30,7 @@ fi
 "$@" &
 sshd_pid=$!
 trap 'kill -TERM "$sshd_pid" 2>/dev/null || :' TERM INT
+trap 'kill -HUP "$sshd_pid" 2>/dev/null || :' HUP    # sshd's own reload, as when it was exec'd
 /usr/local/bin/devbox-idle-watch "$sshd_pid" &
 watch_pid=$!
 while kill -0 "$sshd_pid" 2>/dev/null; do
