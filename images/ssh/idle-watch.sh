@@ -32,7 +32,8 @@ count_ssh() {  # -> ssh_sessions; addresses are hex, little-endian per 32-bit wo
     ssh_sessions=0
     # grep reads the tables in a few syscalls (the shell's `read` takes a byte per syscall, and
     # /proc/net/tcp is rebuilt on each); it keeps ESTABLISHED (01) connections to 2222 (08AE).
-    established=$(grep -hE '^ *[0-9]+: [0-9A-F]+:08AE [0-9A-F]+:[0-9A-F]+ 01 ' /proc/net/tcp /proc/net/tcp6 2>/dev/null) || return 0
+    # Its status is not looked at: a kernel without IPv6 has no tcp6, and grep then says 2.
+    established=$(grep -hE '^ *[0-9]+: [0-9A-F]+:08AE [0-9A-F]+:[0-9A-F]+ 01 ' /proc/net/tcp /proc/net/tcp6 2>/dev/null)
     while read -r _ _ remote _; do
         case $remote in                                 # 127.0.0.0/8, ::1, ::ffff:127.0.0.0/104
             ''|??????7F:*|00000000000000000000000001000000:*|0000000000000000FFFF0000??????7F:*) continue ;;
@@ -83,6 +84,11 @@ write_state() {  # atomic: a reader never sees half a file
         && mv -f "$dir/state.tmp" "$dir/state"
 }
 
+clock() {  # -> now, epoch seconds without forking date: the start time plus uptime since
+    read -r up _ < /proc/uptime
+    now=$((epoch0 + ${up%.*} - up0))
+}
+
 stop_box() {
     since=$(date -u -d "@$idle_since" +%Y-%m-%dT%H:%M:%SZ)
     line="devbox-idle: stopped idle $window_text since $since (no ssh session, no job$gpu_note)"
@@ -93,12 +99,6 @@ stop_box() {
 }
 
 mkdir -p "$dir" || echo "devbox-idle: cannot make $dir: no state file, the box still stops when idle" >&2
-rm -f "$dir/stopped"
-clock() {  # -> now, epoch seconds without forking date: the start time plus uptime since
-    read -r up _ < /proc/uptime
-    now=$((epoch0 + ${up%.*} - up0))
-}
-
 gpu_note=
 epoch0=$(date +%s)
 read -r up0 _ < /proc/uptime
