@@ -18,6 +18,7 @@ from pathlib import Path
 
 from devbox.boxid import BoxId
 from devbox.errors import ConfigError
+from devbox.idle import parse_duration
 from devbox.image import ImageSpec
 from devbox.resources import shipped_dir
 
@@ -584,20 +585,6 @@ def _parse_packages(pattern: re.Pattern):
     return parse
 
 
-DURATION_RE = re.compile(r"^([0-9]{1,7})([smhd])\Z")
-DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-MAX_IDLE_STOP = 30 * 86400
-
-
-def parse_duration(value) -> int:
-    """ "20s", "30m", "2h", "1d" -> seconds (1 s .. 30 d)."""
-    match = DURATION_RE.match(value) if isinstance(value, str) else None
-    seconds = int(match.group(1)) * DURATION_UNITS[match.group(2)] if match else 0
-    if not 1 <= seconds <= MAX_IDLE_STOP:
-        raise ValueError(repr(value))
-    return seconds
-
-
 def _parse_percent(value) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 100:
         return value
@@ -649,7 +636,7 @@ _PARSERS = {
     "apt": _parse_packages(APT_RE),
     "pip": _parse_packages(PIP_RE),
     "shared": _parse_bool,
-    "idle_stop": parse_duration,
+    "idle_stop": parse_duration,  # devbox/idle.py
     "idle_gpu_util": _parse_percent,
     "ca_bundle": _parse_ca_bundle,
     "build_stall": _parse_seconds,

@@ -120,7 +120,7 @@ BOXES_SCRIPT = "\n".join([
     '  [ -n "${3:-}" ] || continue',
     '  sec "idle $n"',
     '  case "$1" in true) docker exec "$n" cat "/home/$2/.devbox/idle/state" 2>/dev/null;;',
-    "  *) docker logs --tail 20 \"$n\" 2>&1 | grep 'devbox-idle: stopped' | tail -n 1;; esac",
+    "  *) docker logs --tail 20 \"$n\" 2>&1;; esac",
     "done", "true"]) + "\n"
 
 
@@ -179,6 +179,9 @@ def read_idle(result: BoxStatus, box: dict, text: str) -> None:
     from devbox.idle import IdleState, stopped_reason
 
     if (box.get("State") or {}).get("Running"):
-        result.kept_up_by = IdleState.parse(text).reasons()
+        try:
+            result.kept_up_by = IdleState.parse(text).reasons() or ["nothing: idle, it stops at the end of its window"]
+        except ValueError:
+            result.kept_up_by = []        # not sampled yet (a box that just started)
     else:
         result.stopped_why = stopped_reason(text) or ""
