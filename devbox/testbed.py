@@ -325,11 +325,13 @@ def start_second_engine(root: Path, seed_images: list[str], address_pool: str = 
 
 
 def seed(docker_host: str, images: list[str]) -> None:
-    """Copy images from this machine's engine into another (docker save | docker -H … load)."""
-    for image in images:
-        save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
+    """Copy images from this machine's engine into another (docker save | docker -H … load),
+    in one stream: layers the images share (an image and its base) cross once."""
+    if images:
+        save = subprocess.Popen(["docker", "save", *images], stdout=subprocess.PIPE)
         subprocess.run(["docker", "-H", docker_host, "load", "-q"], stdin=save.stdout, check=True, capture_output=True)
-        save.wait()
+        if save.wait() != 0:
+            raise RuntimeError(f"docker save {' '.join(images)} failed")
 
 
 def start_engine_host(name: str, workdir: Path, authorized: Path, engine: SecondEngine) -> FakeHost:
@@ -493,15 +495,34 @@ def gpu_hook(args: list[str], stdin, state: str) -> int:
         chosen += [g for g in found if g not in chosen]
     root = Path(config["root"]["path"])
     root = root if root.is_absolute() else bundle / root
-    data = root / BOX_GPU_DATA.lstrip("/")
+    try:
+        data, smi = (_fresh_path_in(root, path) for path in (BOX_GPU_DATA, "/usr/bin/nvidia-smi"))
+    except ValueError as exc:
+        print(f"{HOOK_NAME} (devbox test bed): {exc}", file=sys.stderr)
+        return 1
     write_gpu_data(data, chosen, renumber=True)
     for gpu in chosen:
         for kind in ("util", "procs"):
             source = host / kind / str(gpu.index)
             if source.exists():
                 _write_atomically(data / kind / str(gpu.index), source.read_text())
-    write_smi(root / "usr/bin/nvidia-smi", BOX_GPU_DATA, BOX_UTIL_FILE, show_procs=False)
+    write_smi(smi, BOX_GPU_DATA, BOX_UTIL_FILE, show_procs=False)
     return 0
+
+
+def _fresh_path_in(root: Path, inside: str) -> Path:
+    """`inside` under the box's root, emptied, where writing cannot leave the root: the
+    hook runs as the host's root, and an image's symlink (/usr/bin -> /etc, say) would
+    otherwise aim its writes at the host (the toolkit's own CVE-2024-0132 was of this kind)."""
+    path = root / inside.lstrip("/")
+    real_root = os.path.realpath(root)
+    if not os.path.realpath(path.parent).startswith(real_root + os.sep):
+        raise ValueError(f"{inside}: its directory leads out of the container's root; nothing planted")
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+    return path
 
 
 def write_hook(bindir: Path, state: Path) -> Path:
@@ -582,8 +603,8 @@ class GpuBed:
         if not ids:
             return []
         merged = self.engine.docker("inspect", "-f", "{{.GraphDriver.Data.MergedDir}}", *ids, timeout=60).stdout.split()
-        dirs = [Path(m) / BOX_GPU_DATA.lstrip("/") for m in merged]
-        return [d for d in dirs if (d / "gpus").exists()]
+        dirs = [(Path(m), Path(m) / BOX_GPU_DATA.lstrip("/")) for m in merged]
+        return [d for m, d in dirs if (d / "gpus").exists() and os.path.realpath(d).startswith(os.path.realpath(m) + os.sep)]
 
     def set_box_util(self, container: str, index: int, pct: int) -> None:
         """Inside `container`, as its user: GPU `index` (the box's numbering) at `pct` %."""
@@ -597,11 +618,14 @@ class GpuBed:
         return self.engine.docker("exec", container, "nvidia-smi", *args, timeout=60)
 
     def visible_devices(self, container: str) -> str | None:
-        """NVIDIA_VISIBLE_DEVICES of `container` (None: it has none), from docker inspect."""
-        done = self.engine.docker("inspect", "-f", "{{json .Config.Env}}", container, timeout=60)
-        if done.returncode != 0:
-            raise RuntimeError(f"docker inspect {container}: {done.stderr.strip()}")
-        env = dict(e.split("=", 1) for e in json.loads(done.stdout) if "=" in e)
+        """NVIDIA_VISIBLE_DEVICES of running `container` (None: it has none), as its first
+        process got it. Docker puts it in the OCI spec's env, not in the container's config,
+        so `docker inspect` shows it nowhere: it gives the pid, /proc the environment."""
+        done = self.engine.docker("inspect", "-f", "{{.State.Pid}}", container, timeout=60)
+        if done.returncode != 0 or done.stdout.strip() in ("", "0"):
+            raise RuntimeError(f"{container} is not running: {done.stderr.strip()}")
+        environ = Path(f"/proc/{done.stdout.strip()}/environ").read_bytes().split(b"\0")
+        env = dict(e.decode().split("=", 1) for e in environ if b"=" in e)
         return env.get("NVIDIA_VISIBLE_DEVICES")
 
 

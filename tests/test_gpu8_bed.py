@@ -80,26 +80,59 @@ def test_the_fake_gives_every_field_in_the_recorded_shape(tmp_path):
             assert have == want, command
 
 
+def run_hook(tmp_path: Path, env: list[str], stdin: str | None = None) -> tuple[int, Path]:
+    """gpu_hook as runc calls it, on a bundle of a container with `env`: (exit code, its root)."""
+    import io
+
+    state, bundle = tmp_path / "state", tmp_path / "bundle"
+    if not state.exists():
+        tb.write_gpu_data(state, tb.h200_gpus(8), renumber=False)
+        (bundle / "rootfs").mkdir(parents=True)
+    (bundle / "config.json").write_text(json.dumps({"root": {"path": "rootfs"}, "process": {"env": env}}))
+    code = tb.gpu_hook(["prestart"], io.StringIO(json.dumps({"bundle": str(bundle)}) if stdin is None else stdin), str(state))
+    return code, bundle / "rootfs"
+
+
 def test_the_hook_leaves_a_container_that_asked_for_no_gpus_as_it_was(tmp_path):
-    state = tmp_path / "state"
-    tb.write_gpu_data(state, tb.h200_gpus(8), renumber=False)
-    bundle = tmp_path / "bundle"
-    (bundle / "rootfs").mkdir(parents=True)
-
-    def hook(env: list[str], stdin: str | None = None) -> int:
-        (bundle / "config.json").write_text(json.dumps({"root": {"path": "rootfs"}, "process": {"env": env}}))
-        import io
-
-        return tb.gpu_hook(["prestart"], io.StringIO(stdin or json.dumps({"bundle": str(bundle)})), str(state))
-
     for env in ([], ["PATH=/bin"], ["NVIDIA_VISIBLE_DEVICES="], ["NVIDIA_VISIBLE_DEVICES=void"], ["NVIDIA_VISIBLE_DEVICES=none"]):
-        assert hook(env) == 0 and not any((bundle / "rootfs").iterdir()), env
-    assert hook([], stdin="not json") == 0 and hook([], stdin="{}") == 0
-    assert not any((bundle / "rootfs").iterdir())
-    assert hook(["NVIDIA_VISIBLE_DEVICES=GPU-ffffffff-0000-0000-0000-000000000000"]) == 1
-    assert hook(["NVIDIA_VISIBLE_DEVICES=6,3"]) == 0
-    rows = (bundle / "rootfs" / tb.BOX_GPU_DATA.lstrip("/") / "gpus").read_text().splitlines()
-    assert [r.split("\t")[:2] for r in rows] == [["0", "6"], ["1", "3"]]   # the box's numbering, the host's minors
+        code, root = run_hook(tmp_path, env)
+        assert code == 0 and not any(root.iterdir()), env
+    for garbage in ("not json", "{}", '{"bundle": "/nonexistent"}'):
+        code, root = run_hook(tmp_path, [], stdin=garbage)
+        assert code == 0 and not any(root.iterdir()), garbage
+
+
+def test_the_hook_gives_a_box_its_gpus_by_index_or_uuid_and_refuses_one_the_host_lacks(tmp_path, capsys):
+    gpus = tb.h200_gpus(8)
+    code, root = run_hook(tmp_path, ["PATH=/bin", f"NVIDIA_VISIBLE_DEVICES=6,{gpus[3].uuid}"])
+    rows = (root / tb.BOX_GPU_DATA.lstrip("/") / "gpus").read_text().splitlines()
+    assert code == 0 and [r.split("\t")[:3] for r in rows] == [["0", "6", gpus[6].uuid], ["1", "3", gpus[3].uuid]]
+    assert (root / "usr/bin/nvidia-smi").stat().st_mode & 0o777 == 0o755
+    code, _ = run_hook(tmp_path, ["NVIDIA_VISIBLE_DEVICES=GPU-ffffffff-0000-0000-0000-000000000000"])
+    assert code == 1 and "device error: GPU-ffffffff-0000-0000-0000-000000000000: unknown device" in capsys.readouterr().err
+
+
+def test_an_image_whose_symlinks_lead_out_of_its_root_cannot_aim_the_hook_at_the_host(tmp_path, capsys):
+    """The hook writes as the host's root: an image with /usr/share (or the nvidia-smi path)
+    pointing outside must get nothing written there, and the box does not start."""
+    outside = tmp_path / "host-etc"
+    outside.mkdir()
+    (outside / "passwd").write_text("root:x:0:0\n")
+    run_hook(tmp_path, [])
+    root = tmp_path / "bundle" / "rootfs"
+    (root / "usr").mkdir()
+    (root / "usr/share").symlink_to(outside)
+    code, _ = run_hook(tmp_path, ["NVIDIA_VISIBLE_DEVICES=0"])
+    assert code == 1 and "leads out of the container's root" in capsys.readouterr().err
+    (root / "usr/share").unlink()
+    (root / "usr/share").mkdir()
+    (root / "usr/bin").mkdir()
+    (root / "usr/bin/nvidia-smi").symlink_to(outside / "passwd")   # the file itself a link: replaced, not followed
+    (root / "usr/share/devbox-fake-gpu").symlink_to(outside)
+    code, _ = run_hook(tmp_path, ["NVIDIA_VISIBLE_DEVICES=0"])
+    assert code == 0 and sorted(p.name for p in outside.iterdir()) == ["passwd"]
+    assert (outside / "passwd").read_text() == "root:x:0:0\n" and not (root / "usr/bin/nvidia-smi").is_symlink()
+    assert (root / "usr/share/devbox-fake-gpu/gpus").read_text().startswith("0\t0\t")
 
 
 def test_top_once_json_shows_the_eight_gpus_and_the_utilisation_set_on_the_host(gpu8_laptop):
@@ -177,3 +210,18 @@ def test_a_container_with_no_gpus_starts_untouched_and_an_unknown_gpu_fails_like
     assert lacking.returncode != 0 and "nvidia-container-cli: device error: 8: unknown device" in lacking.stderr
     info = json.loads(bed.engine.docker("info", "--format", "{{json .Runtimes}}").stdout)
     assert "nvidia" in info      # what devbox's preflight asks of a GPU host
+
+
+def test_a_stopped_box_started_again_has_its_nvidia_smi_and_the_readings_of_now(gpu8_laptop):
+    """What an idle-stopped box needs from `up`: the hook plants again at every start."""
+    bed = gpu8_laptop.gpus
+    query = ("--query-gpu=index,utilization.gpu", "--format=csv,noheader,nounits")
+    done = bed.engine.docker("run", "-d", "--name", "gpu-restart", "--read-only", "--tmpfs", "/tmp", "--gpus", '"device=4"',
+                             tb.BASE_IMAGE, "sleep", "300")
+    assert done.returncode == 0, done.stderr
+    assert bed.box_smi("gpu-restart", *query).stdout == "0, 0\n"
+    assert bed.engine.docker("stop", "-t", "0", "gpu-restart").returncode == 0
+    bed.set_util(4, 40)                    # while it is stopped: only the next start can tell it
+    assert bed.engine.docker("start", "gpu-restart").returncode == 0
+    assert bed.box_smi("gpu-restart", *query).stdout == "0, 40\n"
+    assert bed.visible_devices("gpu-restart") == "4"
