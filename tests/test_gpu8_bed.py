@@ -148,14 +148,21 @@ def test_top_once_json_shows_the_eight_gpus_and_the_utilisation_set_on_the_host(
     assert gpus[5]["memory_used_mib"] == 20480 + 9 and gpus[4]["memory_used_mib"] == 0
 
 
-@pytest.mark.parametrize("gpus, expected", [("[1, 3]", "1,3"), ('"all"', "all")])
-def test_up_gives_the_default_box_exactly_the_gpus_asked_and_its_nvidia_smi_lists_only_them(gpu8_laptop, gpus, expected):
-    laptop, bed = gpu8_laptop, gpu8_laptop.gpus
+def up_with_gpus(laptop, gpus: str) -> tuple[str, list[dict]]:
+    """`devbox up` of the 8-GPU host's default box with `gpus = <gpus>` (TOML): its container
+    and the up report. The box has no torch, so verify's torch checks fail (exit 1); the
+    box itself must come up without an error."""
     (laptop.work / "devbox.toml").write_text(f'[defaults]\nplaybook = "cpu"\nbase_image = "{tb.BASE_IMAGE}"\n'
                                              f"[hosts.{laptop.gpu8}]\ngpus = {gpus}\n")
     reports, done = laptop.devbox.json("up", laptop.gpu8, expect=None)
     assert reports[0]["error"] == "", done.stdout + done.stderr
-    box = f"devbox-{laptop.gpu8}"
+    return f"devbox-{laptop.gpu8}", reports
+
+
+@pytest.mark.parametrize("gpus, expected", [("[1, 3]", "1,3"), ('"all"', "all")])
+def test_up_gives_the_default_box_exactly_the_gpus_asked_and_its_nvidia_smi_lists_only_them(gpu8_laptop, gpus, expected):
+    laptop, bed = gpu8_laptop, gpu8_laptop.gpus
+    box, reports = up_with_gpus(laptop, gpus)
     assert bed.visible_devices(box) == expected
     held = [1, 3] if expected == "1,3" else list(range(8))
     checks = {c["name"]: c for c in reports[0]["checks"]}
@@ -169,11 +176,7 @@ def test_up_gives_the_default_box_exactly_the_gpus_asked_and_its_nvidia_smi_list
 
 def test_utilisation_is_reported_in_and_out_of_the_box(gpu8_laptop):
     laptop, bed = gpu8_laptop, gpu8_laptop.gpus
-    (laptop.work / "devbox.toml").write_text(f'[defaults]\nplaybook = "cpu"\nbase_image = "{tb.BASE_IMAGE}"\n'
-                                             f"[hosts.{laptop.gpu8}]\ngpus = [1, 3]\n")
-    reports, done = laptop.devbox.json("up", laptop.gpu8, expect=None)
-    assert reports[0]["error"] == "", done.stdout + done.stderr
-    box = f"devbox-{laptop.gpu8}"
+    box, _ = up_with_gpus(laptop, "[1, 3]")
     query = ("--query-gpu=index,utilization.gpu", "--format=csv,noheader,nounits")
 
     bed.set_util(3, 87)                    # the host's GPU 3 is the box's GPU 1
