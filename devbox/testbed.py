@@ -347,17 +347,21 @@ def start_engine_host(name: str, workdir: Path, authorized: Path, engine: Second
 # - Docker enables `--gpus` when an executable named nvidia-container-runtime-hook is on
 #   dockerd's PATH (checked with 20.10); our hook is a few lines that call gpu_hook()
 #   below. Docker itself gives the box NVIDIA_VISIBLE_DEVICES (the indices or UUIDs asked,
-#   "0,1" for a count of 2, "all") and adds the hook as an OCI prestart hook. The engine is
-#   started with `--add-runtime nvidia=<runc>`, so `docker info` lists the nvidia runtime
-#   devbox's preflight wants; boxes still run on plain runc.
+#   "0,1" for a count of 2, "all") and adds the hook as an OCI prestart hook. The variable
+#   is in the OCI spec only: `docker inspect` shows the request (HostConfig.DeviceRequests)
+#   but not the variable, which the box's first process has (GpuBed.visible_devices reads
+#   it there; ssh logins in the box do not inherit it). The engine is started with
+#   `--add-runtime nvidia=<runc>`, so `docker info` lists the nvidia runtime devbox's
+#   preflight wants; boxes still run on plain runc.
 # - At prestart runc hands the hook the container's state (its bundle) on stdin. For a box
 #   with GPUs the hook writes, through the host-side path of the box's root (config.json's
 #   root.path, writable from the host even when the box's root is read-only), a fake
 #   /usr/bin/nvidia-smi (where the real toolkit mounts its own) and its data into
 #   /usr/share/devbox-fake-gpu: only the box's GPUs, numbered from 0 as a real box sees
 #   them, with the host's UUIDs, bus ids and minor numbers. A device the host lacks fails
-#   the start with the real libnvidia-container's words; a container without
-#   NVIDIA_VISIBLE_DEVICES (no GPUs, or `--gpus 0`) is left exactly as it was.
+#   the start with the real libnvidia-container's words, and so does an image whose
+#   symlinks would lead those writes out of its root (the hook runs as the host's root);
+#   a container without NVIDIA_VISIBLE_DEVICES (no GPUs, `--gpus 0`) is left as it was.
 # - One nvidia-smi serves host and box (tests/fixtures/fake-nvidia-smi.{sh,awk}: POSIX sh
 #   and mawk, since boxes have no python): it answers the forms devbox sends (--query-gpu,
 #   --query-compute-apps, -q -x, the banner, -L, -i/--id) in the shapes, error texts and
