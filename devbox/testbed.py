@@ -359,9 +359,9 @@ def start_engine_host(name: str, workdir: Path, authorized: Path, engine: Second
 #   /usr/bin/nvidia-smi (where the real toolkit mounts its own) and its data into
 #   /usr/share/devbox-fake-gpu: only the box's GPUs, numbered from 0 as a real box sees
 #   them, with the host's UUIDs, bus ids and minor numbers. A device the host lacks fails
-#   the start with the real libnvidia-container's words, and so does an image whose
-#   symlinks would lead those writes out of its root (the hook runs as the host's root);
-#   a container without NVIDIA_VISIBLE_DEVICES (no GPUs, `--gpus 0`) is left as it was.
+#   the start (in libnvidia-container's words), as does an image whose symlinks would lead
+#   those writes out of its root (the hook runs as the host's root); a container without
+#   NVIDIA_VISIBLE_DEVICES (no GPUs, `--gpus 0`) is left as it was.
 # - One nvidia-smi serves host and box (tests/fixtures/fake-nvidia-smi.{sh,awk}: POSIX sh
 #   and mawk, since boxes have no python): it answers the forms devbox sends (--query-gpu,
 #   --query-compute-apps, -q -x, the banner, -L, -i/--id) in the shapes, error texts and
