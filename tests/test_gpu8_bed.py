@@ -230,11 +230,9 @@ def test_a_stopped_box_started_again_has_its_nvidia_smi_and_the_readings_of_now(
     assert bed.visible_devices("gpu-restart") == "4"
 
 
-@pytest.mark.xfail(strict=True, reason="found by this bed: facts.parse_sections strips each answer, so the last "
-                   "`docker ps` row of placement's holders loses its empty devbox.shared field and parse_holders "
-                   "drops that box: carol (gpus = 4) is given alice's GPUs 0,1 (remove this mark with the fix)")
 def test_boxes_asking_by_count_and_by_index_on_one_host_get_disjoint_gpus(gpu8_laptop):
-    """The issue's three people, by what Docker gave each box (the hook's view)."""
+    """The issue's three people, by what Docker gave each box (the hook's view); this bed
+    found placement losing the last holder row (carol given alice's GPUs 0,1)."""
     laptop, bed = gpu8_laptop, gpu8_laptop.gpus
     asks = {"alice": "2", "bob": "[2, 3]", "carol": "4", "dave": "2"}
     tables = [f'[defaults]\nplaybook = "cpu"\nbase_image = "{tb.BASE_IMAGE}"\n']
