@@ -134,7 +134,9 @@ def _box(facts: Facts, answers: list[str], tag: str) -> None:
 
 
 # Only needed to choose a port, so only asked for a missing box (whose inspect prints "[]").
+# A stopped box publishes nothing, but its port is its own (labels): `up` will start it on it.
 @question("ports", lambda spec, tag: 'case "$box" in ""|"[]") docker ps -a --format \'{{.Ports}}\' 2>/dev/null; '
+          'docker ps -a --filter label=devbox.port --format \':{{.Label "devbox.port"}} \' 2>/dev/null; '
           '(ss -ltnH 2>/dev/null || true) | awk \'{print $4}\';; esac')
 def _ports(facts: Facts, answers: list[str], tag: str) -> None:
     facts.used_ports = parse_ports(_last(answers))

@@ -61,12 +61,13 @@ def parse_gpu_processes(text: str) -> tuple[GpuProcess, ...]:
     rows = []
     for line in text.splitlines():
         parts = line.split("\t")
+        parts += [""] * (3 - len(parts))          # outside any container: an empty last field, stripped
         if len(parts) == 3 and parts[0].isdigit():
             rows.append(GpuProcess(int(parts[0]), parts[1].strip(), parts[2].strip()))
     return tuple(rows)
 
 
-def _indices(devices, gpus) -> set[int]:
+def gpu_indices(devices, gpus) -> set[int]:
     """GPU indices of a device list ("all", "1,3", UUIDs, a tuple) on a host with `gpus`."""
     by_uuid = {g.uuid.lower(): g.index for g in gpus if g.uuid}
     if devices == "all":
@@ -104,7 +105,7 @@ def taken_by(spec: BoxSpec, facts) -> dict[int, GpuHolder]:
     for holder in facts.gpu_holders:
         if holder.container == spec.box_name or (spec.shared and holder.shared):
             continue
-        for index in _indices(holder.devices, facts.gpus):
+        for index in gpu_indices(holder.devices, facts.gpus):
             taken.setdefault(index, holder)
     return taken
 
@@ -135,7 +136,7 @@ def place_gpus(spec: BoxSpec, facts) -> tuple[BoxSpec, list[str]]:
     if isinstance(spec.gpus, int):
         placed = _choose(before, spec.gpus, every, taken)
     else:
-        _refuse_overlap(spec, _indices(spec.gpus, facts.gpus), every, taken)
+        _refuse_overlap(spec, gpu_indices(spec.gpus, facts.gpus), every, taken)
         placed = spec
     return placed, _outside_warnings(placed, facts)
 
@@ -172,7 +173,7 @@ def _holders_text(taken: dict[int, GpuHolder]) -> str:
 def _outside_warnings(spec: BoxSpec, facts) -> list[str]:
     """A GPU of this box busy with a process that runs in no devbox box (someone's bare job)."""
     boxes = {h.container_id for h in facts.gpu_holders if h.container_id}
-    mine = _indices(spec.gpus, facts.gpus)
+    mine = gpu_indices(spec.gpus, facts.gpus)
     index_of = {g.uuid.lower(): g.index for g in facts.gpus if g.uuid}
     warnings = []
     for process in facts.gpu_processes:

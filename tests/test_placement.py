@@ -80,7 +80,7 @@ def test_a_count_keeps_its_gpus_across_re_runs_and_moves_when_they_were_taken():
 
 
 def test_a_gpu_busy_outside_any_box_is_a_warning_naming_the_pid():
-    found = facts(("bob", "bob", "2", ""), processes=f"4242\t{UUIDS[0]}\t\n777\t{UUIDS[2]}\t{2:064x}\n")
+    found = facts(("bob", "bob", "2", ""), processes=f"777\t{UUIDS[2]}\t{0:064x}\n4242\t{UUIDS[0]}")   # as stripped
     placed, warnings = place_gpus(spec("alice", (0, 1)), found)
     assert placed.gpus == (0, 1)
     assert len(warnings) == 1 and "GPU 0 is busy with PID 4242" in warnings[0]
@@ -92,3 +92,12 @@ def test_before_the_host_is_checked_nothing_is_placed():
 
 def test_ranges():
     assert _ranges([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7, 8" and _ranges([]) == "none"
+
+
+def test_a_stopped_box_keeps_its_port_from_a_new_box():
+    """A stopped box publishes nothing; its label keeps its port (found on the 8-GPU bed: a new box took
+    an idle-stopped box's port, and that box could not start again)."""
+    from devbox.facts import QUESTIONS, parse_ports
+
+    assert 'label=devbox.port' in QUESTIONS["ports"].ask(BoxSpec("h"), "t")
+    assert parse_ports(":26219 \n:26220 ") == {26219, 26220}
