@@ -13,6 +13,7 @@ import pytest
 
 from conftest import SUFFIX
 from devbox.idle import IdleState, stopped_reason
+from devbox.image import ImageSpec, build_locally
 from test_image import RunningBox
 
 WINDOW = 8   # seconds: sampled every 1 s; long enough to connect before an untouched box stops
@@ -74,9 +75,9 @@ def idle_box(box_image, tmp_path):
     """Start boxes with the idle watcher on: idle_box(*env) -> RunningBox (removed afterwards)."""
     started = []
 
-    def start(*env: str, extra: tuple[str, ...] = ()) -> RunningBox:
+    def start(*env: str, extra: tuple[str, ...] = (), image: str = box_image.tag) -> RunningBox:
         args = ("--restart", "on-failure", *(a for e in env for a in ("-e", e)), *extra)
-        box = RunningBox(box_image.tag, f"idle-{tmp_path.name[-12:]}{SUFFIX}", tmp_path, extra=args)
+        box = RunningBox(image, f"idle-{tmp_path.name[-12:]}{SUFFIX}", tmp_path, extra=args)
         started.append(box)
         return box.start()
 
@@ -118,6 +119,15 @@ def test_an_idle_box_stops_itself_with_exit_0_stays_stopped_and_says_why(idle_bo
     wait_for("the restarted watcher's sample", lambda: idle_state(box).updated >= time.time() - 3, 20, box)
     assert subprocess.run(["docker", "exec", box.id, "test", "-e", STOPPED]).returncode == 1
     assert stopped_reason(logs(box)) is None
+
+
+def test_the_watcher_works_on_the_ubuntu_bases_of_the_real_pytorch_images(idle_box, ubuntu_base, tmp_path):
+    box = idle_box(f"DEVBOX_IDLE_STOP={WINDOW}", image=build_locally(ImageSpec(ubuntu_base)).tag)
+    assert box.openssh(tmp_path, "tmux new-session -d -s train 'sleep 600'").returncode == 0
+    wait_for("the job in the state file", lambda: idle_state(box).reasons() == ["job train running"], WINDOW - 2, box)
+    docker("exec", box.id, "tmux", "kill-server")
+    assert wait_stopped(box)["ExitCode"] == 0
+    assert stopped_reason(logs(box)).startswith(f"idle {WINDOW}s since ")
 
 
 def test_an_open_ssh_session_keeps_the_box_up_and_closing_it_lets_it_stop(idle_box, tmp_path):
