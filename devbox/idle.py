@@ -18,6 +18,7 @@ STOPPED_PREFIX = "devbox-idle: stopped "
 # A line that begins a run of the box: the watcher's own, and sshd's (it logs one on every start).
 START_MARKERS = ("devbox-idle: watching", "Server listening on ")
 MAX_REASON = 300
+DOCKER_TIMESTAMP = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+(Z|[+-][0-9:]+) ")   # `docker logs -t`
 
 
 def parse_duration(text: str) -> int:
@@ -81,7 +82,7 @@ def stopped_reason(docker_logs_tail: str) -> str | None:
     """
     reason = None
     for line in docker_logs_tail.splitlines():
-        line = line.strip()
+        line = DOCKER_TIMESTAMP.sub("", line.strip())
         if line.startswith(STOPPED_PREFIX):
             reason = _printable(line[len(STOPPED_PREFIX):].strip())[:MAX_REASON] or None
         elif line.startswith(START_MARKERS):

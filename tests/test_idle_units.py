@@ -114,6 +114,8 @@ Received signal 15; terminating.
 def test_the_stop_reason_is_the_last_stop_line_without_its_prefix():
     assert stopped_reason(LOGS) == "idle 20s since 2026-12-01T14:02:03Z (no ssh session, no job, GPUs under 5%)"
     assert stopped_reason(LOGS.replace("\n", "\r\n")) == stopped_reason(LOGS)
+    stamped = "".join(f"2026-12-01T14:02:{i:02}.123456789Z {line}\n" for i, line in enumerate(LOGS.splitlines()))
+    assert stopped_reason(stamped) == stopped_reason(LOGS)   # `docker logs -t`
 
 
 def test_a_box_that_did_not_stop_by_idling_has_no_stop_reason():
