@@ -1,0 +1,287 @@
+"""The box itself on a real GPU (issue 24): devbox's own image, started under runc with the
+`docker create` arguments devbox.plan.run_args gives this machine (translated by oci_box.py),
+then reached exactly as `devbox verify` reaches a box: a laptop HOME whose ssh config names the
+host, devbox's own `connect` (pin the box's host key, write the `devbox-HOST` entry), and
+devbox.commands.verify.verify_box (paramiko through the host's direct-tcpip tunnel, the OpenSSH
+client through ProxyJump, VS Code's -D forward and sftp).
+
+The host is the test bed's own fake host (devbox.testbed: sshd run as root, key-only, a user
+devbox-ops) on this machine; the box gets its own network namespace, published on the host's
+127.0.0.1:PORT as docker-proxy would. Run as root by run_box_gpu.sh (which unpacks runc, tini
+and OpenSSH); without a GPU, `--gpus none` runs the same path (the GPU checks then say skipped).
+
+    python3 tests/gpu/box_gpu.py --carry DIR --work DIR --out DIR [--gpus all|none|1,2]
+
+More checks (an idle watcher, say) go in EXTRA_CHECKS: each is called with (host, spec, port,
+box name, runc) after verify and returns devbox.verify.Check objects for the same report.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import json
+import os
+import platform
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import oci_box  # noqa: E402
+
+CONFIG = Path(__file__).resolve().parent / "box-device.toml"
+HOST = "device"
+EXTRA_CHECKS: list = []   # (host, spec, port, name, runc) -> list[Check]
+# The driver's libraries the NVIDIA container toolkit mounts for the `utility,compute` capabilities.
+DRIVER_LIBS = ("libnvidia-ml.so", "libnvidia-cfg.so", "libcuda.so", "libcudadebugger.so", "libnvidia-ptxjitcompiler.so",
+               "libnvidia-nvvm.so", "libnvidia-gpucomp.so", "libnvidia-allocator.so", "libnvidia-opencl.so")
+DRIVER_BINS = ("nvidia-smi", "nvidia-debugdump", "nvidia-persistenced", "nvidia-cuda-mps-control", "nvidia-cuda-mps-server")
+LIB_SEARCH = ("/usr/local/nvidia/lib64", "/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu")
+BIN_SEARCH = ("/usr/local/nvidia/bin", "/usr/bin")
+
+
+def sh(*argv: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(list(argv), capture_output=True, text=True, **kw)
+
+
+# ---------------------------------------------------------------- this machine, as the toolkit sees it
+
+
+def read_machine(work: Path, init: str) -> oci_box.Machine:
+    """The GPUs (index, UUID, device minor), the control nodes and the driver's files."""
+    gpus = []
+    out = sh("nvidia-smi", "--query-gpu=index,uuid,pci.bus_id", "--format=csv,noheader").stdout if shutil.which("nvidia-smi") else ""
+    for line in out.strip().splitlines():
+        index, uuid, bus = (x.strip() for x in line.split(","))
+        info = glob.glob(f"/proc/driver/nvidia/gpus/{bus.lower()[-12:]}*/information") or glob.glob(f"/proc/driver/nvidia/gpus/*{bus.lower()[-7:]}/information")
+        minor = next(int(l.split(":")[1]) for l in Path(info[0]).read_text().splitlines() if l.startswith("Device Minor"))
+        gpus.append((index, uuid, minor))
+    control = {p: (os.major(os.stat(p).st_rdev), os.minor(os.stat(p).st_rdev))
+               for p in ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset") if os.path.exists(p)}
+    major = os.major(os.stat(glob.glob("/dev/nvidia[0-9]*")[0]).st_rdev) if gpus else 195
+    files: dict[str, str] = {}
+    for folder in LIB_SEARCH:
+        for name in DRIVER_LIBS:
+            for path in sorted(glob.glob(f"{folder}/{name}.*")):
+                files.setdefault(f"{oci_box.LIB_DIR}/{os.path.basename(path)}", os.path.realpath(path))
+    for name in DRIVER_BINS:
+        found = next((f"{d}/{name}" for d in BIN_SEARCH if os.path.exists(f"{d}/{name}")), None)
+        if found:
+            files[f"/usr/bin/{name}"] = os.path.realpath(found)
+    driver = tuple((source, target) for target, source in sorted(files.items())) if gpus else ()
+    return oci_box.Machine(tuple(gpus), control, major, driver, str(work / "volumes"), str(work / "state"), init)
+
+
+def machine_facts():
+    """What devbox's gather would learn of this host's engine (there is no engine here)."""
+    from devbox.facts import Facts
+
+    memlock = Path("/proc/self/limits").read_text().split("Max locked memory")[1].split()[1]
+    return Facts(host_memory=os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), host_cpus=os.cpu_count(),
+                 memlock_max=-1 if memlock == "unlimited" else int(memlock), runtimes=("nvidia",), host_checked=True)
+
+
+def homes(rootfs: Path) -> dict[int, str]:
+    return {int(f[2]): f[5] for f in (l.split(":") for l in (rootfs / "etc/passwd").read_text().splitlines()) if len(f) > 5}
+
+
+# ---------------------------------------------------------------- the box under runc
+
+
+def make_volumes(box: oci_box.Box, rootfs: Path, volumes: Path) -> None:
+    """Docker's named volumes: a new one gets a copy of what the image has at its target."""
+    for name, target in box.named_volumes:
+        folder = volumes / name
+        if folder.exists():
+            continue
+        image_path = rootfs / target.lstrip("/")
+        if image_path.is_dir():
+            subprocess.run(["cp", "-a", str(image_path), str(folder)], check=True)
+        else:
+            folder.mkdir(parents=True)
+
+
+def write_keys(spec, volumes: Path, authorized_keys: str) -> None:
+    """What devbox's keys writer leaves in the keys volume: the file, 0600, the box's uid."""
+    path = volumes / spec.keys_volume / "authorized_keys"
+    path.write_text(authorized_keys)
+    os.chown(path, spec.uid, spec.gid)
+    os.chmod(path, 0o600)
+
+
+class Publish:
+    """docker-proxy for a box in its own network namespace: host address:port -> the box's port."""
+
+    def __init__(self, pid: int, address: str, port: int, box_port: int):
+        self.netns, self.box_port = f"/proc/{pid}/ns/net", box_port
+        self.listener = socket.create_server((address, port))
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self) -> None:
+        while True:
+            client, _ = self.listener.accept()
+            threading.Thread(target=self.forward, args=(client,), daemon=True).start()
+
+    def forward(self, client: socket.socket) -> None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        with open(self.netns) as ns:   # this thread only: setns(2) on a thread moves that thread
+            if libc.setns(ns.fileno(), 0x40000000) != 0:   # CLONE_NEWNET
+                client.close()
+                return
+        try:
+            box = socket.create_connection(("127.0.0.1", self.box_port), timeout=10)
+        except OSError:
+            client.close()
+            return
+        box.settimeout(None)
+        threading.Thread(target=pump, args=(box, client), daemon=True).start()
+        pump(client, box)
+
+
+def pump(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (source, sink):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+# ---------------------------------------------------------------- the run
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--carry", type=Path, required=True)
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--runc", default="runc")
+    ap.add_argument("--init", required=True, help="docker-init (tini) for --init")
+    ap.add_argument("--gpus", default="", help="override devbox.toml's gpus: all, none, or indices 1,2")
+    ap.add_argument("--tag", default="", help="a suffix for the report's file names")
+    a = ap.parse_args()
+    work, out = a.work, a.out
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "state").mkdir(parents=True)
+    (work / "volumes").mkdir()
+    out.mkdir(parents=True, exist_ok=True)
+    os.chmod(work, 0o755)
+    report: dict = {"started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "kernel": platform.release()}
+    t0 = time.monotonic()
+
+    from devbox import testbed
+    from devbox.config import load_spec
+
+    print("== rootfs from the carried image", flush=True)
+    rootfs = work / "bundle" / "rootfs"
+    rootfs.mkdir(parents=True)
+    subprocess.run(["tar", "-C", str(rootfs), "-xJf", str(a.carry / "box.tar.xz")], check=True)
+    image = json.loads((a.carry / "box-image.json").read_text())
+    report["image"] = {k: image.get(k) for k in ("Tag", "Env", "Entrypoint", "User", "WorkingDir", "Labels")}
+
+    print("== the host (the test bed's fake host: sshd as root, key-only) and the laptop", flush=True)
+    testbed.SSHD = os.environ.get("DEVBOX_SSHD", testbed.SSHD)   # the carried one (run_box_gpu.sh)
+    bed = testbed.start_testbed(work / "bed", [HOST])
+    laptop = testbed.make_laptop(work / "laptop", bed)
+    os.environ["HOME"] = str(laptop.home)
+    keys_dir = laptop.home / "keys"
+    keys_dir.mkdir()
+    shutil.copy(str(laptop.identity) + ".pub", keys_dir / "dev.pub")
+
+    from devbox.commands.up import connect
+    from devbox.commands.verify import check_lines, identity_for, verify_box
+    from devbox.keyset import desired_keys
+    from devbox.plan import box_labels, choose_port, run_args
+    from devbox.remote import Host
+    from devbox.verify import worst
+
+    spec = load_spec(HOST, CONFIG)
+    if a.gpus:
+        from devbox.config import check_flags
+        wanted = a.gpus if a.gpus in ("all", "none") else [int(x) if x.isdigit() else x for x in a.gpus.split(",")]
+        spec = dataclasses.replace(spec, **check_flags(gpus=wanted))   # as `gpus = [...]` in devbox.toml
+    facts = machine_facts()
+    keys = desired_keys(keys_dir)
+    port = choose_port(spec, facts)
+    tag = image["Tag"]
+    labels = box_labels(spec, port, tag, spec.spec_hash(port, tag), keys.fingerprint)
+    argv = run_args(spec, facts, port, tag, labels, None, "create")
+    machine = read_machine(work, a.init)
+    box = oci_box.translate(argv, image, machine, homes(rootfs))
+    report.update(spec=repr(spec), run_args=argv, machine=dataclasses.asdict(machine), notes=box.notes)
+    print("docker " + " ".join(argv), flush=True)
+    for note in box.notes:
+        print("note:", note)
+
+    print("== volumes, keys, config.json; runc run", flush=True)
+    for name, content in box.files.items():
+        (work / "state" / name).write_text(content)
+    make_volumes(box, rootfs, work / "volumes")
+    write_keys(spec, work / "volumes", keys.authorized_keys)
+    (work / "bundle" / "config.json").write_text(json.dumps(box.config, indent=1))
+    shutil.copy(work / "bundle" / "config.json", out / f"box-config{a.tag}.json")
+    log = open(out / f"box-sshd{a.tag}.log", "w")
+    started = subprocess.run([a.runc, "run", "-d", "--pid-file", str(work / "box.pid"), box.name], cwd=work / "bundle",
+                             stdout=log, stderr=log)
+    report["runc_run_exit"] = started.returncode
+    checks = []
+    try:
+        if started.returncode != 0:
+            print((out / f"box-sshd{a.tag}.log").read_text())
+            raise SystemExit(f"runc run failed: exit {started.returncode}")
+        pid = int((work / "box.pid").read_text())
+        for address, host_port, box_port in box.publish:
+            Publish(pid, address, host_port, box_port)
+        host_key = work / "volumes" / spec.volume_name(spec.all_volumes()[0]) / ".devbox/hostkeys/ssh_host_ed25519_key.pub"
+        for _ in range(100):
+            if host_key.exists() and host_key.stat().st_size:
+                break
+            time.sleep(0.1)
+        inside = sh(a.runc, "exec", box.name, "sh", "-c",
+                    "id; ulimit -l; df -k /dev/shm | tail -1; grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; "
+                    "ls -l /opt/devbox/venv/bin/python3 /opt/devbox/venv/bin/python 2>&1; command -v python3; nvidia-smi -L 2>&1; "
+                    "cat /proc/1/cmdline | tr '\\0' ' '; echo; ps -eo user,pid,args 2>/dev/null || true")
+        report["inside_runc_exec"] = inside.stdout + inside.stderr
+        print(report["inside_runc_exec"], flush=True)
+
+        print("== devbox's connect (pin, ssh entry) and verify_box, through the host", flush=True)
+        t1 = time.monotonic()
+        with Host(HOST) as host:
+            identity = identity_for(host, spec, keys)
+            steps = SimpleNamespace(steps=[])
+            connect(host, SimpleNamespace(spec=spec), port, identity, False, steps, known_key=host_key.read_text().strip())
+            checks = verify_box(host, spec, port, identity, keys.fingerprints, oci_box.inspect_view(argv))
+            report["verify_seconds"] = round(time.monotonic() - t1, 2)
+            for extra in EXTRA_CHECKS:
+                checks += extra(host, spec, port, box.name, a.runc)
+        report["connect_steps"] = steps.steps
+        report["ssh_entry"] = (laptop.home / ".ssh/devbox/config").read_text()
+    finally:
+        sh(a.runc, "delete", "-f", box.name)
+        bed.stop()
+        log.close()
+    lines = check_lines(checks)
+    report.update(checks=[c.as_dict() for c in checks], lines=lines, exit_code=worst(checks),
+                  seconds=round(time.monotonic() - t0, 1))
+    (out / f"box-verify{a.tag}.json").write_text(json.dumps(report, indent=1))
+    print(f"{HOST}: ({len(checks)} checks, {sum(c.status == 'ok' for c in checks)} ok)")
+    print("\n".join(lines))
+    return worst(checks) if checks else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
