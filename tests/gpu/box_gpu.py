@@ -116,6 +116,26 @@ def write_keys(spec, volumes: Path, authorized_keys: str) -> None:
     os.chmod(path, 0o600)
 
 
+NVLS_OFF = ("NCCL_NVLS_ENABLE=0", "TORCH_SYMM_MEM_DISABLE_MULTICAST=1", "NVSHMEM_DISABLE_NVLS=1")
+
+
+def keep_multicast_off(spec, volumes: Path) -> None:
+    """The login's ~/.bashrc (home volume) exports NVLS_OFF before its interactive guard: bash
+    reads it for `ssh box CMD` too (Debian/Ubuntu build it so), and sshd passes no env of ours."""
+    rc = volumes / spec.volume_name(spec.all_volumes()[0]) / ".bashrc"
+    old = rc.read_text() if rc.exists() else ""
+    rc.write_text("# NVLink multicast stays off on this shared GPU host (the device's KINDS.md)\n"
+                  f"export {' '.join(NVLS_OFF)}\n" + old)
+    os.chown(rc, spec.uid, spec.gid)
+
+
+def session_env_ok(laptop, alias: str) -> tuple[bool, str]:
+    """What a command over `ssh devbox-HOST` sees: NVLS_OFF must be there before NCCL runs."""
+    done = laptop.ssh(alias, "env")
+    got = [line for line in done.stdout.splitlines() if line.split("=")[0] in {v.split("=")[0] for v in NVLS_OFF}]
+    return all(v in got for v in NVLS_OFF), " ".join(sorted(got)) or (done.stderr.strip()[-200:])
+
+
 class Publish:
     """docker-proxy for a box in its own network namespace: host address:port -> the box's port."""
 
@@ -189,7 +209,10 @@ def main() -> int:
     print("== rootfs from the carried image", flush=True)
     rootfs = work / "bundle" / "rootfs"
     rootfs.mkdir(parents=True)
-    subprocess.run(["tar", "-C", str(rootfs), "-xJf", str(a.carry / "box.tar.xz")], check=True)
+    if subprocess.run(["tar", "-C", str(rootfs), "-xJf", str(a.carry / "box.tar.xz")]).returncode != 0:
+        import tarfile   # no xz here: Python's lzma reads it (owners kept: we are root)
+        with tarfile.open(a.carry / "box.tar.xz") as tar:
+            tar.extractall(rootfs, numeric_owner=True, filter="fully_trusted")
     image = json.loads((a.carry / "box-image.json").read_text())
     report["image"] = {k: image.get(k) for k in ("Tag", "Env", "Entrypoint", "User", "WorkingDir", "Labels")}
 
@@ -207,6 +230,7 @@ def main() -> int:
     from devbox.keyset import desired_keys
     from devbox.plan import box_labels, choose_port, run_args
     from devbox.remote import Host
+    from devbox.sshconfig import BOX_PREFIX
     from devbox.verify import worst
 
     spec = load_spec(HOST, CONFIG)
@@ -232,6 +256,7 @@ def main() -> int:
         (work / "state" / name).write_text(content)
     make_volumes(box, rootfs, work / "volumes")
     write_keys(spec, work / "volumes", keys.authorized_keys)
+    keep_multicast_off(spec, work / "volumes")
     (work / "bundle" / "config.json").write_text(json.dumps(box.config, indent=1))
     shutil.copy(work / "bundle" / "config.json", out / f"box-config{a.tag}.json")
     log = open(out / f"box-sshd{a.tag}.log", "w")
@@ -264,6 +289,10 @@ def main() -> int:
             identity = identity_for(host, spec, keys)
             steps = SimpleNamespace(steps=[])
             connect(host, SimpleNamespace(spec=spec), port, identity, False, steps, known_key=host_key.read_text().strip())
+            env_ok, report["session_env"] = session_env_ok(laptop, BOX_PREFIX + HOST)
+            print("ssh devbox-device env:", report["session_env"], flush=True)
+            if not env_ok and len(machine.gpus) > 1:
+                raise SystemExit("NVLink multicast is not off in the box's sessions: NCCL is not run")
             checks = verify_box(host, spec, port, identity, keys.fingerprints, oci_box.inspect_view(argv))
             report["verify_seconds"] = round(time.monotonic() - t1, 2)
             for extra in EXTRA_CHECKS:
