@@ -60,9 +60,7 @@ def read_machine(work: Path, init: str) -> oci_box.Machine:
     out = sh("nvidia-smi", "--query-gpu=index,uuid,pci.bus_id", "--format=csv,noheader").stdout if shutil.which("nvidia-smi") else ""
     for line in out.strip().splitlines():
         index, uuid, bus = (x.strip() for x in line.split(","))
-        info = glob.glob(f"/proc/driver/nvidia/gpus/{bus.lower()[-12:]}*/information") or glob.glob(f"/proc/driver/nvidia/gpus/*{bus.lower()[-7:]}/information")
-        minor = next(int(l.split(":")[1]) for l in Path(info[0]).read_text().splitlines() if l.startswith("Device Minor"))
-        gpus.append((index, uuid, minor))
+        gpus.append((index, uuid, device_minor(bus, int(index))))
     control = {p: (os.major(os.stat(p).st_rdev), os.minor(os.stat(p).st_rdev))
                for p in ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset") if os.path.exists(p)}
     major = os.major(os.stat(glob.glob("/dev/nvidia[0-9]*")[0]).st_rdev) if gpus else 195
@@ -77,6 +75,15 @@ def read_machine(work: Path, init: str) -> oci_box.Machine:
             files[f"/usr/bin/{name}"] = os.path.realpath(found)
     driver = tuple((source, target) for target, source in sorted(files.items())) if gpus else ()
     return oci_box.Machine(tuple(gpus), control, major, driver, str(work / "volumes"), str(work / "state"), init)
+
+
+def device_minor(bus: str, index: int) -> int:
+    """/dev/nvidiaN's N for the GPU at PCI `bus` (the driver's "Device Minor"), else its index."""
+    for info in glob.glob(f"/proc/driver/nvidia/gpus/*{bus.lower()[-7:]}/information"):
+        for line in Path(info).read_text().splitlines():
+            if line.startswith("Device Minor:"):
+                return int(line.split(":")[1])
+    return index
 
 
 def machine_facts():

@@ -11,7 +11,7 @@ set -uo pipefail
 REPO="$(pwd)"
 CARRY="${CARRY:-$REPO/.gpucarry}"
 OUT="${OUT:-/tmp/devbox-box-gpu-out}"
-T=/tmp/devbox-box-gpu-tools
+T=/var/lib/devbox-box-gpu-tools   # not under /tmp: sshd refuses keys below a world-writable folder
 mkdir -p "$OUT"
 # NVLink multicast stays off on shared multi-GPU hosts (the device's KINDS.md).
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
@@ -58,7 +58,7 @@ getent group docker >/dev/null || groupadd docker
 id sshd >/dev/null 2>&1 || useradd -r -M -d /run/sshd -s /usr/sbin/nologin sshd
 
 step "box_gpu.py $*"
-python3 tests/gpu/box_gpu.py --carry "$CARRY" --work /tmp/devbox-box-gpu --out "$OUT" --runc "$T/bin/runc" \
+python3 tests/gpu/box_gpu.py --carry "$CARRY" --work /var/lib/devbox-box-gpu --out "$OUT" --runc "$T/bin/runc" \
     --init "$R/usr/bin/tini-static" "$@"
 rc=$?
 echo "box_gpu.py exit $rc"
