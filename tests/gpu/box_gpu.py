@@ -199,6 +199,8 @@ def main() -> int:
     ap.add_argument("--runc", default="runc")
     ap.add_argument("--init", required=True, help="docker-init (tini) for --init")
     ap.add_argument("--gpus", default="", help="override devbox.toml's gpus: all, none, or indices 1,2")
+    ap.add_argument("--config", type=Path, default=CONFIG, help="the devbox.toml (default: box-device.toml beside this)")
+    ap.add_argument("--host", default=HOST, help="its [hosts.NAME] table, also the fake host's name")
     ap.add_argument("--tag", default="", help="a suffix for the report's file names")
     a = ap.parse_args()
     work, out = a.work, a.out
@@ -216,16 +218,17 @@ def main() -> int:
     print("== rootfs from the carried image", flush=True)
     rootfs = work / "bundle" / "rootfs"
     rootfs.mkdir(parents=True)
-    if subprocess.run(["tar", "-C", str(rootfs), "-xJf", str(a.carry / "box.tar.xz")]).returncode != 0:
+    exported = next(p for p in (a.carry / "box.tar.xz", a.carry / "box.tar") if p.exists())
+    if subprocess.run(["tar", "-C", str(rootfs), "-xf", str(exported)]).returncode != 0:
         import tarfile   # no xz here: Python's lzma reads it (owners kept: we are root)
-        with tarfile.open(a.carry / "box.tar.xz") as tar:
+        with tarfile.open(exported) as tar:
             tar.extractall(rootfs, numeric_owner=True, filter="fully_trusted")
     image = json.loads((a.carry / "box-image.json").read_text())
     report["image"] = {k: image.get(k) for k in ("Tag", "Env", "Entrypoint", "User", "WorkingDir", "Labels")}
 
     print("== the host (the test bed's fake host: sshd as root, key-only) and the laptop", flush=True)
     testbed.SSHD = os.environ.get("DEVBOX_SSHD", testbed.SSHD)   # the carried one (run_box_gpu.sh)
-    bed = testbed.start_testbed(work / "bed", [HOST])
+    bed = testbed.start_testbed(work / "bed", [a.host])
     laptop = testbed.make_laptop(work / "laptop", bed)
     os.environ["HOME"] = str(laptop.home)
     keys_dir = laptop.home / "keys"
@@ -240,7 +243,7 @@ def main() -> int:
     from devbox.sshconfig import BOX_PREFIX
     from devbox.verify import worst
 
-    spec = load_spec(HOST, CONFIG)
+    spec = load_spec(a.host, a.config)
     if a.gpus:
         from devbox.config import check_flags
         wanted = a.gpus if a.gpus in ("all", "none") else [int(x) if x.isdigit() else x for x in a.gpus.split(",")]
@@ -292,11 +295,11 @@ def main() -> int:
 
         print("== devbox's connect (pin, ssh entry) and verify_box, through the host", flush=True)
         t1 = time.monotonic()
-        with Host(HOST) as host:
+        with Host(a.host) as host:
             identity = identity_for(host, spec, keys)
             steps = SimpleNamespace(steps=[])
             connect(host, SimpleNamespace(spec=spec), port, identity, False, steps, known_key=host_key.read_text().strip())
-            env_ok, report["session_env"] = session_env_ok(laptop, BOX_PREFIX + HOST)
+            env_ok, report["session_env"] = session_env_ok(laptop, BOX_PREFIX + a.host)
             print("ssh devbox-device env:", report["session_env"], flush=True)
             if not env_ok and len(machine.gpus) > 1:
                 raise SystemExit("NVLink multicast is not off in the box's sessions: NCCL is not run")
@@ -314,7 +317,7 @@ def main() -> int:
     report.update(checks=[c.as_dict() for c in checks], lines=lines, exit_code=worst(checks),
                   seconds=round(time.monotonic() - t0, 1))
     (out / f"box-verify{a.tag}.json").write_text(json.dumps(report, indent=1))
-    print(f"{HOST}: ({len(checks)} checks, {sum(c.status == 'ok' for c in checks)} ok)")
+    print(f"{a.host}: ({len(checks)} checks, {sum(c.status == 'ok' for c in checks)} ok)")
     print("\n".join(lines))
     return worst(checks) if checks else 1
 
