@@ -228,6 +228,8 @@ def translate(argv: list[str], image: dict, machine: Machine, homes: dict[int, s
         "linux": linux,
         "annotations": {**labels, "devbox.run_args": shlex.join(argv)},
     }
+    if image.get("Healthcheck"):
+        box.notes.append("HEALTHCHECK: run by the Docker daemon, so not here (nothing in the box depends on it)")
     box.notes.append("seccomp: Docker's default profile is not applied (runc runs without one): the box is less "
                      "confined here than under Docker, never more; no check depends on it")
     return box
