@@ -191,10 +191,10 @@ def pump(source: socket.socket, sink: socket.socket) -> None:
 # ---------------------------------------------------------------- the run
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--carry", type=Path, required=True)
-    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--carry", type=Path, required=True, help="box.tar.xz (or box.tar) and box-image.json")
+    ap.add_argument("--work", type=Path, required=True, help="a folder not below /tmp (sshd's StrictModes)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--runc", default="runc")
     ap.add_argument("--init", required=True, help="docker-init (tini) for --init")
@@ -202,124 +202,149 @@ def main() -> int:
     ap.add_argument("--config", type=Path, default=CONFIG, help="the devbox.toml (default: box-device.toml beside this)")
     ap.add_argument("--host", default=HOST, help="its [hosts.NAME] table, also the fake host's name")
     ap.add_argument("--tag", default="", help="a suffix for the report's file names")
-    a = ap.parse_args()
-    work, out = a.work, a.out
-    shutil.rmtree(work, ignore_errors=True)
-    (work / "state").mkdir(parents=True)
-    (work / "volumes").mkdir()
-    out.mkdir(parents=True, exist_ok=True)
-    os.chmod(work, 0o755)
-    report: dict = {"started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "kernel": platform.release()}
-    t0 = time.monotonic()
+    return ap.parse_args()
 
-    from devbox import testbed
-    from devbox.config import load_spec
 
-    print("== rootfs from the carried image", flush=True)
-    rootfs = work / "bundle" / "rootfs"
+def unpack(carry: Path, rootfs: Path) -> dict:
+    """The exported image into rootfs; returns the image's config (Env, Entrypoint, User, Tag)."""
     rootfs.mkdir(parents=True)
-    exported = next(p for p in (a.carry / "box.tar.xz", a.carry / "box.tar") if p.exists())
+    exported = next(p for p in (carry / "box.tar.xz", carry / "box.tar") if p.exists())
     if subprocess.run(["tar", "-C", str(rootfs), "-xf", str(exported)]).returncode != 0:
         import tarfile   # no xz here: Python's lzma reads it (owners kept: we are root)
         with tarfile.open(exported) as tar:
             tar.extractall(rootfs, numeric_owner=True, filter="fully_trusted")
-    image = json.loads((a.carry / "box-image.json").read_text())
-    report["image"] = {k: image.get(k) for k in ("Tag", "Env", "Entrypoint", "User", "WorkingDir", "Labels")}
+    return json.loads((carry / "box-image.json").read_text())
 
-    print("== the host (the test bed's fake host: sshd as root, key-only) and the laptop", flush=True)
-    testbed.SSHD = os.environ.get("DEVBOX_SSHD", testbed.SSHD)   # the carried one (run_box_gpu.sh)
-    bed = testbed.start_testbed(work / "bed", [a.host])
-    laptop = testbed.make_laptop(work / "laptop", bed)
-    os.environ["HOME"] = str(laptop.home)
-    keys_dir = laptop.home / "keys"
-    keys_dir.mkdir()
-    shutil.copy(str(laptop.identity) + ".pub", keys_dir / "dev.pub")
 
-    from devbox.commands.up import connect
-    from devbox.commands.verify import check_lines, identity_for, verify_box
-    from devbox.keyset import desired_keys
-    from devbox.plan import box_labels, choose_port, run_args
-    from devbox.remote import Host
-    from devbox.sshconfig import BOX_PREFIX
-    from devbox.verify import worst
+def box_spec(a: argparse.Namespace):
+    from devbox.config import check_flags, load_spec
 
     spec = load_spec(a.host, a.config)
-    if a.gpus:
-        from devbox.config import check_flags
-        wanted = a.gpus if a.gpus in ("all", "none") else [int(x) if x.isdigit() else x for x in a.gpus.split(",")]
-        spec = dataclasses.replace(spec, **check_flags(gpus=wanted))   # as `gpus = [...]` in devbox.toml
-    facts = machine_facts()
-    keys = desired_keys(keys_dir)
-    port = choose_port(spec, facts)
-    tag = image["Tag"]
-    labels = box_labels(spec, port, tag, spec.spec_hash(port, tag), keys.fingerprint)
-    argv = run_args(spec, facts, port, tag, labels, None, "create")
-    machine = read_machine(work, a.init)
-    box = oci_box.translate(argv, image, machine, homes(rootfs))
-    report.update(spec=repr(spec), run_args=argv, machine=dataclasses.asdict(machine), notes=box.notes)
-    print("docker " + " ".join(argv), flush=True)
-    for note in box.notes:
-        print("note:", note)
+    if not a.gpus:
+        return spec
+    wanted = a.gpus if a.gpus in ("all", "none") else [int(x) if x.isdigit() else x for x in a.gpus.split(",")]
+    return dataclasses.replace(spec, **check_flags(gpus=wanted))   # as `gpus = [...]` in devbox.toml
 
-    print("== volumes, keys, config.json; runc run", flush=True)
+
+def start_box(a: argparse.Namespace, work: Path, box: oci_box.Box, spec, authorized_keys: str) -> Path:
+    """Volumes, keys, config.json, `runc run`, the published port; returns the host key's file."""
+    rootfs = work / "bundle" / "rootfs"
     for name, content in box.files.items():
         (work / "state" / name).write_text(content)
     make_volumes(box, rootfs, work / "volumes")
-    write_keys(spec, work / "volumes", keys.authorized_keys)
+    write_keys(spec, work / "volumes", authorized_keys)
     keep_multicast_off(spec, work / "volumes")
     (work / "bundle" / "config.json").write_text(json.dumps(box.config, indent=1))
-    shutil.copy(work / "bundle" / "config.json", out / f"box-config{a.tag}.json")
-    log = open(out / f"box-sshd{a.tag}.log", "w")
-    started = subprocess.run([a.runc, "run", "-d", "--pid-file", str(work / "box.pid"), box.name], cwd=work / "bundle",
-                             stdout=log, stderr=log)
-    report["runc_run_exit"] = started.returncode
-    checks = []
-    try:
-        if started.returncode != 0:
-            print((out / f"box-sshd{a.tag}.log").read_text())
-            raise SystemExit(f"runc run failed: exit {started.returncode}")
-        pid = int((work / "box.pid").read_text())
-        for address, host_port, box_port in box.publish:
-            Publish(pid, address, host_port, box_port)
-        host_key = work / "volumes" / spec.volume_name(spec.all_volumes()[0]) / ".devbox/hostkeys/ssh_host_ed25519_key.pub"
-        for _ in range(100):
-            if host_key.exists() and host_key.stat().st_size:
-                break
-            time.sleep(0.1)
-        inside = sh(a.runc, "exec", box.name, "sh", "-c",
-                    "id; ulimit -l; df -k /dev/shm | tail -1; grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; "
-                    "ls -l /opt/devbox/venv/bin/python3 /opt/devbox/venv/bin/python 2>&1; command -v python3; nvidia-smi -L 2>&1; "
-                    "cat /proc/1/cmdline | tr '\\0' ' '; echo; ps -eo user,pid,args 2>/dev/null || true")
-        report["inside_runc_exec"] = inside.stdout + inside.stderr
-        print(report["inside_runc_exec"], flush=True)
+    shutil.copy(work / "bundle" / "config.json", a.out / f"box-config{a.tag}.json")
+    with open(a.out / f"box-sshd{a.tag}.log", "w") as log:
+        started = subprocess.run([a.runc, "run", "-d", "--pid-file", str(work / "box.pid"), box.name], cwd=work / "bundle",
+                                 stdout=log, stderr=log)
+    if started.returncode != 0:
+        raise RuntimeError(f"runc run: exit {started.returncode}: {(a.out / f'box-sshd{a.tag}.log').read_text()[-1500:]}")
+    pid = int((work / "box.pid").read_text())
+    for address, host_port, box_port in box.publish:
+        Publish(pid, address, host_port, box_port)
+    host_key = work / "volumes" / spec.volume_name(spec.all_volumes()[0]) / ".devbox/hostkeys/ssh_host_ed25519_key.pub"
+    for _ in range(100):
+        if host_key.exists() and host_key.stat().st_size:
+            break
+        time.sleep(0.1)
+    return host_key
 
-        print("== devbox's connect (pin, ssh entry) and verify_box, through the host", flush=True)
-        t1 = time.monotonic()
-        with Host(a.host) as host:
-            identity = identity_for(host, spec, keys)
-            steps = SimpleNamespace(steps=[])
-            connect(host, SimpleNamespace(spec=spec), port, identity, False, steps, known_key=host_key.read_text().strip())
-            env_ok, report["session_env"] = session_env_ok(laptop, BOX_PREFIX + a.host)
-            print("ssh devbox-device env:", report["session_env"], flush=True)
-            if not env_ok and len(machine.gpus) > 1:
-                raise SystemExit("NVLink multicast is not off in the box's sessions: NCCL is not run")
-            checks = verify_box(host, spec, port, identity, keys.fingerprints, oci_box.inspect_view(argv))
-            report["verify_seconds"] = round(time.monotonic() - t1, 2)
-            for extra in EXTRA_CHECKS:
-                checks += extra(host, spec, port, box.name, a.runc)
+
+INSIDE = ("id; ulimit -l; df -k /dev/shm | tail -1; grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; "
+          "ls -l /opt/devbox/venv/bin/python3 /opt/devbox/venv/bin/python 2>&1; command -v python3; nvidia-smi -L 2>&1; "
+          "cat /proc/1/cmdline | tr '\\0' ' '; echo; ps -eo user,pid,args 2>/dev/null || true")
+
+
+def verify_through_host(a: argparse.Namespace, spec, port: int, keys, laptop, argv: list[str], box: oci_box.Box,
+                        host_key: Path, gpus: int, report: dict) -> list:
+    """devbox's own connect (pin, entry), the session's environment, then verify_box and EXTRA_CHECKS."""
+    from devbox.commands.up import connect
+    from devbox.commands.verify import identity_for, verify_box
+    from devbox.remote import Host
+    from devbox.sshconfig import BOX_PREFIX
+
+    started = time.monotonic()
+    with Host(a.host) as host:
+        identity = identity_for(host, spec, keys)
+        steps = SimpleNamespace(steps=[])
+        connect(host, SimpleNamespace(spec=spec), port, identity, False, steps, known_key=host_key.read_text().strip())
         report["connect_steps"] = steps.steps
         report["ssh_entry"] = (laptop.home / ".ssh/devbox/config").read_text()
+        env_ok, report["session_env"] = session_env_ok(laptop, BOX_PREFIX + a.host)
+        print(f"ssh {BOX_PREFIX}{a.host} env:", report["session_env"], flush=True)
+        if not env_ok and gpus > 1:
+            raise RuntimeError("NVLink multicast is not off in the box's sessions: NCCL is not run")
+        checks = verify_box(host, spec, port, identity, keys.fingerprints, oci_box.inspect_view(argv))
+        report["verify_seconds"] = round(time.monotonic() - started, 2)
+        for extra in EXTRA_CHECKS:
+            checks += extra(host, spec, port, box.name, a.runc)
+    return checks
+
+
+def run_box(a: argparse.Namespace, work: Path, image: dict, laptop, keys_dir: Path, report: dict) -> list:
+    """devbox's run arguments for this machine, translated, started, verified; the box is deleted after."""
+    from devbox.keyset import desired_keys
+    from devbox.plan import box_labels, choose_port, run_args
+
+    spec, facts, keys = box_spec(a), machine_facts(), desired_keys(keys_dir)
+    port, tag = choose_port(spec, facts), image["Tag"]
+    argv = run_args(spec, facts, port, tag, box_labels(spec, port, tag, spec.spec_hash(port, tag), keys.fingerprint), None, "create")
+    machine = read_machine(work, a.init)
+    box = oci_box.translate(argv, image, machine, homes(work / "bundle" / "rootfs"))
+    report.update(spec=repr(spec), run_args=argv, machine=dataclasses.asdict(machine), notes=box.notes)
+    print("docker " + " ".join(argv), "\nnote: " + "\nnote: ".join(box.notes), flush=True)
+    print("== volumes, keys, config.json; runc run", flush=True)
+    try:
+        host_key = start_box(a, work, box, spec, keys.authorized_keys)
+        inside = sh(a.runc, "exec", box.name, "sh", "-c", INSIDE)
+        report["inside_runc_exec"] = inside.stdout + inside.stderr
+        print(report["inside_runc_exec"], flush=True)
+        print("== devbox's connect (pin, ssh entry) and verify_box, through the host", flush=True)
+        return verify_through_host(a, spec, port, keys, laptop, argv, box, host_key, len(machine.gpus), report)
     finally:
         sh(a.runc, "delete", "-f", box.name)
+
+
+def main() -> int:
+    a = parse_args()
+    from devbox import testbed
+    from devbox.commands.verify import check_lines
+    from devbox.verify import worst
+
+    shutil.rmtree(a.work, ignore_errors=True)
+    for folder in (a.work / "state", a.work / "volumes", a.out):
+        folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(a.work, 0o755)
+    report: dict = {"started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "kernel": platform.release()}
+    t0 = time.monotonic()
+    print("== rootfs from the carried image", flush=True)
+    image = unpack(a.carry, a.work / "bundle" / "rootfs")
+    report["image"] = {k: image.get(k) for k in ("Tag", "Env", "Entrypoint", "User", "WorkingDir", "Labels")}
+    print("== the host (the test bed's fake host: sshd as root, key-only) and the laptop", flush=True)
+    testbed.SSHD = os.environ.get("DEVBOX_SSHD", testbed.SSHD)   # the carried one (run_box_gpu.sh)
+    bed = testbed.start_testbed(a.work / "bed", [a.host])
+    checks = []
+    try:
+        laptop = testbed.make_laptop(a.work / "laptop", bed)
+        os.environ["HOME"] = str(laptop.home)
+        keys_dir = laptop.home / "keys"
+        keys_dir.mkdir()
+        shutil.copy(str(laptop.identity) + ".pub", keys_dir / "dev.pub")
+        checks = run_box(a, a.work, image, laptop, keys_dir, report)
+    except Exception as exc:   # the report is written whatever happened: a device run is not repeated lightly
+        report["error"] = f"{type(exc).__name__}: {exc}"
+        print("ERROR:", report["error"], flush=True)
+    finally:
         bed.stop()
-        log.close()
     lines = check_lines(checks)
-    report.update(checks=[c.as_dict() for c in checks], lines=lines, exit_code=worst(checks),
+    report.update(checks=[c.as_dict() for c in checks], lines=lines, exit_code=worst(checks) if checks else 1,
                   seconds=round(time.monotonic() - t0, 1))
-    (out / f"box-verify{a.tag}.json").write_text(json.dumps(report, indent=1))
+    (a.out / f"box-verify{a.tag}.json").write_text(json.dumps(report, indent=1, default=str))
     print(f"{a.host}: ({len(checks)} checks, {sum(c.status == 'ok' for c in checks)} ok)")
     print("\n".join(lines))
-    return worst(checks) if checks else 1
+    return report["exit_code"]
 
 
 if __name__ == "__main__":
