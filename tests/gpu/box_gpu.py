@@ -193,7 +193,7 @@ def pump(source: socket.socket, sink: socket.socket) -> None:
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--carry", type=Path, required=True, help="box.tar.xz (or box.tar) and box-image.json")
+    ap.add_argument("--carry", type=Path, required=True, help="box.tar.xz (or box.tar), box-image.json, box-seccomp.json")
     ap.add_argument("--work", type=Path, required=True, help="a folder not below /tmp (sshd's StrictModes)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--runc", default="runc")
@@ -292,7 +292,9 @@ def run_box(a: argparse.Namespace, work: Path, image: dict, laptop, keys_dir: Pa
     port, tag = choose_port(spec, facts), image["Tag"]
     argv = run_args(spec, facts, port, tag, box_labels(spec, port, tag, spec.spec_hash(port, tag), keys.fingerprint), None, "create")
     machine = read_machine(work, a.init)
-    box = oci_box.translate(argv, image, machine, homes(work / "bundle" / "rootfs"))
+    seccomp = a.carry / "box-seccomp.json"
+    box = oci_box.translate(argv, image, machine, homes(work / "bundle" / "rootfs"),
+                            json.loads(seccomp.read_text()) if seccomp.exists() else None)
     report.update(spec=repr(spec), run_args=argv, machine=dataclasses.asdict(machine), notes=box.notes)
     print("docker " + " ".join(argv), "\nnote: " + "\nnote: ".join(box.notes), flush=True)
     print("== volumes, keys, config.json; runc run", flush=True)

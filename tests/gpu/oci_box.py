@@ -95,9 +95,10 @@ def gpu_selection(value: str, machine: Machine) -> list[tuple[str, str, int]]:
     return chosen
 
 
-def translate(argv: list[str], image: dict, machine: Machine, homes: dict[int, str]) -> Box:
+def translate(argv: list[str], image: dict, machine: Machine, homes: dict[int, str], seccomp: dict | None = None) -> Box:
     """The OCI config.json (and what goes beside it) for devbox's `docker create` argv;
-    `image` is the image's config (Env, Entrypoint, Cmd, User, WorkingDir), `homes` uid -> home."""
+    `image` is the image's config (Env, Entrypoint, Cmd, User, WorkingDir), `homes` uid -> home,
+    `seccomp` the filter Docker gives such a box (docker_spec.py), None for none."""
     flags, _, command = parse(argv)
     env = dict(e.split("=", 1) for e in image.get("Env") or [])
     process = {"terminal": False, "user": {"uid": 0, "gid": 0}, "cwd": image.get("WorkingDir") or "/",
@@ -130,7 +131,7 @@ def translate(argv: list[str], image: dict, machine: Machine, homes: dict[int, s
             init = True
         elif flag == "--user":
             uid, gid = value.split(":")
-            process["user"] = {"uid": int(uid), "gid": int(gid)}
+            process["user"] = {"uid": int(uid), "gid": int(gid), "additionalGids": [int(gid)]}
         elif flag == "--cap-drop":
             if value != "ALL":
                 raise UnknownFlag(f"--cap-drop {value}: only ALL is translated")
@@ -152,6 +153,8 @@ def translate(argv: list[str], image: dict, machine: Machine, homes: dict[int, s
             linux["resources"]["pids"] = {"limit": int(value)}
         elif flag == "--network":
             linux["namespaces"].append({"type": "network"})
+            # Docker's own, for a container with its own network namespace.
+            linux["sysctl"] = {"net.ipv4.ip_unprivileged_port_start": "0", "net.ipv4.ping_group_range": "0 2147483647"}
             box.notes.append(f"--network {value}: the box's own network namespace with loopback only (a bridge needs "
                              "`ip`, which the machine lacks); its port is published by a proxy, as docker-proxy does")
         elif flag == "--publish":
@@ -171,6 +174,8 @@ def translate(argv: list[str], image: dict, machine: Machine, homes: dict[int, s
             linux["resources"].setdefault("cpu", {}).update(period=100000, quota=int(float(value) * 100000))
         elif flag == "--memory":
             linux["resources"]["memory"] = {"limit": size_bytes(value)}
+            box.notes.append("--memory: no swap allowance (Docker adds one of the same size where the kernel "
+                             "accounts swap; whether this one does is not known here)")
         elif flag == "--mount":
             opts = mount_options(value)
             kind, source, target = opts.get("type"), opts.get("source") or opts.get("src"), opts.get("target") or opts.get("dst")
@@ -204,10 +209,11 @@ def translate(argv: list[str], image: dict, machine: Machine, homes: dict[int, s
                                               "access": "rwm"})
     mounts.append({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
                    "options": ["nosuid", "noexec", "nodev", "mode=1777", f"size={shm}"]})
-    # Docker binds these from the container's folder; they stay writable under --read-only.
+    # Docker binds these from the container's folder, read-only under --read-only.
     box.files = {"hostname": f"{hostname}\n", "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"}
     for name in ("hostname", "hosts"):
-        mounts.append({"destination": f"/etc/{name}", "type": "bind", "source": f"{machine.state}/{name}", "options": ["rbind", "rprivate", "rw"]})
+        mounts.append({"destination": f"/etc/{name}", "type": "bind", "source": f"{machine.state}/{name}",
+                       "options": ["rbind", "rprivate", "ro" if root_readonly else "rw"]})
     mounts.append({"destination": "/etc/resolv.conf", "type": "bind", "source": "/etc/resolv.conf", "options": ["rbind", "rprivate", "ro"]})
     entrypoint = (image.get("Entrypoint") or []) + (command or image.get("Cmd") or [])
     if init:
@@ -230,8 +236,14 @@ def translate(argv: list[str], image: dict, machine: Machine, homes: dict[int, s
     }
     if image.get("Healthcheck"):
         box.notes.append("HEALTHCHECK: run by the Docker daemon, so not here (nothing in the box depends on it)")
-    box.notes.append("seccomp: Docker's default profile is not applied (runc runs without one): the box is less "
-                     "confined here than under Docker, never more; no check depends on it")
+    if seccomp:
+        linux["seccomp"] = seccomp
+        named = sum(len(r.get("names", [])) for r in seccomp.get("syscalls", []))
+        box.notes.append(f"seccomp: the filter this workplace's Docker gave such a box (default {seccomp.get('defaultAction')}, "
+                         f"{named} system calls named)")
+    else:
+        box.notes.append("seccomp: none (no filter taken from Docker): the box is less confined here than under "
+                         "Docker, never more; no check depends on it")
     return box
 
 

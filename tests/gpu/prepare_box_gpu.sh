@@ -4,6 +4,7 @@
 #   box.tar.xz, box-image.json  the box image devbox builds from tests/gpu/box-device.toml
 #                               (`docker export`, docs/man/info/locale translations left out, xz)
 #                               and its config (Env, Entrypoint, User, WorkingDir, tag)
+#   box-seccomp.json            the seccomp filter this machine's Docker gives such a box
 #   debs/                       Debian bookworm's runc, tini (Docker's --init) and OpenSSH
 #                               (sshd for the host stand-in, ssh/sftp for the laptop side)
 #   whl/                        paramiko, fabric and their needs for the machine's Python 3.12
@@ -26,6 +27,8 @@ PY
 echo "$tag"
 docker image inspect "$tag" --format '{{json .Config}}' | "$PY" -c \
     'import json, sys; c = json.load(sys.stdin); c["Tag"] = sys.argv[1]; json.dump(c, sys.stdout, indent=1)' "$tag" >"$CARRY/box-image.json"
+# The seccomp filter Docker gives a box (no capabilities): the device has no Docker to make it.
+"$PY" "$REPO/tests/gpu/docker_spec.py" seccomp "$tag" >"$CARRY/box-seccomp.json"
 if [ "$(cat "$CARRY/box.tag" 2>/dev/null)" != "$tag" ]; then
     cid="$(docker create "$tag")"
     # Left out: documentation and message translations only (nothing a check or a user runs).
