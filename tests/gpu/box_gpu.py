@@ -95,10 +95,6 @@ def machine_facts():
                  memlock_max=-1 if memlock == "unlimited" else int(memlock), runtimes=("nvidia",), host_checked=True)
 
 
-def homes(rootfs: Path) -> dict[int, str]:
-    return {int(f[2]): f[5] for f in (l.split(":") for l in (rootfs / "etc/passwd").read_text().splitlines()) if len(f) > 5}
-
-
 # ---------------------------------------------------------------- the box under runc
 
 
@@ -293,8 +289,7 @@ def run_box(a: argparse.Namespace, work: Path, image: dict, laptop, keys_dir: Pa
     argv = run_args(spec, facts, port, tag, box_labels(spec, port, tag, spec.spec_hash(port, tag), keys.fingerprint), None, "create")
     machine = read_machine(work, a.init)
     seccomp = a.carry / "box-seccomp.json"
-    box = oci_box.translate(argv, image, machine, homes(work / "bundle" / "rootfs"),
-                            json.loads(seccomp.read_text()) if seccomp.exists() else None)
+    box = oci_box.translate(argv, image, machine, json.loads(seccomp.read_text()) if seccomp.exists() else None)
     report.update(spec=repr(spec), run_args=argv, machine=dataclasses.asdict(machine), notes=box.notes)
     print("docker " + " ".join(argv), "\nnote: " + "\nnote: ".join(box.notes), flush=True)
     print("== volumes, keys, config.json; runc run", flush=True)

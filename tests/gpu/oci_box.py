@@ -95,10 +95,11 @@ def gpu_selection(value: str, machine: Machine) -> list[tuple[str, str, int]]:
     return chosen
 
 
-def translate(argv: list[str], image: dict, machine: Machine, homes: dict[int, str], seccomp: dict | None = None) -> Box:
+def translate(argv: list[str], image: dict, machine: Machine, seccomp: dict | None = None) -> Box:
     """The OCI config.json (and what goes beside it) for devbox's `docker create` argv;
-    `image` is the image's config (Env, Entrypoint, Cmd, User, WorkingDir), `homes` uid -> home,
-    `seccomp` the filter Docker gives such a box (docker_spec.py), None for none."""
+    `image` is the image's config (Env, Entrypoint, Cmd, User, WorkingDir), `seccomp` the
+    filter Docker gives such a box (docker_spec.py), None for none. HOME is runc's to set, from
+    the image's /etc/passwd, as under Docker."""
     flags, _, command = parse(argv)
     env = dict(e.split("=", 1) for e in image.get("Env") or [])
     process = {"terminal": False, "user": {"uid": 0, "gid": 0}, "cwd": image.get("WorkingDir") or "/",
@@ -112,7 +113,7 @@ def translate(argv: list[str], image: dict, machine: Machine, homes: dict[int, s
          "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
         {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
-        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["ro", "nosuid", "noexec", "nodev"]},
     ]
     shm = 64 << 20   # Docker's default
     linux: dict = {"namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount", "cgroup")],
@@ -222,7 +223,6 @@ def translate(argv: list[str], image: dict, machine: Machine, homes: dict[int, s
     process["args"] = entrypoint
     if image.get("User") and process["user"]["uid"] == 0:
         raise UnknownFlag("no --user: the image's USER is not translated")
-    env.setdefault("HOME", homes.get(process["user"]["uid"], "/"))   # as Docker: from the image's /etc/passwd
     env["HOSTNAME"] = hostname
     process["env"] = [f"{k}={v}" for k, v in env.items()]
     box.config = {

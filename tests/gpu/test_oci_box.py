@@ -33,15 +33,14 @@ def mount(config: dict, target: str) -> dict:
 
 
 def test_the_hardening_flags_land_in_the_oci_config():
-    box = oci_box.translate(argv(), IMAGE, MACHINE, {1000: "/home/dev"})
+    box = oci_box.translate(argv(), IMAGE, MACHINE)
     process, linux = box.config["process"], box.config["linux"]
-    assert process["user"] == {"uid": 1000, "gid": 1000}
+    assert process["user"] == {"uid": 1000, "gid": 1000, "additionalGids": [1000]}
     assert all(caps == [] for caps in process["capabilities"].values())
     assert process["noNewPrivileges"] is True
     assert box.config["root"]["readonly"] is True
     assert process["rlimits"] == [{"type": "RLIMIT_MEMLOCK", "soft": 2**64 - 1, "hard": 2**64 - 1}]
     assert process["args"] == [oci_box.INIT, "--", "/usr/local/bin/devbox-entrypoint"]   # --init
-    assert "HOME=/home/dev" in process["env"]
     assert mount(box.config, "/tmp")["options"] == ["rw", "exec", "nosuid", "nodev", "mode=1777"]
     shm = int(next(o for o in mount(box.config, "/dev/shm")["options"] if o.startswith("size="))[5:])
     assert shm == oci_box.size_bytes(argv()[argv().index("--shm-size") + 1]) and shm > 1 << 30
@@ -53,7 +52,7 @@ def test_the_hardening_flags_land_in_the_oci_config():
 
 
 def test_volumes_named_ones_in_their_folder_host_paths_bound_read_only_as_asked():
-    box = oci_box.translate(argv(), IMAGE, MACHINE, {})
+    box = oci_box.translate(argv(), IMAGE, MACHINE)
     assert box.named_volumes == [(SPEC.volume_name(v), v.target) for v in SPEC.all_volumes() if v.is_named] + [
         (SPEC.keys_volume, "/etc/devbox/keys")]
     assert mount(box.config, "/opt/devbox/venv") == {"destination": "/opt/devbox/venv", "type": "bind",
@@ -63,13 +62,13 @@ def test_volumes_named_ones_in_their_folder_host_paths_bound_read_only_as_asked(
 
 
 def test_gpus_all_gives_every_gpu_and_device_list_gives_only_those():
-    every = oci_box.translate(argv(), IMAGE, MACHINE, {})
+    every = oci_box.translate(argv(), IMAGE, MACHINE)
     assert {d["path"] for d in every.config["linux"]["devices"]} == {"/dev/nvidia0", "/dev/nvidia1", "/dev/nvidiactl", "/dev/nvidia-uvm"}
     assert mount(every.config, "/usr/lib/x86_64-linux-gnu/libcuda.so.1")["options"][2] == "ro"
-    one = oci_box.translate(argv(dataclasses.replace(SPEC, gpus=(1,))), IMAGE, MACHINE, {})
+    one = oci_box.translate(argv(dataclasses.replace(SPEC, gpus=(1,))), IMAGE, MACHINE)
     assert {d["path"] for d in one.config["linux"]["devices"]} == {"/dev/nvidia1", "/dev/nvidiactl", "/dev/nvidia-uvm"}
     assert "NVIDIA_VISIBLE_DEVICES=GPU-bbbbbbbb-0000-0000-0000-000000000000" in one.config["process"]["env"]
-    none = oci_box.translate(argv(dataclasses.replace(SPEC, gpus="none")), IMAGE, MACHINE, {})
+    none = oci_box.translate(argv(dataclasses.replace(SPEC, gpus="none")), IMAGE, MACHINE)
     assert none.config["linux"]["devices"] == []
 
 
@@ -78,7 +77,7 @@ def test_gpus_all_gives_every_gpu_and_device_list_gives_only_those():
 def test_a_flag_the_translation_does_not_know_stops_the_run(extra):
     args = argv()
     with pytest.raises(oci_box.UnknownFlag):
-        oci_box.translate(args[:1] + extra + args[1:], IMAGE, MACHINE, {})
+        oci_box.translate(args[:1] + extra + args[1:], IMAGE, MACHINE)
 
 
 def test_verify_expects_the_limits_the_argv_gave():
