@@ -60,7 +60,7 @@ def read_machine(work: Path, init: str) -> oci_box.Machine:
     out = sh("nvidia-smi", "--query-gpu=index,uuid,pci.bus_id", "--format=csv,noheader").stdout if shutil.which("nvidia-smi") else ""
     for line in out.strip().splitlines():
         index, uuid, bus = (x.strip() for x in line.split(","))
-        gpus.append((index, uuid, device_minor(bus, int(index))))
+        gpus.append((index, uuid, *driver_entry(bus, int(index))))
     control = {p: (os.major(os.stat(p).st_rdev), os.minor(os.stat(p).st_rdev))
                for p in ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset") if os.path.exists(p)}
     major = os.major(os.stat(glob.glob("/dev/nvidia[0-9]*")[0]).st_rdev) if gpus else 195
@@ -77,13 +77,14 @@ def read_machine(work: Path, init: str) -> oci_box.Machine:
     return oci_box.Machine(tuple(gpus), control, major, driver, str(work / "volumes"), str(work / "state"), init)
 
 
-def device_minor(bus: str, index: int) -> int:
-    """/dev/nvidiaN's N for the GPU at PCI `bus` (the driver's "Device Minor"), else its index."""
+def driver_entry(bus: str, index: int) -> tuple[int, str]:
+    """/dev/nvidiaN's N for the GPU at PCI `bus` (the driver's "Device Minor", else its index)
+    and its /proc/driver/nvidia/gpus folder ("" when the driver has none)."""
     for info in glob.glob(f"/proc/driver/nvidia/gpus/*{bus.lower()[-7:]}/information"):
         for line in Path(info).read_text().splitlines():
             if line.startswith("Device Minor:"):
-                return int(line.split(":")[1])
-    return index
+                return int(line.split(":")[1]), os.path.dirname(info)
+    return index, ""
 
 
 def machine_facts():

@@ -31,7 +31,7 @@ class UnknownFlag(ValueError):
 class Machine:
     """What the GPU machine has, read by the caller (the only side effects are there)."""
 
-    gpus: tuple[tuple[str, str, int], ...]      # (index, uuid, device minor) of each GPU
+    gpus: tuple[tuple[str, str, int, str], ...]   # (index, uuid, device minor, /proc/driver/nvidia/gpus/BUS) of each GPU
     control_nodes: dict[str, tuple[int, int]]   # /dev/nvidiactl, /dev/nvidia-uvm, ... -> (major, minor)
     gpu_major: int                              # /dev/nvidiaN's major number
     driver_files: tuple[tuple[str, str], ...]   # (path on the machine, path in the box)
@@ -191,13 +191,15 @@ def translate(argv: list[str], image: dict, machine: Machine, seccomp: dict | No
         elif flag == "--gpus":
             chosen = gpu_selection(value, machine)
             nodes = dict(machine.control_nodes)
-            nodes.update({f"/dev/nvidia{minor}": (machine.gpu_major, minor) for _, _, minor in chosen})
+            nodes.update({f"/dev/nvidia{g[2]}": (machine.gpu_major, g[2]) for g in chosen})
+            # As the toolkit does: the driver's /proc entries of the GPUs not given are hidden.
+            linux["maskedPaths"] += [g[3] for g in machine.gpus if g not in chosen and g[3]]
             for path, (major, minor) in sorted(nodes.items()):
                 linux["devices"].append({"path": path, "type": "c", "major": major, "minor": minor, "fileMode": 0o666, "uid": 0, "gid": 0})
                 linux["resources"]["devices"].append({"allow": True, "type": "c", "major": major, "minor": minor, "access": "rwm"})
             for source, target in machine.driver_files:
                 mounts.append({"destination": target, "type": "bind", "source": source, "options": ["rbind", "rprivate", "ro", "nosuid", "nodev"]})
-            env["NVIDIA_VISIBLE_DEVICES"] = ",".join(uuid for _, uuid, _ in chosen)
+            env["NVIDIA_VISIBLE_DEVICES"] = ",".join(g[1] for g in chosen)
         elif flag == "--label":
             key, _, val = value.partition("=")
             labels[key] = val

@@ -50,4 +50,4 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
     --platform manylinux_2_26_x86_64 -d "$CARRY/whl" \
     paramiko==5.1.0 cryptography==50.0.2 bcrypt==5.0.0 PyNaCl==1.6.2 cffi==2.1.1 pycparser==3.12 invoke==2.2.1 \
     fabric==3.2.3 decorator==5.3.1 deprecated==1.3.1 wrapt==2.5.2
-du -sh "$CARRY" "$CARRY"/*
+du -sh "$CARRY"/*; du -sh "$CARRY"

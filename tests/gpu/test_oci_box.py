@@ -15,7 +15,8 @@ from devbox.plan import run_args
 
 FACTS = Facts(host_memory=128 << 30, host_cpus=16, memlock_max=-1, runtimes=("nvidia",))
 MACHINE = oci_box.Machine(
-    gpus=(("0", "GPU-aaaaaaaa-0000-0000-0000-000000000000", 0), ("1", "GPU-bbbbbbbb-0000-0000-0000-000000000000", 1)),
+    gpus=(("0", "GPU-aaaaaaaa-0000-0000-0000-000000000000", 0, "/proc/driver/nvidia/gpus/0000:0a:00.0"),
+          ("1", "GPU-bbbbbbbb-0000-0000-0000-000000000000", 1, "/proc/driver/nvidia/gpus/0000:0b:00.0")),
     control_nodes={"/dev/nvidiactl": (195, 255), "/dev/nvidia-uvm": (235, 0)}, gpu_major=195,
     driver_files=(("/usr/local/nvidia/lib64/libcuda.so.580.159.04", "/usr/lib/x86_64-linux-gnu/libcuda.so.1"),),
     volumes="/w/volumes", state="/w/state", init="/t/tini-static")
@@ -68,6 +69,8 @@ def test_gpus_all_gives_every_gpu_and_device_list_gives_only_those():
     one = oci_box.translate(argv(dataclasses.replace(SPEC, gpus=(1,))), IMAGE, MACHINE)
     assert {d["path"] for d in one.config["linux"]["devices"]} == {"/dev/nvidia1", "/dev/nvidiactl", "/dev/nvidia-uvm"}
     assert "NVIDIA_VISIBLE_DEVICES=GPU-bbbbbbbb-0000-0000-0000-000000000000" in one.config["process"]["env"]
+    assert "/proc/driver/nvidia/gpus/0000:0a:00.0" in one.config["linux"]["maskedPaths"]   # GPU 0 hidden
+    assert not any("nvidia" in p for p in every.config["linux"]["maskedPaths"])
     none = oci_box.translate(argv(dataclasses.replace(SPEC, gpus="none")), IMAGE, MACHINE)
     assert none.config["linux"]["devices"] == []
 
