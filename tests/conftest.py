@@ -124,8 +124,10 @@ class DevboxCLI:
         self.env = {**os.environ, "HOME": str(laptop.home), "PYTHONUNBUFFERED": "1"}
         self.env.pop("DEVBOX_SSH_CONFIG", None)
 
+    argv = [sys.executable, "-m", "devbox.cli"]
+
     def __call__(self, *args: str, input: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "devbox.cli", *args], cwd=self.cwd, env=self.env,
+        return subprocess.run([*self.argv, *args], cwd=self.cwd, env=self.env,
                               capture_output=True, text=True, input=input, timeout=timeout)
 
     def json(self, *args: str, expect: int | None = 0):

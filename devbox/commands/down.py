@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from devbox import sshconfig
 from devbox.box import inspect_box
 from devbox.config import BoxSpec
-from devbox.plan import volume_names
+from devbox.plan import shared_volume_names, volume_names
 from devbox.remote import Host
 from devbox.result import HostResult
 
@@ -35,12 +35,13 @@ def down_host(spec: BoxSpec, result: DownResult, purge: bool = False) -> None:
             for name in volumes:
                 host.docker("volume", "rm", name)
         (result.removed if purge else result.kept).extend(f"volume {name}" for name in volumes)
+        result.kept += [f"shared volume {name} (other boxes of the host may use it)" for name in shared_volume_names(spec) if name in existing]
     result.changed = bool(result.removed)
-    alias = sshconfig.BOX_PREFIX + spec.host
+    alias = spec.box.ssh_alias
     if purge:
-        if sshconfig.remove_entry(spec.host):
+        if sshconfig.remove_entry(spec.box.name):
             result.removed.append(f"ssh entry {alias}")
-        if sshconfig.unpin(spec.host):
+        if sshconfig.unpin(spec.box.name):
             result.removed.append("pinned host key")
     else:
         result.kept += [what for what, there in ((f"ssh entry {alias}", alias in sshconfig.read_entries()),
