@@ -72,7 +72,10 @@ ALLOWED_KEYS = {
     "expose": '"loopback" (default) or "all" (publish the box port on every interface)',
     "port": "the host port for the box's sshd, 1024..65535 (default: chosen per host)",
     "playbook": "a playbook name in playbooks/ or a path to a .toml file",
-    "delivery": '"auto" (default), "build" (on the host from the context) or "stream" (send the missing layers over SSH)',
+    "delivery": '"auto" (default), "build" (on the host from the context), "stream" (send the missing layers over SSH), '
+                '"registry" (push to `registry` once, each host pulls) or "registry,stream" (stream to a host the registry fails)',
+    "registry": 'the team registry and path the image goes through, e.g. "reg.lab:5000/devbox" (no scheme, tag or options; '
+                'credentials: `docker login` here and on each host)',
     "refresh": 'any label like "2026-11-23" (letters, digits, . _ -): change it to rebuild the image with today\'s openssh-server and tmux',
     "identity": "the private key the box entry logs in with, e.g. ~/.ssh/id_ed25519 (default: the first of yours whose public key the box trusts)",
     "apt": 'Debian/Ubuntu packages added to the image, names or name=version pins, e.g. ["htop", "python3-pip"]',
@@ -133,6 +136,7 @@ class BoxSpec:
     gpu_count: int = 0                  # set by placement when `gpus` was a count (its choice is `gpus`)
     ca_bundle: str = ""
     build_stall: int = 300
+    registry: str = ""                  # devbox/registry.py: push once from here, hosts pull
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     # Not part of the container: changing them must not re-create a box (and the
@@ -140,7 +144,7 @@ class BoxSpec:
     # apt, pip and ca_bundle reach the hash through the image tag, which holds them; who gets in
     # is the keys volume's business (synced live).
     HASH_EXCLUDED = ("sources", "port", "host", "delivery", "allow_host_root_mounts", "identity", "apt", "pip",
-                     "ca_bundle", "build_stall", "name", "owner", "admits", "gpu_count")
+                     "ca_bundle", "build_stall", "name", "owner", "admits", "gpu_count", "registry")
     # Keys added after boxes existed: hashed only when set, so an upgrade re-creates nothing.
     HASH_WHEN_SET = {"shared": False, "idle_stop": 0, "idle_gpu_util": 5}
 
@@ -393,6 +397,9 @@ def _build_spec(host: str, table: dict, table_name: str, document: dict, path: P
     merged.pop("playbook", None)
     spec = BoxSpec(host=host, sources=tuple(w for w, _ in layers), **merged)
     _check_mounts(spec, origin)
+    if spec.delivery.startswith("registry") and not spec.registry:
+        raise ConfigError(f"{origin['delivery']}: delivery = {spec.delivery!r} but no registry is set",
+                          'add registry = "HOST[:PORT]/PATH" (e.g. "reg.lab:5000/devbox") to devbox.toml, or choose another delivery')
     return spec
 
 
@@ -608,6 +615,31 @@ def _parse_seconds(value) -> int:
     raise ValueError(repr(value))
 
 
+# A registry reference as Docker reads one: a host Docker takes for a registry (a dot, a port
+# or localhost; else `team/devbox` would mean Docker Hub), then lowercase path components.
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+REGISTRY_HOST_RE = re.compile(rf"^(localhost|\[[0-9A-Fa-f:]+\]|{_LABEL}(\.{_LABEL})+|{_LABEL}(?=:))(:(?P<port>[0-9]{{1,5}}))?\Z")
+REGISTRY_PATH_RE = re.compile(r"^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*\Z")
+
+
+def parse_registry(value) -> str:
+    """`HOST[:PORT][/PATH]`, nothing else: it becomes a word of `docker push` here and
+    `docker pull` on each host, so a scheme, a tag, a digest or an option is refused."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{value!r} is not a registry reference")
+    if "://" in value:
+        raise ValueError(f"{value!r} has a scheme: write it without (Docker chooses https, or http on 127.0.0.0/8)")
+    if "@" in value or len(value) > 200:
+        raise ValueError(f"{value!r} is not a registry reference (no digest, at most 200 characters)")
+    host, _, path = value.partition("/")
+    found = REGISTRY_HOST_RE.match(host)
+    if not found or not 0 < int(found["port"] or 1) < 65536:
+        raise ValueError(f"{value!r} does not start with a registry host Docker recognises (a name with a dot, a port, or localhost)")
+    if path and not all(REGISTRY_PATH_RE.match(part) for part in path.split("/")):
+        raise ValueError(f"{value!r} has a bad path: lowercase letters, digits and . _ - between them, no tag")
+    return value
+
+
 def _parse_cpus(value) -> str:
     if value in ("auto", ""):
         return value
@@ -629,7 +661,8 @@ _PARSERS = {
     "expose": _parse_choice("loopback", "all"),
     "port": _parse_port,
     "playbook": _parse_str(re.compile(r"^[A-Za-z0-9._/-]+\Z")),
-    "delivery": _parse_choice("auto", "build", "stream"),
+    "delivery": _parse_choice("auto", "build", "stream", "registry", "registry,stream"),
+    "registry": parse_registry,
     "refresh": _parse_str(REFRESH_RE),
     "allow_host_root_mounts": _parse_bool,
     "identity": _parse_str(re.compile(r'^[^\n\r\0"]{1,4096}\Z')),  # written into an ssh config line

@@ -18,7 +18,7 @@ from devbox.basetag import refuse_unworkable
 from devbox.box import home_folders_argv, keys_writer_argv, volume_owner_argv
 from devbox.facts import AUTHORIZED_KEYS_DIR, Facts, image_cuda, version_tuple
 from devbox.placement import as_before, place_gpus
-from devbox.steps import BuildImage, DockerStep, ShellStep, Step, StreamImage, SwapBox, WriteKeys
+from devbox.steps import BuildImage, DockerStep, PullImage, ShellStep, Step, StreamImage, SwapBox, WriteKeys
 
 BOX_SSH_PORT = 2222
 PORT_RANGE = (20000, 29999)
@@ -374,10 +374,17 @@ def delivery_step(spec: BoxSpec, facts: Facts, image_tag: str, local_image: bool
     auto: a host with the base builds from the few-KB context; a host without it gets
     the layers it lacks streamed from this machine when this machine has the image
     (no registry or network needed on the host), else builds and pulls the base itself.
+    With a `registry` (and delivery auto or registry…), the image leaves here once and
+    the host pulls it; "registry,stream" streams to a host the registry fails.
     """
     if facts.image_present:
         return None
     streaming = StreamImage("stream_image", f"send image {image_tag}: only the layers the host lacks, over SSH", spec, image_tag)
+    if spec.registry and spec.delivery in ("auto", "registry", "registry,stream"):
+        fallback = streaming if spec.delivery == "registry,stream" else None
+        return PullImage("pull_image", f"push image {image_tag} to {spec.registry} from this machine (once for every host), "
+                         "the host pulls it by digest" + ("; if that fails, send it over SSH instead" if fallback else ""),
+                         spec, image_tag, fallback)
     stream = spec.delivery == "stream" or (spec.delivery == "auto" and not facts.base_present and local_image)
     if stream:
         if not local_image:

@@ -176,6 +176,38 @@ class StreamImage(Step):
                 "layers_skipped": done.layers_skipped}
 
 
+@dataclass(frozen=True)
+class PullImage(Step):
+    """Through the team's registry (devbox/registry.py): pushed from here once per `up`, pulled
+    by digest by the host over its own network; `fallback` (streaming) when told to."""
+
+    spec: BoxSpec | None = None
+    tag: str = ""
+    fallback: Step | None = None
+
+    def commands(self) -> list[str]:
+        from devbox.registry import pull_script, remote_ref
+
+        registry = self.spec.registry
+        return [f"docker push {remote_ref(registry, self.tag)}   (on this machine, once; built here first if missing)",
+                pull_script(registry, self.tag, "<digest the push reports>")]
+
+    def apply(self, host: Host, progress: Progress) -> dict:
+        from devbox.registry import publish, pull_failure, pull_script
+
+        try:
+            published = publish(self.spec.image, self.tag, self.spec.registry, progress)
+            done = host.run(pull_script(self.spec.registry, self.tag, published.digest), timeout=3600, check=False)
+            if not done.ok:
+                raise pull_failure(self.spec.host, self.spec.registry, self.tag, done.stderr or done.stdout)
+        except DevboxError as exc:
+            if self.fallback is None:
+                raise
+            progress(f"{exc.message}: sending the image over SSH instead")
+            return self.fallback.apply(host, progress)
+        return {"delivery": "registry", "bytes_sent": published.bytes_pushed, "layers_pushed": published.layers_pushed}
+
+
 def _meter(progress: Progress, host: str, total: int | None):
     """A bar on a terminal, plain lines otherwise, nothing with --json (devbox/progress.py)."""
     from devbox.progress import meter

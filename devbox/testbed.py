@@ -951,3 +951,61 @@ def start_agent(sock: Path) -> subprocess.Popen:
         time.sleep(0.02)
     process.kill()
     raise RuntimeError(f"ssh-agent never made {sock}")
+
+
+# ---------------------------------------------------------------- a team registry (issue 26)
+#
+# Debian's `docker-registry` (distribution 2.8) serving plain http on 127.0.0.1: Docker 20.10+
+# pushes to and pulls from a 127.0.0.0/8 registry without TLS (loopback is insecure-allowed by
+# default). The second engines (start_second_engine) share this machine's network namespace,
+# so they reach it as a host reaches the lab's registry; the netns hosts (SeparateBed) cannot.
+
+
+@dataclass
+class Registry:
+    root: Path
+    address: str                    # 127.0.0.1:PORT
+    process: subprocess.Popen | None = None
+
+    @property
+    def storage(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "registry.log"
+
+    def stored_bytes(self) -> int:
+        """Bytes of the blobs it holds (every layer once, whoever pushed it)."""
+        return sum(p.stat().st_size for p in self.storage.rglob("data") if p.is_file())
+
+    def requests(self, method: str, what: str) -> list[str]:
+        """Access-log lines of `method` requests whose path has `what` (e.g. "/manifests/")."""
+        return [line for line in self.log.read_text().splitlines() if f'"{method} /v2/' in line and what in line]
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_registry(root: Path, users: dict[str, str] | None = None, port: int | None = None) -> Registry:
+    """A registry storing in root/data; `users` (name: password) turns on htpasswd auth."""
+    import bcrypt
+
+    root.mkdir(parents=True, exist_ok=True)
+    registry = Registry(root, f"127.0.0.1:{port or free_port('127.0.0.1')}")
+    auth = ""
+    if users:
+        lines = [f"{name}:{bcrypt.hashpw(pw.encode(), bcrypt.gensalt(rounds=5)).decode()}" for name, pw in users.items()]
+        (root / "htpasswd").write_text("\n".join(lines) + "\n")
+        auth = f"auth:\n  htpasswd:\n    realm: devbox-test\n    path: {root / 'htpasswd'}\n"
+    (root / "config.yml").write_text(
+        f"version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n"
+        f"    rootdirectory: {registry.storage}\n{auth}http:\n  addr: {registry.address}\n")
+    registry.process = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")],
+                                        stdout=open(registry.log, "w"), stderr=subprocess.STDOUT)
+    host, port_text = registry.address.split(":")
+    _wait_listening(host, int(port_text), registry.process, registry.log)
+    return registry
