@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs and starts what the test bed needs on a fresh Debian 12 machine (root):
-# Docker engine, OpenSSH server binaries, tmux, debootstrap, rsync, and the local base image.
+# Docker engine, OpenSSH server binaries, tmux, debootstrap, rsync, a registry (Debian's
+# docker-registry, distribution 2.8: tests/test_registry.py), and the local base image.
 set -euo pipefail
 need=()
-for bin in dockerd:docker.io sshd:openssh-server ssh:openssh-client debootstrap:debootstrap tmux:tmux ip:iproute2 rsync:rsync; do
+for bin in dockerd:docker.io sshd:openssh-server ssh:openssh-client debootstrap:debootstrap tmux:tmux ip:iproute2 rsync:rsync docker-registry:docker-registry; do
     command -v "${bin%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${bin%%:*}" ] || need+=("${bin##*:}")
 done
 command -v make >/dev/null 2>&1 || need+=(make)

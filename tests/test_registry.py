@@ -4,6 +4,7 @@ credentials or lacks the image stops `up` with one line before any box is touche
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -127,12 +128,20 @@ def fleet(testbed):
         for i, name in enumerate(FLEET):
             root = Path(tempfile.mkdtemp(prefix="devbox-regengine-", dir="/var/lib"))
             engines.append(tb.start_second_engine(root, [], tb.free_address_pool(), kind=6 + i))
+            client = docker_config(engines[-1])
+            client.mkdir(mode=0o700)
+            shutil.chown(client, tb.OPS_USER)
             hosts.append(tb.start_fake_host(name, 60 + i, testbed.workdir, testbed.workdir / "authorized_keys",
-                                            extra=f"SetEnv DOCKER_HOST={engines[-1].docker_host}\n"))
+                                            extra=f"SetEnv DOCKER_HOST={engines[-1].docker_host} DOCKER_CONFIG={client}\n"))
         yield list(zip(hosts, engines))
     finally:
         for thing in hosts + engines:
             thing.stop()
+
+
+def docker_config(engine: tb.SecondEngine) -> Path:
+    """The host user's own Docker client config (its `docker login`), one per host."""
+    return engine.root / "client"
 
 
 @pytest.fixture
@@ -156,6 +165,7 @@ def fleet_laptop(laptop, fleet, box_image):
 
 def empty(engine: tb.SecondEngine, tag: str) -> None:
     engine.remove_containers()
+    (docker_config(engine) / "config.json").unlink(missing_ok=True)
     engine.docker("network", "prune", "-f")
     ids = engine.docker("image", "ls", "-q", "--filter", f"reference={tag.partition(':')[0]}").stdout.split()
     ids += engine.docker("image", "ls", "-q", "--filter", "reference=127.0.0.1:*/*/*").stdout.split()
@@ -219,10 +229,10 @@ def test_dry_run_shows_the_push_and_the_pull_and_sends_nothing(fleet_laptop, fle
     assert not registry.requests("PUT", "/") and untouched(fleet)
 
 
-def one_line_failure(done: subprocess.CompletedProcess, fleet, *words: str) -> None:
+def one_line_failure(done: subprocess.CompletedProcess, fleet, *words: str, hosts: int = len(FLEET)) -> None:
     assert done.returncode != 0 and "Traceback" not in done.stdout + done.stderr
     failed = [line for line in done.stdout.splitlines() if "FAILED" in line]
-    assert len(failed) == len(FLEET), done.stdout + done.stderr
+    assert len(failed) == hosts, done.stdout + done.stderr
     for line in failed:
         assert all(word in line for word in words), line
     assert untouched(fleet), "a failed delivery touches no box"
@@ -255,3 +265,54 @@ def test_a_registry_that_lacks_the_image_this_machine_cannot_build_stops_up_with
     done = fleet_laptop.devbox("up", *FLEET, "--no-verify")
     one_line_failure(done, fleet, f"registry {registry.address}/devbox lacks devbox-ssh:", "cannot build it",
                      f"no base local/absent{SUFFIX}:1 here")
+
+
+def login(address: str, env: dict | None = None, config: Path | None = None) -> None:
+    argv = ["docker", *(["--config", str(config)] if config else []), "login", "-u", "team", "--password-stdin", address]
+    subprocess.run(argv, input=PASSWORD, text=True, env=env, check=True, capture_output=True)
+
+
+PASSWORD = "s3cret-pass"
+
+
+def test_each_side_logs_in_with_its_own_credentials_and_none_is_copied(fleet_laptop, fleet, tmp_path):
+    """This machine pushes with its Docker login; a host pulls with its own, and a host
+    without one gets one line saying to `docker login` there (the laptop's is never sent)."""
+    guarded = tb.start_registry(tmp_path / "guarded", users={"team": PASSWORD})
+    try:
+        use_registry(fleet_laptop, guarded.address)
+        login(guarded.address, env=fleet_laptop.devbox.env)
+        (host1, engine1), (host2, engine2) = fleet
+        login(guarded.address, config=docker_config(engine1))
+        shutil.chown(docker_config(engine1) / "config.json", tb.OPS_USER)
+        results, done = fleet_laptop.devbox.json("up", *FLEET, "--no-verify", expect=None)
+        assert (results[0]["exit_code"], results[0]["delivery"]) == (0, "registry"), done.stdout + done.stderr
+        assert results[1]["exit_code"] != 0
+        assert results[1]["error"].startswith(f"{FLEET[1]}: registry {guarded.address}/devbox refused the host's credentials")
+        assert f"docker login {guarded.address}` on {FLEET[1]}" in results[1]["error"]
+        assert not (docker_config(engine2) / "config.json").exists(), "the laptop's credentials were copied to the host"
+        assert PASSWORD not in done.stdout + done.stderr
+        assert not engine2.docker("ps", "-aq").stdout.split(), "the host that could not pull got no box"
+    finally:
+        guarded.stop()
+
+
+def test_a_host_that_cannot_reach_the_registry_gets_one_line_or_the_stream_when_told(separate_laptop, registry, box_image):
+    """The netns host has no route to this machine's 127.0.0.1: `registry` stops with one line
+    naming it; `registry,stream` sends the image over SSH instead."""
+    engine, host = separate_laptop.bed.engine, separate_laptop.inner_jump
+    empty(engine, box_image.tag)
+    toml = separate_laptop.work / "devbox.toml"
+    streamed = toml.read_text()
+    toml.write_text(streamed.replace('delivery = "stream"\n', f'registry = "{registry.address}/devbox"\ndelivery = "registry"\n'))
+    done = separate_laptop.devbox("up", host, "--no-verify")
+    assert done.returncode == 3
+    one_line_failure(done, [], f"{host}: FAILED: cannot reach registry {registry.address}/devbox", f"let {host} reach", 'delivery = "registry,stream"', hosts=1)
+    assert not engine.docker("ps", "-aq").stdout.split()
+    toml.write_text(streamed.replace('delivery = "stream"\n', f'registry = "{registry.address}/devbox"\ndelivery = "registry,stream"\n'))
+    done = separate_laptop.devbox("up", host, "--no-verify")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{host}: cannot reach registry {registry.address}/devbox" in done.stderr
+    assert "sending the image over SSH instead" in done.stderr and re.search(r"sending \d+ of \d+ layers", done.stderr)
+    assert engine.docker("ps", "--format", "{{.Image}}").stdout.split() == [box_image.tag]
+    empty(engine, box_image.tag)
