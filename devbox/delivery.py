@@ -26,7 +26,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
-from devbox.errors import DevboxError, HostUnreachable
+from devbox.errors import DevboxError, HostUnreachable, RemoteCommandFailed
+from devbox.remote import why_failed
 
 BLOCK = 512
 END_OF_ARCHIVE = bytes(2 * BLOCK)
@@ -458,12 +459,15 @@ def deliver(host, rewrite: Rewrite, chunks: Iterable[bytes], on_sent: Callable[[
 
         loads += 1
         try:
-            host.run(command, stdin=ChunkReader(load), timeout=None, on_stdin=meter)
+            done = host.stream(command, ChunkReader(load), meter)
         except HostUnreachable as exc:
             raise HostUnreachable(
                 f"{host.alias}: the link dropped while sending {rewrite.image.tag} ({(sent + counted[0]) / 1e6:.0f} MB sent; "
                 f"{rewrite.committed + 1} of {len(rewrite.present)} layers kept on the host)",
                 f"re-run `devbox up {host.alias}`: it sends only the layers the host still lacks") from exc
+        if not done.ok:
+            raise RemoteCommandFailed(f"{host.alias}: `docker load` of {rewrite.image.tag} exited {done.exit_code}: "
+                                      f"{why_failed(done)}", f"check the host's Docker and its free disk, then re-run `devbox up {host.alias}`")
         sent += counted[0]
     return Delivered(sent, len(rewrite.sent_layers), rewrite.skipped, loads)
 

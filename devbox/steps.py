@@ -15,7 +15,9 @@ from devbox.config import BoxSpec
 from devbox.buildlog import PID_MARK, BuildLog, apt_mirrors
 from devbox.errors import CommandStalled, DevboxError
 from devbox.image import context_tar
-from devbox.remote import Host, why_failed
+from devbox.remote import Host, stream_transport, why_failed
+
+TRANSPORT_NAMES = {"openssh": "the OpenSSH client", "paramiko": "paramiko (no `ssh` client here)"}
 
 Progress = Callable[[str], None]
 
@@ -156,7 +158,8 @@ class StreamImage(Step):
     tag: str = ""
 
     def commands(self) -> list[str]:
-        return [HOST_LAYERS, f"docker save {self.tag} (minus those layers, in parts) | ssh {self.spec.host} docker load"]
+        how = "ssh -F (your ssh config)" if stream_transport() == "openssh" else "(paramiko)"
+        return [HOST_LAYERS, f"docker save {self.tag} (minus those layers, in parts) | {how} {self.spec.host} docker load"]
 
     def apply(self, host: Host, progress: Progress) -> dict:
         import json
@@ -167,12 +170,13 @@ class StreamImage(Step):
         rewrite = Rewrite(inspect_local(self.tag), host_chains(lists))
         missing = rewrite.present.count(False)
         total = todo_bytes(self.tag, rewrite.present)
+        transport = stream_transport()
         progress(f"{self.spec.box.name}: sending {missing} of {len(rewrite.present)} layers"
-                 + (f", about {total / 1e6:.0f} MB" if total else ""))
+                 + (f", about {total / 1e6:.0f} MB" if total else "") + f", through {TRANSPORT_NAMES[transport]}")
         meter = _meter(progress, self.spec.host, total)
         done = deliver(host, rewrite, save_stream(self.tag), meter.update)
         meter.close(done.bytes_sent)
-        return {"delivery": "stream-missing-layers", "bytes_sent": done.bytes_sent, "layers_sent": done.layers_sent,
+        return {"delivery": "stream-missing-layers", "transport": transport, "bytes_sent": done.bytes_sent, "layers_sent": done.layers_sent,
                 "layers_skipped": done.layers_skipped}
 
 

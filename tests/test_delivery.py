@@ -6,9 +6,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -123,17 +126,17 @@ def test_a_cut_after_a_committed_part_keeps_it_and_the_next_up_sends_only_the_re
     host = Host(laptop.engine_host, load_user_config(laptop.ssh_config))
     rewrite = Rewrite(image, host_chains(engine_layers(laptop.engine)), commit_bytes=1)
     runs = []
-    real_run = host.run
+    real_stream = host.stream
 
-    def run(*args, **kw):
+    def stream(*args, **kw):
         runs.append(args[0])
-        return real_run(*args, **kw)
+        return real_stream(*args, **kw)
 
     def cut_in_the_second_part(sent: int) -> None:
         if len(runs) == 2:   # the first part is loaded (its run returned): drop the link now
             kill_children(laptop.engine_host_process.pid)
 
-    host.run = run
+    host.stream = stream
     with pytest.raises(HostUnreachable) as cut:
         deliver(host, rewrite, save_stream(laptop.tag), cut_in_the_second_part)
     host.close()
@@ -196,3 +199,44 @@ def test_on_a_terminal_up_draws_a_bar_and_keeps_stdout_for_the_result(stream_lap
     text = screen.decode(errors="replace")
     assert laptop.engine_host in text and "B/s" in text and "\r" in text, text[-2000:]
     assert "B/s" not in done.stdout and "changed" in done.stdout
+
+
+# ---------------------------------------------------------------- the transport (issue 26: the OpenSSH floor)
+
+
+def path_with(tmp_path, **tools: str) -> str:
+    """A PATH of one folder holding only `tools` (name: script or path to link)."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    for name, what in tools.items():
+        if what.startswith("/"):
+            (folder / name).symlink_to(what)
+        else:
+            (folder / name).write_text(what)
+            (folder / name).chmod(0o755)
+    return str(folder)
+
+
+def test_streaming_goes_through_the_openssh_client_with_the_users_own_config(stream_laptop, tmp_path):
+    laptop = stream_laptop
+    calls = tmp_path / "ssh-calls"
+    ssh = shutil.which("ssh")
+    laptop.devbox.env["PATH"] = path_with(tmp_path, ssh=f'#!/bin/sh\necho "$@" >> {calls}\nexec {ssh} "$@"\n',
+                                          docker=shutil.which("docker"))
+    reports, done = laptop.devbox.json("up", laptop.engine_host, "--no-verify")
+    assert (reports[0]["delivery"], reports[0]["transport"]) == ("stream-missing-layers", "openssh")
+    loads = [line for line in calls.read_text().splitlines() if "docker load" in line]
+    assert loads and all(line.startswith(f"-F {laptop.ssh_config} ") and f"-- {laptop.engine_host} docker load" in line
+                         for line in loads), loads
+    assert "BatchMode=yes" in loads[0] and "ClearAllForwardings=yes" in loads[0]
+    assert laptop.engine.docker("image", "inspect", laptop.tag).returncode == 0
+    assert not list(Path(tempfile.gettempdir()).glob("devbox-ssh-*")), "the stream's own master is closed after up"
+
+
+def test_without_an_ssh_client_streaming_goes_through_paramiko(stream_laptop, tmp_path):
+    laptop = stream_laptop
+    laptop.devbox.env["PATH"] = path_with(tmp_path, docker=shutil.which("docker"))
+    done = laptop.devbox("up", laptop.engine_host, "--no-verify")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "through paramiko (no `ssh` client here)" in done.stderr
+    assert laptop.engine.docker("image", "inspect", laptop.tag).returncode == 0

@@ -32,6 +32,7 @@ class UpResult(VerifyResult):
     notes: list[str] = field(default_factory=list)      # why nothing needs doing
     warnings: list[str] = field(default_factory=list)
     delivery: str = "none"
+    transport: str = ""                                 # streamed: "openssh" or "paramiko"
     bytes_sent: int = 0
     base_image: str = ""                                # the base the box is (to be) built on
     base_why: str = ""                                  # why that one (base_image = "auto")
@@ -99,6 +100,7 @@ def _up(host: Host, lock: HostLock, spec: BoxSpec, result: UpResult, source: Key
     applied = apply(host, plan.steps, spec.host, progress)
     result.port = applied.get("port", plan.port)
     result.delivery = applied.get("delivery", "none")
+    result.transport = applied.get("transport", "")
     result.bytes_sent = applied.get("bytes_sent", 0)
     result.changed = plan.changes
     known_key = facts.box_host_key if facts.box_running and not plan.steps else None
