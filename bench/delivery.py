@@ -65,8 +65,10 @@ class Bed:
         self.engine.docker("system", "prune", "-af", "--volumes", check=True)
         assert self.engine.docker("image", "ls", "-aq").stdout.split() == []
 
-    def devbox_up(self) -> dict:
-        done = subprocess.run([str(DEVBOX), "up", HOST, "--no-verify", "--repin", "--json"], cwd=self.project, env=self.env,
+    def devbox_up(self, transport: str = "") -> dict:
+        """`transport` "paramiko" forces devbox's stream through paramiko (default: the OpenSSH client)."""
+        env = {**self.env, **({"DEVBOX_STREAM_TRANSPORT": transport} if transport else {})}
+        done = subprocess.run([str(DEVBOX), "up", HOST, "--no-verify", "--repin", "--json"], cwd=self.project, env=env,
                               capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=1800)
         report = json.loads(done.stdout)[0] if done.stdout.startswith("[") else {}
         if done.returncode != 0 or report.get("delivery") != "stream-missing-layers":
@@ -83,6 +85,10 @@ class Bed:
         self.engine.stop()
         self.testbed.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def sent_by(report: dict) -> dict:
+    return {"bytes_sent": report["bytes_sent"], "transport": report.get("transport", "")}
 
 
 def save_into_ssh_load(tag: str, ssh: list[str]) -> int:
@@ -143,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.delivery", description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=3, help="counted pairs (default 3; one warm-up pair first)")
     p.add_argument("--out", type=Path, default=RESULTS / "delivery.json")
+    p.add_argument("--paramiko", action="store_true", help="a third contender: devbox streaming through paramiko")
+    p.add_argument("--only-stream", action="store_true", help="stop after the timed runs (no base-present or compression part)")
     args = p.parse_args(argv)
     reason = tb.testbed_unavailable_reason()
     if reason:
@@ -153,29 +161,36 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"image": tag, "base": bigimage.BIG_IMAGE, "runs": args.runs, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                      "command": "python -m bench.delivery " + " ".join(argv or sys.argv[1:])}
     try:
-        devbox = Cmd("devbox up (stream, whole process)", lambda i: {"bytes_sent": bed.devbox_up()["bytes_sent"]},
+        devbox = Cmd("devbox up (stream, whole process)", lambda i: sent_by(bed.devbox_up()),
                      prep=lambda i: bed.empty_engine())
         raw = Cmd("docker save IMG | ssh HOST docker load", lambda i: {"bytes_sent": bed.save_load(tag)},
                   prep=lambda i: bed.empty_engine())
-        interleave([devbox, raw], args.runs, log=log)
-        results["commands"] = [devbox.summary(), raw.summary()]
+        contenders = [devbox, raw]
+        if args.paramiko:
+            contenders.append(Cmd("devbox up (stream through paramiko)", lambda i: sent_by(bed.devbox_up("paramiko")),
+                                  prep=lambda i: bed.empty_engine()))
+        interleave(contenders, args.runs, log=log)
+        results["commands"] = [c.summary() for c in contenders]
         results["ratio"] = ratio(devbox, raw)
-
-        log("== base already on the host: bytes devbox sends against its own layers")
-        bed.empty_engine()
-        tb.seed(bed.engine.docker_host, [bigimage.BIG_IMAGE])
-        started = time.perf_counter()
-        report = bed.devbox_up()
-        own = layer_bytes(tag, bigimage.BIG_IMAGE)
-        results["base_present"] = {"bytes_sent": report["bytes_sent"], "own_layers": own,
-                                   "ratio": round(report["bytes_sent"] / own, 4), "seconds": round(time.perf_counter() - started, 2)}
+        if args.paramiko:
+            results["ratio_paramiko"] = ratio(contenders[2], raw)
+        if not args.only_stream:
+            log("== base already on the host: bytes devbox sends against its own layers")
+            bed.empty_engine()
+            tb.seed(bed.engine.docker_host, [bigimage.BIG_IMAGE])
+            started = time.perf_counter()
+            report = bed.devbox_up()
+            own = layer_bytes(tag, bigimage.BIG_IMAGE)
+            results["base_present"] = {"bytes_sent": report["bytes_sent"], "own_layers": own,
+                                       "ratio": round(report["bytes_sent"] / own, 4), "seconds": round(time.perf_counter() - started, 2)}
     finally:
         bed.stop()
-    log("== compression: the compressors here, and a 1 Gbit/s link by arithmetic")
-    comp = compression()
-    results["compression"] = comp
-    size = max(e["bytes_sent"] for e in devbox.extras)
-    results["link_1gbit"] = link_arithmetic(size, LINK_1G, comp)
+    if not args.only_stream:
+        log("== compression: the compressors here, and a 1 Gbit/s link by arithmetic")
+        comp = compression()
+        results["compression"] = comp
+        size = max(e["bytes_sent"] for e in devbox.extras)
+        results["link_1gbit"] = link_arithmetic(size, LINK_1G, comp)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))

@@ -373,10 +373,10 @@ class Host:
         return self.run(["docker", *args], stdin=stdin, check=check, **kw)
 
     def stream(self, command: str, source: BinaryIO, on_sent: Callable[[int], None] | None = None) -> Result:
-        """Send `source` (GBs: an image) into `command`'s stdin, through the fastest transport
-        here: the OpenSSH client when installed (about 1.2x paramiko's rate on loopback,
-        bench/delivery.py), with the user's own config and known_hosts; else this Host's
-        paramiko session. Which one ran is `self.stream_transport`."""
+        """Send `source` (GBs: an image) into `command`'s stdin through the fastest transport
+        here (`stream_transport()`): the OpenSSH client when installed, with the user's own
+        config and known_hosts (217 MB/s against paramiko's 177 on loopback, issue 26's
+        review), else this Host's paramiko session."""
         if stream_transport() == "paramiko":
             return self.run(command, stdin=source, timeout=None, on_stdin=on_sent)
         with self._lock:
@@ -404,6 +404,13 @@ def stream_transport() -> str:
     if os.environ.get(STREAM_TRANSPORT_ENV) == "paramiko" or not shutil.which("ssh"):
         return "paramiko"
     return "openssh"
+
+
+def stream_transport_said() -> str:
+    """Which transport streams, and why, in a progress line's words."""
+    if stream_transport() == "openssh":
+        return "the OpenSSH client"
+    return "paramiko (no `ssh` client here)" if not shutil.which("ssh") else f"paramiko ({STREAM_TRANSPORT_ENV}=paramiko)"
 
 
 class OpenSshMaster:

@@ -15,9 +15,7 @@ from devbox.config import BoxSpec
 from devbox.buildlog import PID_MARK, BuildLog, apt_mirrors
 from devbox.errors import CommandStalled, DevboxError
 from devbox.image import context_tar
-from devbox.remote import Host, stream_transport, why_failed
-
-TRANSPORT_NAMES = {"openssh": "the OpenSSH client", "paramiko": "paramiko (no `ssh` client here)"}
+from devbox.remote import Host, stream_transport, stream_transport_said, why_failed
 
 Progress = Callable[[str], None]
 
@@ -172,7 +170,7 @@ class StreamImage(Step):
         total = todo_bytes(self.tag, rewrite.present)
         transport = stream_transport()
         progress(f"{self.spec.box.name}: sending {missing} of {len(rewrite.present)} layers"
-                 + (f", about {total / 1e6:.0f} MB" if total else "") + f", through {TRANSPORT_NAMES[transport]}")
+                 + (f", about {total / 1e6:.0f} MB" if total else "") + f", through {stream_transport_said()}")
         meter = _meter(progress, self.spec.host, total)
         done = deliver(host, rewrite, save_stream(self.tag), meter.update)
         meter.close(done.bytes_sent)
