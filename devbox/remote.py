@@ -378,7 +378,7 @@ class Host:
         config and known_hosts (217 MB/s against paramiko's 177 on loopback, issue 26's
         review), else this Host's paramiko session."""
         if stream_transport() == "paramiko":
-            return self.run(command, stdin=source, timeout=None, on_stdin=on_sent)
+            return self.run(command, stdin=source, timeout=None, on_stdin=on_sent, check=False)
         with self._lock:
             if self._master is None:
                 self._master = OpenSshMaster(self.alias)
