@@ -14,7 +14,7 @@ from typing import Callable
 from devbox.config import BoxSpec
 from devbox.buildlog import PID_MARK, BuildLog, apt_mirrors
 from devbox.errors import CommandStalled, DevboxError
-from devbox.image import context_tar
+from devbox.image import context_tar, local_has_image
 from devbox.remote import Host, stream_transport, stream_transport_said, why_failed
 
 Progress = Callable[[str], None]
@@ -203,7 +203,7 @@ class PullImage(Step):
             if not done.ok:
                 raise pull_failure(self.spec.host, self.spec.registry, self.tag, done.stderr or done.stdout)
         except DevboxError as exc:
-            if self.fallback is None:
+            if self.fallback is None or not local_has_image(self.tag):   # nothing here to stream either
                 raise
             progress(f"{exc.message}: sending the image over SSH instead")
             return self.fallback.apply(host, progress)

@@ -316,3 +316,13 @@ def test_a_host_that_cannot_reach_the_registry_gets_one_line_or_the_stream_when_
     assert "sending the image over SSH instead" in done.stderr and re.search(r"sending \d+ of \d+ layers", done.stderr)
     assert engine.docker("ps", "--format", "{{.Image}}").stdout.split() == [box_image.tag]
     empty(engine, box_image.tag)
+
+
+def test_with_nothing_here_to_stream_the_fallback_gives_the_registrys_line(fleet_laptop, fleet, registry):
+    """`registry,stream` when this machine has neither the image nor its base: the registry's
+    one line, not a stream that cannot start."""
+    use_registry(fleet_laptop, registry.address, "registry,stream")
+    toml = fleet_laptop.work / "devbox.toml"
+    toml.write_text(toml.read_text().replace(tb.BASE_IMAGE, f"local/absent{SUFFIX}:1"))
+    done = fleet_laptop.devbox("up", *FLEET, "--no-verify")
+    one_line_failure(done, fleet, f"registry {registry.address}/devbox lacks devbox-ssh:", "cannot build it")
