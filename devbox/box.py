@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 
+from devbox.boxenv import SECRETS_DIR, WRITE_SECRETS, BoxEnv
 from devbox.config import BoxSpec
 from devbox.errors import DevboxError, HostUnreachable, RemoteCommandFailed
 from devbox.facts import AUTHORIZED_KEYS_DIR
@@ -81,22 +82,34 @@ def box_sh(host: Host, spec: BoxSpec, script: str, stdin: bytes | None = None, c
     return box_exec(host, spec, ["sh", "-c", script], stdin=stdin, check=check, **kw)
 
 
-def keys_writer_argv(spec: BoxSpec, image: str) -> list[str]:
-    """`docker run` of a throwaway writer for the keys volume, the only place it is writable.
-
-    The box mounts that volume read-only, so no key holder can re-add a revoked key from
-    inside. The writer is the box image as the box's own uid (files stay theirs, as
-    sshd's StrictModes wants), with no network, no capabilities and a read-only root.
+def volume_writer_argv(spec: BoxSpec, image: str, volume: str, target: str, script: str) -> list[str]:
+    """`docker run` of a throwaway writer for a volume the box mounts read-only (its keys,
+    its secrets): the only place that volume is writable, so no key holder can change it
+    from inside (a revoked key stays out). The writer is the box image as the box's own uid
+    (files stay theirs, as sshd's StrictModes wants), with no network, no capabilities, a
+    read-only root and no log; what it writes comes on stdin, never in its argv.
     """
     return ["run", "--rm", "-i", "--pull", "never", "--network", "none", "--log-driver", "none",
             "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--read-only",
             "--user", f"{spec.uid}:{spec.gid}", "--label", "devbox.managed=true", "--label", f"devbox.host={spec.host}",
-            "--mount", f"type=volume,source={spec.keys_volume},target={AUTHORIZED_KEYS_DIR}",
-            "--entrypoint", "sh", image, "-c", WRITE_AUTHORIZED_KEYS]
+            "--mount", f"type=volume,source={volume},target={target}",
+            "--entrypoint", "sh", image, "-c", script]
+
+
+def keys_writer_argv(spec: BoxSpec, image: str) -> list[str]:
+    return volume_writer_argv(spec, image, spec.keys_volume, AUTHORIZED_KEYS_DIR, WRITE_AUTHORIZED_KEYS)
+
+
+def secrets_writer_argv(spec: BoxSpec, image: str) -> list[str]:
+    return volume_writer_argv(spec, image, spec.secrets_volume, SECRETS_DIR, WRITE_SECRETS)
 
 
 def write_authorized_keys(host: Host, spec: BoxSpec, image: str, content: str) -> None:
     host.docker(*keys_writer_argv(spec, image), stdin=content.encode())
+
+
+def write_box_env(host: Host, spec: BoxSpec, image: str, env: BoxEnv) -> None:
+    host.docker(*secrets_writer_argv(spec, image), stdin=env.payload())
 
 
 def read_host_key(host: Host, spec: BoxSpec, wait_s: float = 20) -> str:

@@ -21,6 +21,8 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Team public keys in keys/: add, list, revoke, sync to boxes.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+secrets_app = typer.Typer(help="The box's env, secrets and git settings from devbox.toml: sync them live.", no_args_is_help=True)
+app.add_typer(secrets_app, name="secrets")
 
 JSON = typer.Option(False, "--json", help="Print machine-readable JSON instead of text.")
 CONFIG = typer.Option(None, "--config", help="devbox.toml to use (default: ./devbox.toml, then ~/.config/devbox/devbox.toml).")
@@ -283,6 +285,23 @@ def keys_sync(
     boxes = specs(hosts, config, playbook, all_hosts)
     keys = desired_keys(keys_dir)
     show(per_host(boxes, SyncResult, lambda spec, result: sync_host(spec, result, keys, restart), parallel), as_json)
+
+
+@secrets_app.command("sync")
+def secrets_sync(
+    hosts: List[str] = typer.Argument(None, help="Hosts whose boxes to update (or --all)."),
+    all_hosts: bool = ALL_HOSTS,
+    dotfiles: bool = typer.Option(False, "--dotfiles", help="Also copy the dotfiles folder into the box's home (files changed there are kept)."),
+    playbook: Optional[str] = PLAYBOOK,
+    config: Optional[Path] = CONFIG,
+    parallel: int = PARALLEL,
+    as_json: bool = JSON,
+):
+    """Push env, secrets and git settings to running boxes. Read here, written live; only names are shown."""
+    from devbox.commands.secrets import SecretsResult, sync_secrets_host
+
+    boxes = specs(hosts, config, playbook, all_hosts)
+    show(per_host(boxes, SecretsResult, lambda spec, result: sync_secrets_host(spec, result, dotfiles), parallel), as_json)
 
 
 # ---------------------------------------------------------------- jobs

@@ -64,7 +64,18 @@ ALLOWED_KEYS = {
     "apt": 'Debian/Ubuntu packages added to the image, names or name=version pins, e.g. ["htop", "python3-pip"]',
     "pip": 'Python packages added to the image\'s Python, names with an optional pin, e.g. ["jupyterlab", "numpy<2", "ray[default]==2.9"]',
     "allow_host_root_mounts": "true to let volumes mount host paths that give root on the host (the Docker socket, /etc, /, …); every key holder becomes host root, and `up` warns each time",
+    "env": 'a table of plain (not secret) variables for every shell, job and notebook, e.g. { HF_HOME = "/workspace/hf" }',
+    "secrets": 'a table of variables read on this machine at `up`, e.g. { HF_TOKEN = "env:HF_TOKEN", WANDB_API_KEY = "file:~/.config/wandb/key" }',
+    "git_identity": 'who commits in the box, e.g. "Ada Lovelace <ada@lab.org>"',
+    "git_credentials": 'the token HTTPS git pushes use, read like a secret: "env:GH_TOKEN" or "file:~/.config/gh-token"',
+    "forward_agent": "true to let your ssh-agent reach the box (only on a box whose keys are one person's)",
+    "dotfiles": 'a folder on this machine copied into the box\'s home at first `up`, e.g. "~/dotfiles"',
 }
+# Variable names a shell can export; the sources a secret may name.
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+SECRET_SOURCE_RE = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]{0,127}|file:[^\n\r\0]{1,4096})\Z")
+# "Name <email>", written into a gitconfig as a quoted value: no quotes, backslashes or controls.
+GIT_IDENTITY_RE = re.compile(r'^([^<>"\\\x00-\x1f\x7f]{1,200}) <([^<>"\\\s]{1,200}@[^<>"\\\s]{1,200})>\Z')
 
 
 @dataclass(frozen=True)
@@ -105,12 +116,20 @@ class BoxSpec:
     identity: str = ""
     apt: tuple[str, ...] = ()
     pip: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()           # (NAME, value), sorted
+    secrets: tuple[tuple[str, str], ...] = ()       # (NAME, "env:X" | "file:PATH"): sources, never values
+    git_identity: str = ""
+    git_credentials: str = ""                       # a secret's source
+    forward_agent: bool = False
+    dotfiles: str = ""
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     # Not part of the container: changing them must not re-create a box (and the
     # opt-in flag must not change the hash of configs written before it existed).
-    # apt and pip reach the hash through the image tag, which holds them.
-    HASH_EXCLUDED = ("sources", "port", "host", "delivery", "allow_host_root_mounts", "identity", "apt", "pip")
+    # apt and pip reach the hash through the image tag, which holds them. The box's
+    # environment (env, secrets, git, dotfiles) syncs live into its secrets volume.
+    HASH_EXCLUDED = ("sources", "port", "host", "delivery", "allow_host_root_mounts", "identity", "apt", "pip",
+                     "env", "secrets", "git_identity", "git_credentials", "forward_agent", "dotfiles")
 
     @property
     def box_name(self) -> str:
@@ -141,6 +160,11 @@ class BoxSpec:
         return f"{self.box_name}.keys"
 
     @property
+    def secrets_volume(self) -> str:
+        """The box's env, secrets and git settings: mounted read-only in the box, written from the host."""
+        return f"{self.box_name}.secrets"
+
+    @property
     def network(self) -> str:
         """The box's own bridge network: boxes on one host cannot reach each other."""
         return f"{self.box_name}.net"
@@ -160,6 +184,8 @@ class BoxSpec:
         """What, if changed, needs a new container (keys do not: they sync live)."""
         data = {k: v for k, v in asdict(self).items() if k not in self.HASH_EXCLUDED}
         data.update(port=port, image=image_tag)
+        if self.forward_agent:   # sshd's flag; absent when off, so older boxes keep their hash
+            data["forward_agent"] = True
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -270,12 +296,26 @@ def load_spec(host: str, config_file: Path | None = None, playbook: str | None =
     origin: dict[str, str] = {}
     for where, table in layers:
         fields = _validate_table(table, where)
+        for key in MERGED_TABLES & fields.keys():   # [defaults] env plus the host's own
+            fields[key] = tuple(sorted({**dict(merged.get(key, ())), **dict(fields[key])}.items()))
         merged.update(fields)
         origin.update(dict.fromkeys(fields, where))
     merged.pop("playbook", None)
     spec = BoxSpec(host=host, sources=tuple(w for w, _ in layers), **merged)
     _check_mounts(spec, origin)
+    _check_env_names(spec, origin)
     return spec
+
+
+MERGED_TABLES = {"env", "secrets"}
+
+
+def _check_env_names(spec: BoxSpec, origin: dict[str, str]) -> None:
+    """A name is plain or secret, not both: which value would a shell see?"""
+    both = sorted(set(dict(spec.env)) & set(dict(spec.secrets)))
+    if both:
+        raise ConfigError(f"{origin.get('secrets', 'devbox.toml')}: {both[0]!r} is in both env and secrets",
+                          "keep it in one of them (secrets for anything you would not paste in a chat)")
 
 
 def _validate_table(table: dict, where: str) -> dict:
@@ -437,6 +477,39 @@ def _parse_packages(pattern: re.Pattern):
     return parse
 
 
+def _check_env_name(name) -> str:
+    if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+        raise ValueError(f"{name!r} is not a variable name (letters, digits and _, not starting with a digit)")
+    return name
+
+
+def _parse_env(value) -> tuple[tuple[str, str], ...]:
+    """NAME = "value": a value is one line of text (no NUL, no newline: a shell exports it as is)."""
+    if not isinstance(value, dict):
+        raise ValueError("not a table")
+    for name, item in value.items():
+        _check_env_name(name)
+        if not isinstance(item, str):
+            raise ValueError(f"{name}: the value must be a string")
+        if any(c in item for c in "\0\n\r"):
+            raise ValueError(f"{name}: the value holds a NUL or a line break")
+    return tuple(sorted(value.items()))
+
+
+def _parse_secret_source(value) -> str:
+    if isinstance(value, str) and SECRET_SOURCE_RE.match(value):
+        return value
+    # Never echoed: a token pasted here by mistake must not reach a terminal or a CI log.
+    raise ValueError("not env:NAME or file:PATH (the value itself never goes in devbox.toml)")
+
+
+def _parse_secrets(value) -> tuple[tuple[str, str], ...]:
+    """NAME = "env:VAR" | "file:PATH": where to read the value on this machine (never the value)."""
+    if not isinstance(value, dict):
+        raise ValueError("not a table")
+    return tuple(sorted((_check_env_name(name), _parse_secret_source(source)) for name, source in value.items()))
+
+
 def _parse_cpus(value) -> str:
     if value in ("auto", ""):
         return value
@@ -464,4 +537,10 @@ _PARSERS = {
     "identity": _parse_str(re.compile(r'^[^\n\r\0"]{1,4096}\Z')),  # written into an ssh config line
     "apt": _parse_packages(APT_RE),
     "pip": _parse_packages(PIP_RE),
+    "env": _parse_env,
+    "secrets": _parse_secrets,
+    "git_identity": _parse_str(GIT_IDENTITY_RE),
+    "git_credentials": _parse_secret_source,
+    "forward_agent": _parse_bool,
+    "dotfiles": _parse_str(re.compile(r"^[^\n\r\0]{1,4096}\Z")),
 }

@@ -13,6 +13,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Callable
 
+from devbox.boxenv import READ_BOX_ENV, InBox, parse_box_env
 from devbox.config import BoxSpec
 
 MARK = "@@devbox@@"
@@ -62,6 +63,7 @@ class Facts:
     memlock_max: int | None = None         # bytes the engine may give a box (-1: unlimited), None: unknown
     box_base: str = ""                     # the base image the existing box was built on (its label)
     gpu_memory_used: dict[int, int] = field(default_factory=dict)   # GPU index -> MiB in use now
+    box_env: InBox | None = None           # the secrets volume as the running box sees it (digest, env, names)
 
     @property
     def box_labels(self) -> dict:
@@ -153,6 +155,11 @@ def _paths(facts: Facts, answers: list[str], tag: str) -> None:
 @question("keys", lambda spec, tag: f"cat {AUTHORIZED_KEYS_FILE} 2>/dev/null")
 def _keys(facts: Facts, answers: list[str], tag: str) -> None:
     facts.authorized_keys = answers[-1] if answers else None
+
+
+@question("boxenv", lambda spec, tag: READ_BOX_ENV)
+def _boxenv(facts: Facts, answers: list[str], tag: str) -> None:
+    facts.box_env = parse_box_env(answers[-1]) if answers else None
 
 
 @question("hostkey", lambda spec, tag: f'cat "$HOME/{BOX_STATE_DIR}/hostkeys/ssh_host_ed25519_key.pub" 2>/dev/null')
@@ -254,7 +261,7 @@ def state_script(spec: BoxSpec, image_tag: str) -> str:
     background, and its answer is printed only if the inspect says the box runs; where no
     temp file can be made it runs in turn. Every value is quoted.
     """
-    inside = "; ".join([SECTION, *ask(spec, image_tag, ["keys", "hostkey", "jobs"])])
+    inside = "; ".join([SECTION, *ask(spec, image_tag, ["keys", "boxenv", "hostkey", "jobs"])])
     exec_inside = f"docker exec -u {spec.uid}:{spec.gid} -e HOME={q(spec.home)} {q(spec.box_name)} sh -c {q(inside)} 2>/dev/null"
     lines = [SECTION,
              f't=$(mktemp 2>/dev/null) && {{ {exec_inside} >"$t" & }}',

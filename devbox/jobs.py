@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from devbox.box import box_sh
+from devbox.boxenv import ENV_SCRIPT
 from devbox.config import BoxSpec
 from devbox.errors import ConfigError, DevboxError
 from devbox.remote import Host
@@ -79,6 +80,7 @@ def run_script(name: str, argv: list[str], cwd: str | None, env: list[str]) -> s
         f"d={_job_dir(name)}",
         f'cd {where} || {{ echo "devbox: cannot cd to "{where} >> "$d/log"; echo 1 > "$d/exit_code"; {NOW} > "$d/ended"; exit 1; }}',
     ]
+    lines.append(f"[ -r {ENV_SCRIPT} ] && . {ENV_SCRIPT}")   # devbox.toml's env and secrets (--env wins)
     lines += [f"export {item.split('=', 1)[0]}={shlex.quote(item.split('=', 1)[1])}" for item in env]
     lines += [
         f"{{ sh -c 'echo $$ > \"$0\"; exec \"$@\"' \"$d/pid\" {shlex.join(argv)}; echo $? > \"$d/exit_code.new\"; }} 2>&1 | tee -a \"$d/log\"",

@@ -24,6 +24,7 @@ from devbox.errors import KeyRejected
 # a pty (shells, tmux) and port forwarding (VS Code Remote-SSH uses -L; the box's
 # sshd_config narrows it to local forwards with AllowTcpForwarding local).
 AUTHORIZED_KEY_OPTIONS = "restrict,port-forwarding,pty"
+AGENT_OPTION = "agent-forwarding"   # forward_agent = true, only on a box of one person's keys
 HEADER = "# managed by devbox: do not edit, changes are overwritten by `devbox keys sync`\n"
 
 MIN_RSA_BITS = 3072
@@ -276,7 +277,7 @@ def parse_public_key(text: str) -> PublicKey:
 # ---------------------------------------------------------------- rendering
 
 
-def render_authorized_keys(keys: Iterable[PublicKey]) -> str:
+def render_authorized_keys(keys: Iterable[PublicKey], agent: bool = False) -> str:
     """The box's authorized_keys: restricted options on every key, one line per distinct blob.
 
     Sorted by fingerprint (and the line, for duplicates) so the same set always renders
@@ -285,7 +286,8 @@ def render_authorized_keys(keys: Iterable[PublicKey]) -> str:
     unique: dict[str, PublicKey] = {}
     for key in sorted(keys, key=lambda k: (k.fingerprint, k.line())):
         unique.setdefault(key.blob, key)
-    return HEADER + "".join(f"{AUTHORIZED_KEY_OPTIONS} {k.line()}\n" for k in unique.values())
+    options = AUTHORIZED_KEY_OPTIONS + (f",{AGENT_OPTION}" if agent else "")
+    return HEADER + "".join(f"{options} {k.line()}\n" for k in unique.values())
 
 
 def keyset_fingerprint(keys: Iterable[PublicKey]) -> str:
@@ -432,8 +434,12 @@ class KeyStore:
 
     def active_keys(self) -> list[PublicKey]:
         """Every stored key whose fingerprint is not revoked."""
+        return [key for _, key in self.active()]
+
+    def active(self) -> list[tuple[str, PublicKey]]:
+        """(name, key) for every stored key whose fingerprint is not revoked."""
         revoked = self.revoked_fingerprints()
-        return [key for _, key in self.list() if key.fingerprint not in revoked]
+        return [(name, key) for name, key in self.list() if key.fingerprint not in revoked]
 
 
 # ---------------------------------------------------------------- new key pairs

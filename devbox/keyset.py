@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from devbox.config import BoxSpec
 from devbox.errors import ConfigError
 
 DEFAULT_IDENTITIES = ("id_ed25519", "id_ecdsa", "id_rsa", "id_ed25519_sk", "id_ecdsa_sk")
@@ -36,22 +37,60 @@ class KeySet:
     count: int
     notice: str = ""
     fingerprints: tuple[str, ...] = ()   # each key's SHA256:…, to find the identity that gets in
+    people: tuple[str, ...] = ()         # whose keys they are (keys/NAME.pub), sorted
+    keys: tuple = field(default=(), repr=False, compare=False)   # the PublicKeys, to render again per box
 
 
 def desired_keys(directory: Path | None = None, identity: Path | None = None) -> KeySet:
     from devbox.keys import KeyStore, keyset_fingerprint, parse_public_key, render_authorized_keys
 
     store = KeyStore(keys_dir(directory))
-    keys = store.active_keys() if store.directory.is_dir() else []
+    named = store.active() if store.directory.is_dir() else []
     notice = ""
-    if not keys:
+    if not named:
         pub = Path(str(identity or default_identity()) + ".pub")
         if not pub.is_file():
             raise ConfigError(f"keys/ is empty and {pub} does not exist", "add team keys with `devbox keys add NAME FILE`")
-        keys = [parse_public_key(pub.read_text())]
+        named = [("you", parse_public_key(pub.read_text()))]
         notice = f"keys/ has no team keys: installing only your own {pub}"
+    keys = [key for _, key in named]
     prints = tuple(sorted({k.fingerprint for k in keys}))
-    return KeySet(render_authorized_keys(keys), keyset_fingerprint(keys), len(keys), notice, prints)
+    return KeySet(render_authorized_keys(keys), keyset_fingerprint(keys), len(keys), notice, prints,
+                  tuple(sorted({name for name, _ in named})), tuple(keys))
+
+
+# ---------------------------------------------------------------- who a box admits
+
+
+def admitted_people(spec: BoxSpec, keys: KeySet) -> tuple[str, ...]:
+    """The people whose keys this box lets in: today every box admits the whole keys/ set
+    (or only your own key when keys/ is empty). Per-box owners narrow it here."""
+    return keys.people
+
+
+def keys_for_box(spec: BoxSpec, keys: KeySet) -> KeySet:
+    """The keys as this box installs them: with `forward_agent`, each key line also allows
+    agent forwarding, which only a box of one person may have (anyone the box admits could
+    use the forwarded socket to log in wherever that person's agent can)."""
+    if not spec.forward_agent:
+        return keys
+    people = admitted_people(spec, keys)
+    if len(people) != 1:
+        raise ConfigError(f"{spec.host}: forward_agent = true, but the box admits the keys of {len(people)} people "
+                          f"({', '.join(people)}): each of them could use your forwarded agent",
+                          "set forward_agent = false (use git_credentials for pushes), or keep one person's key in keys/")
+    from devbox.keys import render_authorized_keys
+
+    return replace(keys, authorized_keys=render_authorized_keys(keys.keys, agent=True))
+
+
+def shared_secrets_warning(spec: BoxSpec, keys: KeySet) -> str:
+    """Said on `up`: secrets on a box several people enter are theirs to read too."""
+    people = admitted_people(spec, keys)
+    if not (spec.secrets or spec.git_credentials) or len(people) < 2:
+        return ""
+    return (f"note: {spec.host}: the box's secrets are readable by everyone it admits ({', '.join(people)}): "
+            "they all log in as the same user")
 
 
 # ---------------------------------------------------------------- the identity that gets in

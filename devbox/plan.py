@@ -13,7 +13,9 @@ from devbox import __version__
 from devbox.config import BoxSpec, gives_host_root
 from devbox.errors import ConfigError, DevboxError, HostUnreachable
 from devbox.basetag import refuse_unworkable
-from devbox.box import keys_writer_argv
+from devbox.box import keys_writer_argv, secrets_writer_argv
+from devbox.boxenv import SECRETS_DIR, BoxEnv
+from devbox.dotfiles import CopyDotfiles, Dotfiles
 from devbox.facts import AUTHORIZED_KEYS_DIR, Facts, image_cuda, version_tuple
 from devbox.steps import BuildImage, DockerStep, ShellStep, Step, StreamImage, SwapBox
 
@@ -300,10 +302,11 @@ def run_args(spec: BoxSpec, facts: Facts, port: int, image_tag: str, labels: dic
         mount = f"type={kind},source={source},target={volume.target}" + (",readonly" if volume.read_only else "")
         args += ["--mount", mount]
     args += ["--mount", f"type=volume,source={spec.keys_volume},target={AUTHORIZED_KEYS_DIR},readonly"]
+    args += ["--mount", f"type=volume,source={spec.secrets_volume},target={SECRETS_DIR},readonly"]
     args += gpu_args(spec, facts)
     for key, value in labels.items():
         args += ["--label", f"{key}={value}"]
-    return args + [image_tag]
+    return args + [image_tag] + (["-o", "AllowAgentForwarding=yes"] if spec.forward_agent else [])
 
 
 def volume_step(spec: BoxSpec, name: str) -> DockerStep:
@@ -323,8 +326,20 @@ def network_step(spec: BoxSpec) -> ShellStep:
 
 
 def volume_names(spec: BoxSpec) -> list[str]:
-    """Every volume devbox makes for the box: home, the named `volumes`, the keys."""
-    return [spec.volume_name(v) for v in spec.all_volumes() if v.is_named] + [spec.keys_volume]
+    """Every volume devbox makes for the box: home, the named `volumes`, the keys, the secrets."""
+    return [spec.volume_name(v) for v in spec.all_volumes() if v.is_named] + [spec.keys_volume, spec.secrets_volume]
+
+
+def env_differs(facts: Facts, box_env: BoxEnv) -> bool:
+    """The running box's secrets volume holds other values (compared by digest only)."""
+    return facts.box_env is None or facts.box_env.digest != box_env.digest
+
+
+def secrets_step(spec: BoxSpec, image_tag: str, box_env: BoxEnv) -> DockerStep:
+    """Rewrite the secrets volume live: the values go on the writer's stdin, never its argv."""
+    return DockerStep("sync_secrets", f"write {box_env.describe()} to {spec.secrets_volume} (read-only in the box)",
+                      tuple(secrets_writer_argv(spec, image_tag)), box_env.payload(), "env and secrets, by name: "
+                      + (", ".join(name for name, _ in (*box_env.env, *box_env.secrets)) or "none"))
 
 
 def delivery_step(spec: BoxSpec, facts: Facts, image_tag: str, local_image: bool) -> Step | None:
@@ -355,8 +370,11 @@ def plan_up(
     force: bool = False,
     local_image: bool = False,
     restart: bool = False,
+    box_env: BoxEnv | None = None,
+    dotfiles: Dotfiles | None = None,
 ) -> Plan:
-    """Every step needed to bring the host to `spec`; none when it already matches."""
+    """Every step needed to bring the host to `spec`; none when it already matches.
+    `box_env`: the env and secrets read on this machine; `dotfiles`: copied into a new box."""
     if needs_host_check(spec, facts, image_tag) and not facts.host_checked:
         raise ValueError("plan_up needs the host checks (facts.host_checked) to create anything")
     preflight(spec, facts)
@@ -381,6 +399,8 @@ def plan_up(
     if box is None or recreate or not facts.box_running or facts.authorized_keys != authorized_keys.strip():
         steps.append(DockerStep("sync_keys", f"install {authorized_keys.count(chr(10)) - 1} team key(s) in {spec.keys_volume} "
                                 "(read-only in the box)", tuple(keys_writer_argv(spec, image_tag)), authorized_keys))
+    if box_env is not None and (box is None or recreate or not facts.box_running or env_differs(facts, box_env)):
+        steps.append(secrets_step(spec, image_tag, box_env))
     if box is None or recreate:
         ports = choose_ports(spec, facts)
 
@@ -395,6 +415,9 @@ def plan_up(
                              spec, tuple(ports), argv_for, recreate))
     elif not facts.box_running:
         steps.append(DockerStep("start_box", f"start the stopped box {spec.box_name}", ("start", spec.box_name)))
+    if dotfiles is not None and box is None:
+        steps.append(CopyDotfiles("copy_dotfiles", f"copy dotfiles from {dotfiles.folder} into {spec.home} "
+                                  "(files changed in the box are kept)", spec, dotfiles))
     warnings = [f"{spec.host}: {warning}"] if (warning := memlock_ulimit(facts)[1]) and (box is None or recreate) else []
     if not steps:
         notes.append(f"box {spec.box_name} runs spec {spec_hash} with image {image_tag} and the team's keys: nothing to do")

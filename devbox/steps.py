@@ -8,7 +8,7 @@ few rich ones (build, stream, swap a box) are small classes of their own.
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from devbox.config import BoxSpec
@@ -34,16 +34,18 @@ class Step:
 
 @dataclass(frozen=True)
 class DockerStep(Step):
-    """One docker command; `stdin` for the few that read it (the keys writer)."""
+    """One docker command; `stdin` for the few that read it (the keys and secrets writers),
+    named by `stdin_note` and never shown (no repr: it may hold secrets)."""
 
     argv: tuple[str, ...] = ()
-    stdin: str | None = None
+    stdin: str | bytes | None = field(default=None, repr=False)
+    stdin_note: str = "team keys"
 
     def commands(self) -> list[str]:
-        return [shlex.join(["docker", *self.argv]) + (" < (team keys)" if self.stdin is not None else "")]
+        return [shlex.join(["docker", *self.argv]) + (f" < ({self.stdin_note})" if self.stdin is not None else "")]
 
     def apply(self, host: Host, progress: Progress) -> dict:
-        host.docker(*self.argv, stdin=None if self.stdin is None else self.stdin.encode())
+        host.docker(*self.argv, stdin=self.stdin.encode() if isinstance(self.stdin, str) else self.stdin)
         return {}
 
 

@@ -99,9 +99,9 @@ def test_missing_host_path_volume_exits_3():
 
 def test_fresh_host_gets_build_volumes_box_and_keys():
     plan = plan_up(CPU, facts(image_present=False), TAG, KEYS, "k")
-    assert [s.action for s in plan.steps] == ["build_image", "create_volume", "create_volume", "create_volume", "create_network",
-                                              "sync_keys", "create_box"]
-    assert plan.steps[3].argv[-1] == "devbox-gpu-host-1.keys"
+    assert [s.action for s in plan.steps] == ["build_image", "create_volume", "create_volume", "create_volume", "create_volume",
+                                              "create_network", "sync_keys", "create_box"]
+    assert plan.steps[3].argv[-1] == "devbox-gpu-host-1.keys" and plan.steps[4].argv[-1] == "devbox-gpu-host-1.secrets"
 
 
 def test_up_to_date_box_plans_nothing():

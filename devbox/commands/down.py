@@ -31,6 +31,10 @@ def down_host(spec: BoxSpec, result: DownResult, purge: bool = False) -> None:
             result.removed.append(f"network {spec.network}")
         existing = set(host.docker("volume", "ls", "-q", "--filter", "label=devbox.managed=true").stdout.split())
         volumes = [name for name in volume_names(spec) if name in existing]
+        if spec.secrets_volume in volumes and not purge:   # no box, no secrets left on the host; `up` sends them again
+            host.docker("volume", "rm", spec.secrets_volume)
+            volumes.remove(spec.secrets_volume)
+            result.removed.append(f"volume {spec.secrets_volume}")
         if purge:
             for name in volumes:
                 host.docker("volume", "rm", name)

@@ -1,7 +1,7 @@
 """`devbox status`: each host's box as its container labels say (the host is the truth)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from devbox.basetag import resolve_on
@@ -31,6 +31,8 @@ class BoxStatus(HostResult):
     gpu_memory_total_mib: int | None = None
     base_image: str = ""           # what `up` would build on now, and why (base_image = "auto")
     base_why: str = ""
+    env: dict[str, str] = field(default_factory=dict)    # the box's plain variables (not secret)
+    secrets: list[str] = field(default_factory=list)     # the names of its secrets, never values
 
     def fail(self, exc: DevboxError) -> None:
         super().fail(exc)
@@ -73,6 +75,8 @@ def read_status(result: BoxStatus, facts: Facts) -> None:
     if facts.authorized_keys is not None:
         result.keys = sum(1 for line in facts.authorized_keys.splitlines() if line and not line.startswith("#"))
     result.jobs = facts.job_count if facts.box_running else None
+    if facts.box_env is not None:
+        result.env, result.secrets = dict(facts.box_env.env), list(facts.box_env.secrets)
 
 
 def read_gpu_memory(result: BoxStatus, spec: BoxSpec, gpu_facts: Facts | None) -> None:

@@ -15,7 +15,7 @@ from devbox.commands.up import UpResult, up_host
 from devbox.config import BoxSpec
 from devbox.errors import DevboxError
 from devbox.facts import AUTHORIZED_KEYS_FILE
-from devbox.keyset import KeySet
+from devbox.keyset import KeySet, keys_for_box
 from devbox.remote import Host
 from devbox.result import HostResult
 
@@ -32,14 +32,15 @@ class SyncResult(HostResult):
 
 def sync_host(spec: BoxSpec, result: SyncResult, keys: KeySet, restart: bool = False) -> None:
     result.keys = keys.count
+    box_keys = keys_for_box(spec, keys)
     with Host(spec.host) as host:
         box = running_box(host, spec, "sync")
         if not any(m.get("Name") == spec.keys_volume for m in box.get("Mounts") or []):
             raise DevboxError(f"{spec.host}: this box keeps its keys where its user can write them (made by an older devbox)",
                               f"run `devbox up {spec.host}` to re-create it with read-only keys (volumes are kept)", exit_code=2)
         current = box_exec(host, spec, ["cat", AUTHORIZED_KEYS_FILE], check=False).stdout
-        if current.strip() != keys.authorized_keys.strip():
-            write_authorized_keys(host, spec, box["Config"]["Image"], keys.authorized_keys)
+        if current.strip() != box_keys.authorized_keys.strip():
+            write_authorized_keys(host, spec, box["Config"]["Image"], box_keys.authorized_keys)
             result.changed = True
         if restart:
             up_host(spec, UpResult.start(spec), keys, force=True, restart=True, verify=False, host=host)

@@ -14,7 +14,9 @@ from devbox.commands.verify import VerifyResult, check_lines, identity_for, veri
 from devbox.config import BoxSpec
 from devbox.facts import Facts, gather
 from devbox.image import content_tag, local_has_image
-from devbox.keyset import Identity, KeySet
+from devbox.boxenv import BoxEnv, read_box_env
+from devbox.dotfiles import Dotfiles, read_dotfiles
+from devbox.keyset import Identity, KeySet, keys_for_box, shared_secrets_warning
 from devbox.lock import HostLock
 from devbox.plan import Plan, needs_host_check, plan_up
 from devbox.remote import Host
@@ -52,11 +54,25 @@ class UpResult(VerifyResult):
         return "\n".join(lines)
 
 
-def plan_host(host: Host, spec: BoxSpec, keys: KeySet, image_tag: str, force: bool, restart: bool, asked: str = "") -> tuple[Facts, Plan]:
+@dataclass(frozen=True)
+class LaptopSide:
+    """What `up` reads on this machine before touching the host: the keys as this box
+    installs them, its env and secrets, its dotfiles. A missing secret stops it here."""
+
+    keys: KeySet
+    box_env: BoxEnv
+    dotfiles: Dotfiles | None
+
+    @classmethod
+    def read(cls, spec: BoxSpec, keys: KeySet) -> "LaptopSide":
+        return cls(keys_for_box(spec, keys), read_box_env(spec), read_dotfiles(spec))
+
+
+def plan_host(host: Host, spec: BoxSpec, side: LaptopSide, image_tag: str, force: bool, restart: bool, asked: str = "") -> tuple[Facts, Plan]:
     facts = gather(host, spec, image_tag, lambda found: restart or needs_host_check(spec, found, image_tag), asked)
     local_image = not facts.image_present and spec.delivery != "build" and local_has_image(image_tag)
-    plan = plan_up(spec, facts, image_tag, keys.authorized_keys, keys.fingerprint, force=force, local_image=local_image,
-                   restart=restart)
+    plan = plan_up(spec, facts, image_tag, side.keys.authorized_keys, side.keys.fingerprint, force=force, local_image=local_image,
+                   restart=restart, box_env=side.box_env, dotfiles=side.dotfiles)
     return facts, plan
 
 
@@ -67,24 +83,26 @@ def up_host(spec: BoxSpec, result: UpResult, keys: KeySet, *, dry_run: bool = Fa
     nothing a revoked key holder left running in it survives. `host`: a connection the
     caller already has open (keys sync --restart), else one of its own."""
     result.dry_run = dry_run
+    side = LaptopSide.read(spec, keys)
     with (host or Host(spec.host)) as connected:
         lock = HostLock(connected, spec.box_name)
         try:
-            _up(connected, lock, spec, result, keys, dry_run, force, repin, verify, progress, restart)
+            _up(connected, lock, spec, result, side, dry_run, force, repin, verify, progress, restart)
         finally:
             lock.release()
 
 
-def _up(host: Host, lock: HostLock, spec: BoxSpec, result: UpResult, keys: KeySet, dry_run: bool, force: bool, repin: bool,
+def _up(host: Host, lock: HostLock, spec: BoxSpec, result: UpResult, side: LaptopSide, dry_run: bool, force: bool, repin: bool,
         verify: bool | None, progress: Progress, restart: bool) -> None:
+    keys = side.keys
     identity = identity_for(host, spec, keys)  # refused here, before the host is touched
-    result.warnings = mount_warnings(spec)
+    result.warnings = mount_warnings(spec) + [w for w in [shared_secrets_warning(spec, keys)] if w]
     spec, choice, asked = resolve_on(host, spec)
     result.base_image, result.base_why = choice.tag, choice.why
     image_tag = content_tag(spec.image)
-    facts, plan = plan_host(host, spec, keys, image_tag, force, restart, asked)
+    facts, plan = plan_host(host, spec, side, image_tag, force, restart, asked)
     if plan.steps and not dry_run and lock.acquire(progress):
-        facts, plan = plan_host(host, spec, keys, image_tag, force, restart, asked)   # the other `up` changed the host
+        facts, plan = plan_host(host, spec, side, image_tag, force, restart, asked)   # the other `up` changed the host
     result.port = plan.port
     result.steps = [s.description for s in plan.steps]
     result.warnings += plan.warnings

@@ -10,4 +10,5 @@ key="$state/hostkeys/ssh_host_ed25519_key"
 if [ ! -s "$key" ]; then
     ssh-keygen -q -t ed25519 -N '' -C "devbox-host-key" -f "$key"
 fi
-exec /usr/sbin/sshd -D -e -f /etc/ssh/sshd_config -h "$key"
+# Arguments are sshd options devbox adds (`-o AllowAgentForwarding=yes` for forward_agent).
+exec /usr/sbin/sshd -D -e -f /etc/ssh/sshd_config -h "$key" "$@"
