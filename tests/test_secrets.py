@@ -1,0 +1,191 @@
+"""Issue 22 on the real bed: env, secrets and git settings reach the box's shells, jobs and git,
+and a secret's value is nowhere else (inspect, logs, process lists, devbox's own output)."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import testbed as tb
+
+HERE = Path(__file__).parent
+
+
+def box_id(name: str) -> str:
+    return subprocess.run(["docker", "inspect", "-f", "{{.Id}}", name], capture_output=True, text=True, check=True).stdout.strip()
+
+
+class CmdlineSampler:
+    """Reads every process's /proc/PID/cmdline on this machine (the hosts, their dockerd, the
+    boxes) until stopped; keeps each distinct command line that holds one of `needles`."""
+
+    def __init__(self, needles: list[str]):
+        self.needles = [n.encode() for n in needles]
+        self.hits: set[bytes] = set()
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for entry in os.scandir("/proc"):
+                if entry.name.isdigit():
+                    try:
+                        with open(f"/proc/{entry.name}/cmdline", "rb") as handle:
+                            line = handle.read()
+                    except OSError:
+                        continue
+                    if any(n in line for n in self.needles):
+                        self.hits.add(line)
+            self.samples += 1
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def write_config(laptop, extra: str = "", host_extra: str = "") -> None:
+    (laptop.work / "devbox.toml").write_text(
+        f'[defaults]\nplaybook = "cpu"\nbase_image = "{tb.BASE_IMAGE}"\n{extra}\n'
+        f'[hosts.{laptop.host1}]\n'
+        'env = { PLAIN_VAR = "plain value 1" }\n'
+        'secrets = { TOKEN_A = "env:DEVBOX_TEST_TOKEN_A", TOKEN_B = "file:~/tokens/b" }\n'
+        'git_identity = "Ada Lovelace <ada@lab.org>"\n'
+        f'{host_extra}\n')
+
+
+@pytest.fixture
+def secret_laptop(laptop):
+    """The laptop with a box config that has an env var, a secret from an env var and one from a file."""
+    laptop.values = {"A": "sekretA-" + secrets.token_hex(12), "B": "sekretB-" + secrets.token_hex(12)}
+    laptop.devbox.env["DEVBOX_TEST_TOKEN_A"] = laptop.values["A"]
+    (laptop.home / "tokens").mkdir()
+    (laptop.home / "tokens" / "b").write_text(laptop.values["B"] + "\n")   # as `echo` writes it
+    write_config(laptop)
+    return laptop
+
+
+def box_says(laptop, *command: str) -> str:
+    done = laptop.ssh(f"devbox-{laptop.host1}", *command)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def assert_absent(where: str, text: str | bytes, values) -> None:
+    data = text.encode() if isinstance(text, str) else text
+    for value in values:
+        assert value.encode() not in data, f"a secret's value is in {where}"
+
+
+def test_secrets_reach_shells_and_jobs_and_leak_nowhere_else(secret_laptop):
+    laptop, values = secret_laptop, secret_laptop.values
+    canary = "canary-" + secrets.token_hex(6)   # proves the sampler sees what runs meanwhile
+    needles = list(values.values())
+    dry = laptop.devbox("up", laptop.host1, "--dry-run")
+    dry_json = laptop.devbox("up", laptop.host1, "--dry-run", "--json")
+    assert dry.returncode == 0 and dry_json.returncode == 0, dry.stderr + dry_json.stderr
+    assert "2 secret(s) (TOKEN_A, TOKEN_B)" in dry.stdout, dry.stdout
+    with CmdlineSampler(needles + [canary]) as sampler:
+        subprocess.run(["sh", "-c", "sleep 0.3", canary])
+        up, _ = laptop.devbox.json("up", laptop.host1)
+        up_text = laptop.devbox("up", laptop.host1)
+        job = laptop.devbox("run", laptop.host1, "--name", "envjob", "--", "sh", "-c", 'echo "A=$TOKEN_A B=$TOKEN_B P=$PLAIN_VAR"')
+        assert job.returncode == 0, job.stderr
+        ssh_plain = box_says(laptop, 'echo "A=$TOKEN_A B=$TOKEN_B P=$PLAIN_VAR"')
+        ssh_login = box_says(laptop, "bash", "-lc", "'echo \"A=$TOKEN_A B=$TOKEN_B\"'")
+    assert sampler.samples > 10 and any(canary.encode() in hit for hit in sampler.hits)
+    sampler.hits = {hit for hit in sampler.hits if canary.encode() not in hit}
+    want = f"A={values['A']} B={values['B']}"
+    assert ssh_plain == want + " P=plain value 1" and ssh_login == want
+    for _ in range(50):
+        log = laptop.devbox("logs", laptop.host1, "envjob").stdout
+        if "A=" in log:
+            break
+        time.sleep(0.1)
+    assert log.strip() == want + " P=plain value 1"
+
+    box = f"devbox-{laptop.host1}"
+    status = laptop.devbox("status", laptop.host1)
+    status_json, _ = laptop.devbox.json("status", laptop.host1)
+    assert status_json[0]["env"] == {"PLAIN_VAR": "plain value 1"} and status_json[0]["secrets"] == ["TOKEN_A", "TOKEN_B"]
+    inspect = subprocess.run(["docker", "inspect", box, f"{box}.secrets"], capture_output=True, text=True).stdout
+    logs = subprocess.run(["docker", "logs", box], capture_output=True, text=True)
+    places = {
+        "docker inspect (box and secrets volume)": inspect,
+        "docker logs": logs.stdout + logs.stderr,
+        "/proc/*/cmdline during up, run and ssh": b"\n".join(sampler.hits),
+        "up --dry-run": dry.stdout + dry.stderr,
+        "up --dry-run --json": dry_json.stdout + dry_json.stderr,
+        "up --json": str(up),
+        "up (text)": up_text.stdout + up_text.stderr,
+        "status": status.stdout + status.stderr,
+        "status --json": str(status_json),
+        "the job's run.sh and command": box_says(laptop, "cat ~/.devbox/jobs/envjob/run.sh ~/.devbox/jobs/envjob/command"),
+    }
+    for where, text in places.items():
+        assert_absent(where, text, needles)
+    mounts = json.loads(subprocess.run(["docker", "inspect", "-f", "{{json .Mounts}}", box], capture_output=True, text=True).stdout)
+    assert [m["RW"] for m in mounts if m["Name"] == f"{box}.secrets"] == [False], "mounted read-only in the box"
+    mode = subprocess.run(["docker", "exec", box, "sh", "-c", "stat -L -c '%a %U' /etc/devbox/secrets/current/secret/TOKEN_A; "
+                           "touch /etc/devbox/secrets/x 2>&1 || echo refused"], capture_output=True, text=True).stdout.split("\n")
+    assert mode[0] == "400 dev" and "refused" in mode[-2], mode
+
+
+def test_a_changed_value_syncs_live_into_the_same_box(secret_laptop):
+    laptop, values = secret_laptop, secret_laptop.values
+    laptop.devbox.json("up", laptop.host1)
+    before = box_id(f"devbox-{laptop.host1}")
+    laptop.devbox.env["DEVBOX_TEST_TOKEN_A"] = new_a = "sekretA2-" + secrets.token_hex(8)
+    synced, _ = laptop.devbox.json("secrets", "sync", laptop.host1)
+    assert synced[0]["changed"] and synced[0]["secrets"] == ["TOKEN_A", "TOKEN_B"]
+    assert_absent("secrets sync --json", str(synced), [new_a, values["B"]])
+    assert box_says(laptop, "echo $TOKEN_A") == new_a
+    again, _ = laptop.devbox.json("secrets", "sync", laptop.host1)
+    assert again[0]["changed"] is False
+    (laptop.home / "tokens" / "b").write_text(new_b := "sekretB2-" + secrets.token_hex(8))
+    up, _ = laptop.devbox.json("up", laptop.host1)
+    steps = up[0]["steps"]
+    assert [s for s in steps if "secret" in s] and not [s for s in steps if "re-create" in s], steps
+    assert box_says(laptop, "echo $TOKEN_B") == new_b
+    assert box_id(f"devbox-{laptop.host1}") == before, "same container: nothing re-created"
+
+
+def test_a_missing_source_is_one_line_and_changes_nothing(secret_laptop):
+    laptop = secret_laptop
+    laptop.devbox.json("up", laptop.host1)
+    before = box_id(f"devbox-{laptop.host1}")
+    del laptop.devbox.env["DEVBOX_TEST_TOKEN_A"]
+    for args in (("up", laptop.host1), ("secrets", "sync", laptop.host1)):
+        done = laptop.devbox(*args)
+        said = [line for line in (done.stdout + done.stderr).splitlines() if "TOKEN_A" in line]
+        assert done.returncode == 2 and len(said) == 1 and "env:DEVBOX_TEST_TOKEN_A" in said[0], done.stdout + done.stderr
+    laptop.devbox.env["DEVBOX_TEST_TOKEN_A"] = "x"
+    (laptop.home / "tokens" / "b").unlink()
+    done = laptop.devbox("up", laptop.host1)
+    assert done.returncode == 2 and "TOKEN_B" in done.stdout and str(laptop.home / "tokens" / "b") in done.stdout, done.stdout
+    assert box_says(laptop, "echo $TOKEN_A") == laptop.values["A"], "the box kept what it had"
+    assert box_id(f"devbox-{laptop.host1}") == before
+
+
+@pytest.mark.parametrize("table", ['env = { "1X" = "v" }', 'env = { "A B" = "v" }', 'env = { "A=B" = "v" }', 'env = { "" = "v" }',
+                                   'env = { A = "a\\u0000b" }', 'env = { A = "a\\nb" }', 'secrets = { "1X" = "env:HOME" }',
+                                   'secrets = { A = "hf_notasource" }', 'env = { A = "v" }\nsecrets = { A = "env:HOME" }',
+                                   'git_identity = "Ada"', 'forward_agent = "yes"'])
+def test_bad_names_and_values_are_refused_with_exit_2(laptop, table):
+    (laptop.work / "devbox.toml").write_text(f'[defaults]\nplaybook = "cpu"\n{table}\n')
+    done = laptop.devbox("up", laptop.host1)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "hf_notasource" not in done.stderr, "a value pasted as a source is never echoed"
+    assert subprocess.run(["docker", "ps", "-aq", "--filter", f"label=devbox.host={laptop.host1}"],
+                          capture_output=True, text=True).stdout == ""
