@@ -507,7 +507,13 @@ def _parse_secrets(value) -> tuple[tuple[str, str], ...]:
     """NAME = "env:VAR" | "file:PATH": where to read the value on this machine (never the value)."""
     if not isinstance(value, dict):
         raise ValueError("not a table")
-    return tuple(sorted((_check_env_name(name), _parse_secret_source(source)) for name, source in value.items()))
+    parsed = []
+    for name, source in value.items():
+        try:
+            parsed.append((_check_env_name(name), _parse_secret_source(source)))
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}" if isinstance(name, str) and ENV_NAME_RE.match(name) else str(exc)) from None
+    return tuple(sorted(parsed))
 
 
 def _parse_cpus(value) -> str:

@@ -189,3 +189,49 @@ def test_bad_names_and_values_are_refused_with_exit_2(laptop, table):
     assert "hf_notasource" not in done.stderr, "a value pasted as a source is never echoed"
     assert subprocess.run(["docker", "ps", "-aq", "--filter", f"label=devbox.host={laptop.host1}"],
                           capture_output=True, text=True).stdout == ""
+
+
+PUSH = ("cd /tmp && rm -rf w && git init -q w && cd w && git commit -q --allow-empty -m hello && "
+        "GIT_TERMINAL_PROMPT=0 git push -q http://127.0.0.1:{port}/repo.git HEAD:refs/heads/main")
+
+
+def test_git_push_over_http_works_with_the_credential_and_fails_without(secret_laptop, tmp_path):
+    laptop = secret_laptop
+    token = "ghp-" + secrets.token_hex(10)
+    laptop.devbox.env["DEVBOX_TEST_GH"] = "wrong-" + secrets.token_hex(4)
+    write_config(laptop, host_extra='git_credentials = "env:DEVBOX_TEST_GH"')
+    laptop.devbox.json("up", laptop.host1)
+    box = f"devbox-{laptop.host1}"
+    repo = tmp_path / "git" / "repo.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(repo)], check=True)
+    pid = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", box], capture_output=True, text=True, check=True).stdout.strip()
+    port = 18080
+    # The server lives in the box's own network namespace: the box reaches it on its 127.0.0.1, nothing else can.
+    server = subprocess.Popen(["nsenter", f"--net=/proc/{pid}/ns/net", sys.executable, str(HERE / "git_http_server.py"),
+                               str(repo.parent), str(port)], env={**os.environ, "GIT_TEST_USER": "x-access-token", "GIT_TEST_TOKEN": token})
+    try:
+        push = lambda: laptop.ssh(f"devbox-{laptop.host1}", PUSH.format(port=port), timeout=60)  # noqa: E731
+        for _ in range(50):
+            refused = push()
+            if "Failed to connect" not in refused.stderr:
+                break
+            time.sleep(0.1)
+        assert refused.returncode != 0 and "Authentication failed" in refused.stderr, refused.stderr   # a wrong token
+        laptop.devbox.env["DEVBOX_TEST_GH"] = token
+        synced, _ = laptop.devbox.json("secrets", "sync", laptop.host1)
+        assert synced[0]["changed"]
+        pushed = push()
+        assert pushed.returncode == 0, pushed.stderr
+        author = subprocess.run(["git", "--git-dir", str(repo), "log", "-1", "--format=%an <%ae>", "main"], capture_output=True, text=True)
+        assert author.stdout.strip() == "Ada Lovelace <ada@lab.org>", "git_identity configured the box's git"
+        assert box_says(laptop, "ls -a ~; cat ~/.gitconfig 2>/dev/null; true").count("git-credentials") == 0, "never stored in the home"
+        inspect = subprocess.run(["docker", "inspect", box], capture_output=True, text=True).stdout
+        assert_absent("docker inspect, secrets sync --json", inspect + str(synced), [token])
+
+        write_config(laptop)   # git_credentials removed
+        laptop.devbox.json("secrets", "sync", laptop.host1)
+        without = push()
+        assert without.returncode != 0 and ("Authentication failed" in without.stderr or "could not read Username" in without.stderr), without.stderr
+    finally:
+        server.kill()
+        server.wait()
