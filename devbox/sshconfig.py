@@ -141,6 +141,7 @@ class BoxEntry:
     port: int
     user: str
     identity_file: str | None   # None: a key only ssh-agent holds
+    forward_agent: bool = False  # devbox.toml's forward_agent (a box of one person's keys only)
 
     @property
     def alias(self) -> str:
@@ -159,7 +160,7 @@ class BoxEntry:
             f"    HostKeyAlias {self.alias}\n"
             f"    StrictHostKeyChecking yes\n"
             f"    UserKnownHostsFile {known_hosts}\n"
-            f"    ForwardAgent no\n"
+            f"    ForwardAgent {'yes' if self.forward_agent else 'no'}\n"
             f"    ForwardX11 no\n"
             f"    ServerAliveInterval 30\n"
             # A user's `Host *` ControlMaster would share one socket between boxes on different

@@ -235,3 +235,32 @@ def test_git_push_over_http_works_with_the_credential_and_fails_without(secret_l
     finally:
         server.kill()
         server.wait()
+
+
+def test_forward_agent_works_on_a_box_of_one_person_and_is_refused_for_two(secret_laptop, tmp_path):
+    laptop = secret_laptop
+    write_config(laptop, host_extra="forward_agent = true")
+    sock = tmp_path / "agent.sock"
+    agent = tb.start_agent(sock)
+    try:
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        subprocess.run(["ssh-add", str(laptop.identity)], env=env, check=True, capture_output=True)
+        mine = subprocess.run(["ssh-keygen", "-lf", str(laptop.identity) + ".pub"], capture_output=True, text=True).stdout.split()[1]
+        laptop.devbox.json("up", laptop.host1)   # keys/ is empty: only this laptop's key, one person
+        listed = subprocess.run(["ssh", "-F", str(laptop.ssh_config), "-o", "BatchMode=yes", f"devbox-{laptop.host1}", "ssh-add -l"],
+                                capture_output=True, text=True, env=env, timeout=30, stdin=subprocess.DEVNULL)
+        assert mine in listed.stdout, listed.stdout + listed.stderr
+
+        alice = tb.keygen(tmp_path / "alice_ed25519", "alice")
+        for name, pub in (("me", str(laptop.identity) + ".pub"), ("alice", str(alice) + ".pub")):
+            assert laptop.devbox("keys", "add", name, pub).returncode == 0
+        for args in (("up", laptop.host1), ("keys", "sync", laptop.host1)):
+            done = laptop.devbox(*args)
+            said = [line for line in (done.stdout + done.stderr).splitlines() if "forward_agent" in line]
+            assert done.returncode == 2 and len(said) == 1 and "2 people (alice, me)" in said[0], done.stdout + done.stderr
+        installed = subprocess.run(["docker", "exec", f"devbox-{laptop.host1}", "cat", "/etc/devbox/keys/authorized_keys"],
+                                   capture_output=True, text=True).stdout
+        assert "alice" not in installed, "nothing changed: alice's key never reached the box"
+    finally:
+        agent.kill()
+        agent.wait()

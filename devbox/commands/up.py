@@ -134,7 +134,7 @@ def connect(host: Host, plan: Plan, port: int, identity: Identity, repin: bool, 
     key = known_key or read_host_key(host, plan.spec)
     changed = sshconfig.pin_host_key(plan.spec.host, key, replace=repin)
     path = identity.path or (sshconfig.write_agent_identity(plan.spec.host, identity.public_key) if identity.public_key else None)
-    entry = sshconfig.BoxEntry(plan.spec.host, port, plan.spec.user, str(path) if path else None)
+    entry = sshconfig.BoxEntry(plan.spec.host, port, plan.spec.user, str(path) if path else None, plan.spec.forward_agent)
     changed |= sshconfig.write_entry(entry)
     changed |= sshconfig.ensure_include()
     if changed:
