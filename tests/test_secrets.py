@@ -264,3 +264,32 @@ def test_forward_agent_works_on_a_box_of_one_person_and_is_refused_for_two(secre
     finally:
         agent.kill()
         agent.wait()
+
+
+def test_dotfiles_are_copied_at_first_up_and_never_over_a_file_changed_in_the_box(laptop, tmp_path):
+    dots = tmp_path / "dotfiles"
+    (dots / ".config" / "tool").mkdir(parents=True)
+    (dots / ".git").mkdir()
+    (dots / ".bashrc").write_text("# mine 1\n")
+    (dots / ".config" / "tool" / "tool.conf").write_text("colour = 1\n")
+    (dots / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (dots / "bin").mkdir()
+    (dots / "bin" / "hello").write_text("#!/bin/sh\necho hello\n")
+    (dots / "bin" / "hello").chmod(0o755)
+    (dots / "link").symlink_to("/etc/passwd")
+    toml = laptop.work / "devbox.toml"
+    toml.write_text(toml.read_text() + f'dotfiles = "{dots}"\n')
+    up, _ = laptop.devbox.json("up", laptop.host1)
+    assert any("dotfiles" in s for s in up[0]["steps"]), up[0]["steps"]
+    box_home = box_says(laptop, "cat .bashrc .config/tool/tool.conf; bin/hello; ls -a; stat -c %a bin/hello")
+    assert box_home.splitlines()[:3] == ["# mine 1", "colour = 1", "hello"], "the image's skeleton .bashrc is replaced"
+    assert ".git" not in box_home.split() and "link" not in box_home.split() and box_home.endswith("755")
+
+    box_says(laptop, "echo 'colour = mine in the box' > .config/tool/tool.conf")
+    (dots / ".bashrc").write_text("# mine 2\n")
+    (dots / ".config" / "tool" / "tool.conf").write_text("colour = 2\n")
+    again, _ = laptop.devbox.json("up", laptop.host1)
+    assert box_says(laptop, "cat .bashrc") == "# mine 1", "only the first up copies; sync --dotfiles does it later"
+    synced, _ = laptop.devbox.json("secrets", "sync", laptop.host1, "--dotfiles")
+    assert synced[0]["dotfiles_written"] == [".bashrc"] and synced[0]["dotfiles_kept"] == [".config/tool/tool.conf"], synced
+    assert box_says(laptop, "cat .bashrc .config/tool/tool.conf").splitlines() == ["# mine 2", "colour = mine in the box"]
