@@ -48,18 +48,18 @@ class BoxEnv:
     env: tuple[tuple[str, str], ...] = ()
     secrets: tuple[tuple[str, str], ...] = field(default=(), repr=False)   # (NAME, value)
     git_identity: str = ""
-    git_token: str = field(default="", repr=False)
+    git_tokens: tuple[tuple[str, str], ...] = field(default=(), repr=False)   # (host or "" for any, token)
 
     @property
     def digest(self) -> str:
-        data = [list(self.env), list(self.secrets), self.git_identity, self.git_token]
+        data = [list(self.env), list(self.secrets), self.git_identity, list(self.git_tokens)]
         return hashlib.sha256(json.dumps(data).encode()).hexdigest()
 
     def describe(self) -> str:
         """What is written, by name only (for --dry-run and progress)."""
         parts = [f"{len(self.secrets)} secret(s)" + (f" ({', '.join(n for n, _ in self.secrets)})" if self.secrets else ""),
                  f"{len(self.env)} variable(s)"]
-        parts += ["git identity"] * bool(self.git_identity) + ["git credentials"] * bool(self.git_token)
+        parts += ["git identity"] * bool(self.git_identity) + ["git credentials"] * bool(self.git_tokens)
         return ", ".join(parts)
 
     def files(self) -> dict[str, str]:
@@ -67,9 +67,9 @@ class BoxEnv:
         out = {"digest": self.digest + "\n"}
         out.update({f"env/{name}": value + "\n" for name, value in self.env})
         out.update({f"secret/{name}": value + "\n" for name, value in self.secrets})
-        if self.git_token:
-            out["git/token"] = self.git_token + "\n"
-        if self.git_identity or self.git_token:
+        for host, token in self.git_tokens:   # git-credential-devbox reads them by host
+            out[f"git/host/{host}" if host else "git/token"] = token + "\n"
+        if self.git_identity or self.git_tokens:
             out["gitconfig"] = self.gitconfig()
         return out
 
@@ -79,8 +79,8 @@ class BoxEnv:
         if self.git_identity:
             name, email = self.git_identity[:-1].split(" <", 1)
             lines += ["[user]", f'\tname = "{name}"', f'\temail = "{email}"']
-        if self.git_token:
-            lines += ["[credential]", "\thelper = devbox"]   # git-credential-devbox in the image
+        for host, _ in self.git_tokens:   # git-credential-devbox in the image; asked only for these
+            lines += [f'[credential "https://{host}"]' if host else "[credential]", "\thelper = devbox"]
         return "\n".join(lines) + "\n"
 
     def payload(self) -> bytes:
@@ -155,5 +155,5 @@ def _read_file(name: str, source: str, path: Path) -> str:
 def read_box_env(spec: BoxSpec) -> BoxEnv:
     """Every value the box should have, read now (before anything on the host changes)."""
     secrets = tuple((name, read_source(name, source)) for name, source in spec.secrets)
-    token = read_source("git_credentials", spec.git_credentials) if spec.git_credentials else ""
-    return BoxEnv(spec.env, secrets, spec.git_identity, token)
+    tokens = tuple((host, read_source(f"git_credentials {host or '(any host)'}", source)) for host, source in spec.git_credentials)
+    return BoxEnv(spec.env, secrets, spec.git_identity, tokens)

@@ -67,7 +67,8 @@ ALLOWED_KEYS = {
     "env": 'a table of plain (not secret) variables for every shell, job and notebook, e.g. { HF_HOME = "/workspace/hf" }',
     "secrets": 'a table of variables read on this machine at `up`, e.g. { HF_TOKEN = "env:HF_TOKEN", WANDB_API_KEY = "file:~/.config/wandb/key" }',
     "git_identity": 'who commits in the box, e.g. "Ada Lovelace <ada@lab.org>"',
-    "git_credentials": 'the token HTTPS git pushes use, read like a secret: "env:GH_TOKEN" or "file:~/.config/gh-token"',
+    "git_credentials": 'the token HTTPS git pushes use, read like a secret: "env:GH_TOKEN" (any host that asks), '
+                       'or per host: { "github.com" = "env:GH_TOKEN", "git.lab.org:8443" = "file:~/.config/lab-token" }',
     "forward_agent": "true to let your ssh-agent reach the box (only on a box whose keys are one person's)",
     "dotfiles": 'a folder on this machine copied into the box\'s home at first `up`, e.g. "~/dotfiles"',
 }
@@ -119,7 +120,7 @@ class BoxSpec:
     env: tuple[tuple[str, str], ...] = ()           # (NAME, value), sorted
     secrets: tuple[tuple[str, str], ...] = ()       # (NAME, "env:X" | "file:PATH"): sources, never values
     git_identity: str = ""
-    git_credentials: str = ""                       # a secret's source
+    git_credentials: tuple[tuple[str, str], ...] = ()   # (HOST[:PORT] or "" for any, a secret's source)
     forward_agent: bool = False
     dotfiles: str = ""
     sources: tuple[str, ...] = field(default=(), compare=False)
@@ -516,6 +517,26 @@ def _parse_secrets(value) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(parsed))
 
 
+GIT_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})(:[0-9]{1,5})?\Z")
+
+
+def _parse_git_credentials(value) -> tuple[tuple[str, str], ...]:
+    """A source for every HTTPS host, or a table of HOST[:PORT] -> source (git asks only for those)."""
+    if isinstance(value, str):
+        return (("", _parse_secret_source(value)),)
+    if not isinstance(value, dict) or not value:
+        raise ValueError("not a source or a table of host = source")
+    parsed = []
+    for host, source in value.items():
+        if not isinstance(host, str) or not GIT_HOST_RE.match(host):
+            raise ValueError(f"{host!r} is not a host name (with an optional :port)")
+        try:
+            parsed.append((host, _parse_secret_source(source)))
+        except ValueError as exc:
+            raise ValueError(f"{host}: {exc}") from None
+    return tuple(sorted(parsed))
+
+
 def _parse_cpus(value) -> str:
     if value in ("auto", ""):
         return value
@@ -546,7 +567,7 @@ _PARSERS = {
     "env": _parse_env,
     "secrets": _parse_secrets,
     "git_identity": _parse_str(GIT_IDENTITY_RE),
-    "git_credentials": _parse_secret_source,
+    "git_credentials": _parse_git_credentials,
     "forward_agent": _parse_bool,
     "dotfiles": _parse_str(re.compile(r"^[^\n\r\0]{1,4096}\Z")),
 }

@@ -1,5 +1,6 @@
-"""A tiny git smart-HTTP server for tests: `git http-backend` (CGI) behind http.server, with Basic
-auth. Usage: GIT_TEST_USER=… GIT_TEST_TOKEN=… git_http_server.py ROOT PORT (listens on 127.0.0.1 only).
+"""A tiny git smart-HTTPS server for tests: `git http-backend` (CGI) behind http.server over TLS,
+with Basic auth. Usage: GIT_TEST_USER=… GIT_TEST_TOKEN=… git_http_server.py ROOT PORT CERT KEY
+(listens on 127.0.0.1 only).
 
 The test starts it inside a box's network namespace (nsenter), so the box's git reaches it on
 its own 127.0.0.1 and nothing else can; the token arrives in its environment, not its argv.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import base64
 import http.server
 import os
+import ssl
 import subprocess
 import sys
 
@@ -57,4 +59,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-http.server.HTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
+server = http.server.HTTPServer(("127.0.0.1", PORT), Handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(sys.argv[3], sys.argv[4])
+server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()

@@ -192,10 +192,36 @@ def test_bad_names_and_values_are_refused_with_exit_2(laptop, table):
 
 
 PUSH = ("cd /tmp && rm -rf w && git init -q w && cd w && git commit -q --allow-empty -m hello && "
-        "GIT_TERMINAL_PROMPT=0 git push -q http://127.0.0.1:{port}/repo.git HEAD:refs/heads/main")
+        "GIT_TERMINAL_PROMPT=0 GIT_SSL_CAINFO=/tmp/test-ca.pem git push -q --force https://127.0.0.1:{port}/repo.git HEAD:refs/heads/main")
 
 
-def test_git_push_over_http_works_with_the_credential_and_fails_without(secret_laptop, tmp_path):
+def tls_files(folder: Path) -> tuple[Path, Path, bytes]:
+    """A test CA and a certificate for 127.0.0.1 signed by it: (cert, key, the CA's PEM)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name, name = (x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]) for cn in ("devbox test CA", "127.0.0.1"))
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    return folder / "cert.pem", folder / "key.pem", ca.public_bytes(serialization.Encoding.PEM)
+
+
+def test_git_push_over_https_works_with_the_credential_and_fails_without(secret_laptop, tmp_path):
     laptop = secret_laptop
     token = "ghp-" + secrets.token_hex(10)
     laptop.devbox.env["DEVBOX_TEST_GH"] = "wrong-" + secrets.token_hex(4)
@@ -204,11 +230,14 @@ def test_git_push_over_http_works_with_the_credential_and_fails_without(secret_l
     box = f"devbox-{laptop.host1}"
     repo = tmp_path / "git" / "repo.git"
     subprocess.run(["git", "init", "-q", "--bare", str(repo)], check=True)
+    cert, key, ca = tls_files(tmp_path)
+    subprocess.run(["docker", "exec", "-i", box, "sh", "-c", "cat > /tmp/test-ca.pem"], input=ca, check=True)
     pid = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", box], capture_output=True, text=True, check=True).stdout.strip()
-    port = 18080
+    port = 18443
     # The server lives in the box's own network namespace: the box reaches it on its 127.0.0.1, nothing else can.
     server = subprocess.Popen(["nsenter", f"--net=/proc/{pid}/ns/net", sys.executable, str(HERE / "git_http_server.py"),
-                               str(repo.parent), str(port)], env={**os.environ, "GIT_TEST_USER": "x-access-token", "GIT_TEST_TOKEN": token})
+                               str(repo.parent), str(port), str(cert), str(key)],
+                              env={**os.environ, "GIT_TEST_USER": "x-access-token", "GIT_TEST_TOKEN": token})
     try:
         push = lambda: laptop.ssh(f"devbox-{laptop.host1}", PUSH.format(port=port), timeout=60)  # noqa: E731
         for _ in range(50):
@@ -228,10 +257,18 @@ def test_git_push_over_http_works_with_the_credential_and_fails_without(secret_l
         inspect = subprocess.run(["docker", "inspect", box], capture_output=True, text=True).stdout
         assert_absent("docker inspect, secrets sync --json", inspect + str(synced), [token])
 
+        write_config(laptop, host_extra='git_credentials = { "github.com" = "env:DEVBOX_TEST_GH" }')   # another host's token
+        laptop.devbox.json("secrets", "sync", laptop.host1)
+        elsewhere = push()
+        assert elsewhere.returncode != 0 and "could not read Username" in elsewhere.stderr, elsewhere.stderr
+        write_config(laptop, host_extra=f'git_credentials = {{ "127.0.0.1:{port}" = "env:DEVBOX_TEST_GH" }}')
+        laptop.devbox.json("secrets", "sync", laptop.host1)
+        assert push().returncode == 0, "the token scoped to this host"
+
         write_config(laptop)   # git_credentials removed
         laptop.devbox.json("secrets", "sync", laptop.host1)
         without = push()
-        assert without.returncode != 0 and ("Authentication failed" in without.stderr or "could not read Username" in without.stderr), without.stderr
+        assert without.returncode != 0 and "could not read Username" in without.stderr, without.stderr
     finally:
         server.kill()
         server.wait()

@@ -20,7 +20,7 @@ from devbox.testbed import keygen
 TAG = "devbox-ssh:abc"
 KEYS = "# header\nrestrict,port-forwarding,pty ssh-ed25519 AAAA alice\n"
 SPEC = BoxSpec("gpu-host-1", gpus="none", env=(("PLAIN", "p"),), secrets=(("TOKEN", "env:MY_TOKEN"),))
-ENV = BoxEnv((("PLAIN", "p"),), (("TOKEN", "s3cret-value"),), "Ada <ada@lab.org>", "ghp-token-value")
+ENV = BoxEnv((("PLAIN", "p"),), (("TOKEN", "s3cret-value"),), "Ada <ada@lab.org>", (("", "ghp-token-value"), ("git.lab.org:8443", "lab-value")))
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -37,7 +37,7 @@ def test_env_and_secrets_merge_defaults_with_the_host_table(tmp_path):
 
 def test_the_box_environment_never_changes_the_spec_hash_and_forward_agent_only_when_on():
     plain = BoxSpec("h")
-    lively = BoxSpec("h", env=(("A", "1"),), secrets=(("T", "env:T"),), git_identity="A <a@b>", git_credentials="env:G",
+    lively = BoxSpec("h", env=(("A", "1"),), secrets=(("T", "env:T"),), git_identity="A <a@b>", git_credentials=(("", "env:G"),),
                      dotfiles="~/d")
     assert plain.spec_hash(20000, TAG) == lively.spec_hash(20000, TAG)
     assert plain.spec_hash(20000, TAG) != BoxSpec("h", forward_agent=True).spec_hash(20000, TAG)
@@ -47,9 +47,11 @@ def test_the_volume_holds_one_0400_file_per_value_and_a_digest(tmp_path):
     with tarfile.open(fileobj=io.BytesIO(ENV.payload())) as tar:
         files = {m.name: (m.mode, tar.extractfile(m).read().decode()) for m in tar.getmembers()}
     assert files["env/PLAIN"] == (0o400, "p\n") and files["secret/TOKEN"] == (0o400, "s3cret-value\n")
-    assert files["git/token"][1] == "ghp-token-value\n" and files["digest"][1] == ENV.digest + "\n"
-    assert files["gitconfig"][1] == '[user]\n\tname = "Ada"\n\temail = "ada@lab.org"\n[credential]\n\thelper = devbox\n'
-    assert ENV.digest != BoxEnv(ENV.env, (("TOKEN", "other"),), ENV.git_identity, ENV.git_token).digest
+    assert files["git/token"][1] == "ghp-token-value\n" and files["git/host/git.lab.org:8443"][1] == "lab-value\n"
+    assert files["digest"][1] == ENV.digest + "\n"
+    assert files["gitconfig"][1] == ('[user]\n\tname = "Ada"\n\temail = "ada@lab.org"\n[credential]\n\thelper = devbox\n'
+                                     '[credential "https://git.lab.org:8443"]\n\thelper = devbox\n')
+    assert ENV.digest != BoxEnv(ENV.env, (("TOKEN", "other"),), ENV.git_identity, ENV.git_tokens).digest
 
 
 def test_values_never_show_in_a_repr_a_description_or_a_plan():
@@ -57,7 +59,7 @@ def test_values_never_show_in_a_repr_a_description_or_a_plan():
     facts.host_checked = True
     plan = plan_up(SPEC, facts, TAG, KEYS, "k", box_env=ENV)
     shown = repr(ENV) + ENV.describe() + repr(plan.steps) + "".join(c for s in plan.steps for c in s.commands())
-    assert "s3cret-value" not in shown and "ghp-token-value" not in shown
+    assert "s3cret-value" not in shown and "ghp-token-value" not in shown and "lab-value" not in shown
     assert "TOKEN" in ENV.describe() and [s.action for s in plan.steps].count("sync_secrets") == 1
 
 
@@ -69,7 +71,7 @@ def test_a_running_box_with_the_same_digest_needs_nothing_and_a_new_value_only_a
     facts.authorized_keys = KEYS.strip()
     facts.box_env = parse_box_env(f"digest {ENV.digest}\nenv PLAIN=p\nsecret TOKEN\n")
     assert plan_up(SPEC, facts, TAG, KEYS, "k", box_env=ENV).steps == []
-    changed = BoxEnv(ENV.env, (("TOKEN", "new"),), ENV.git_identity, ENV.git_token)
+    changed = BoxEnv(ENV.env, (("TOKEN", "new"),), ENV.git_identity, ENV.git_tokens)
     assert [s.action for s in plan_up(SPEC, facts, TAG, KEYS, "k", box_env=changed).steps] == ["sync_secrets"]
 
 
