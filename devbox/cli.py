@@ -28,6 +28,7 @@ JSON = typer.Option(False, "--json", help="Print machine-readable JSON instead o
 CONFIG = typer.Option(None, "--config", help="devbox.toml to use (default: ./devbox.toml, then ~/.config/devbox/devbox.toml).")
 PLAYBOOK = typer.Option(None, "--playbook", "-p", help="A box profile from playbooks/ (default, cpu) or a .toml path; overrides the config.")
 KEYS_DIR = typer.Option(None, "--keys", help="Team keys folder (default: ./keys, then ~/.config/devbox/keys).")
+BOXES_TO_UPDATE = typer.Argument(None, help="Hosts whose boxes to update (or --all).")
 ALL_HOSTS = typer.Option(False, "--all", help="Every host with a devbox entry or a [hosts.NAME] table.")
 PARALLEL = typer.Option(16, "--parallel", "-P", min=1, max=256,
                         help="Hosts worked on at once (one SSH connection each); a host that does not answer "
@@ -269,7 +270,7 @@ def keys_revoke(name: str = typer.Argument(..., help="Whose key to remove."), ke
 
 @keys_app.command("sync")
 def keys_sync(
-    hosts: List[str] = typer.Argument(None, help="Hosts whose boxes to update (or --all)."),
+    hosts: List[str] = BOXES_TO_UPDATE,
     all_hosts: bool = ALL_HOSTS,
     restart: bool = typer.Option(False, "--restart", help="Also re-create each box (volumes and host key kept) so nothing a revoked person left running survives; running jobs end."),
     keys_dir: Optional[Path] = KEYS_DIR,
@@ -289,7 +290,7 @@ def keys_sync(
 
 @secrets_app.command("sync")
 def secrets_sync(
-    hosts: List[str] = typer.Argument(None, help="Hosts whose boxes to update (or --all)."),
+    hosts: List[str] = BOXES_TO_UPDATE,
     all_hosts: bool = ALL_HOSTS,
     dotfiles: bool = typer.Option(False, "--dotfiles", help="Also copy the dotfiles folder into the box's home (files changed there are kept)."),
     playbook: Optional[str] = PLAYBOOK,

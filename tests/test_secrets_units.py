@@ -134,3 +134,11 @@ def test_dotfiles_replace_only_what_devbox_or_the_image_put_there():
     assert [f.path for f in write] == ["new", ".bashrc", "old"] and copied.kept == ["mine"]
     assert copied.manifest["old"] == old.sha256 and copied.manifest["mine"] == dot("x", "m1").sha256
     assert parse_sums(f"{new.sha256}  new\n{'0' * 64}  sub dir/file\nnoise") == {"new": new.sha256, "sub dir/file": "0" * 64}
+
+
+def test_every_job_and_so_jupyter_sources_the_box_environment_before_its_own_env():
+    from devbox.boxenv import ENV_SCRIPT
+    from devbox.jobs import run_script
+
+    script = run_script("j", ["true"], None, ["X=1"])
+    assert script.index(f". {ENV_SCRIPT}") < script.index("export X=")
