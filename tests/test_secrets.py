@@ -22,29 +22,41 @@ def box_id(name: str) -> str:
     return subprocess.run(["docker", "inspect", "-f", "{{.Id}}", name], capture_output=True, text=True, check=True).stdout.strip()
 
 
-class CmdlineSampler:
-    """Reads every process's /proc/PID/cmdline on this machine (the hosts, their dockerd, the
-    boxes) until stopped; keeps each distinct command line that holds one of `needles`."""
+class ProcSampler:
+    """Reads every process's /proc/PID/cmdline and environ on this machine (the fake hosts' sshd
+    sessions, their docker CLIs and dockerd, writer containers, the boxes) until stopped; keeps
+    each distinct command line, and each (cgroup, environ) pair, that holds one of `needles`."""
 
     def __init__(self, needles: list[str]):
         self.needles = [n.encode() for n in needles]
         self.hits: set[bytes] = set()
+        self.environ_hits: set[tuple[bytes, bytes]] = set()
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _read(self, pid: str, what: str) -> bytes:
+        try:
+            with open(f"/proc/{pid}/{what}", "rb") as handle:
+                return handle.read()
+        except OSError:
+            return b""
 
     def _run(self) -> None:
         while not self._stop.is_set():
             for entry in os.scandir("/proc"):
                 if entry.name.isdigit():
-                    try:
-                        with open(f"/proc/{entry.name}/cmdline", "rb") as handle:
-                            line = handle.read()
-                    except OSError:
-                        continue
+                    line, environ = self._read(entry.name, "cmdline"), self._read(entry.name, "environ")
                     if any(n in line for n in self.needles):
                         self.hits.add(line)
+                    if any(n in environ for n in self.needles):
+                        self.environ_hits.add((self._read(entry.name, "cgroup"), environ))
             self.samples += 1
+
+    def environ_outside(self, box_id: str, laptop_marker: bytes) -> list[bytes]:
+        """Environments holding a value, other than the box's own processes (its shells and jobs
+        export them by design) and the laptop's devbox (given the value in its environment)."""
+        return [env for cgroup, env in self.environ_hits if box_id.encode() not in cgroup and laptop_marker not in env]
 
     def __enter__(self):
         self._thread.start()
@@ -96,7 +108,7 @@ def test_secrets_reach_shells_and_jobs_and_leak_nowhere_else(secret_laptop):
     dry_json = laptop.devbox("up", laptop.host1, "--dry-run", "--json")
     assert dry.returncode == 0 and dry_json.returncode == 0, dry.stderr + dry_json.stderr
     assert "2 secret(s) (TOKEN_A, TOKEN_B)" in dry.stdout, dry.stdout
-    with CmdlineSampler(needles + [canary]) as sampler:
+    with ProcSampler(needles + [canary]) as sampler:
         subprocess.run(["sh", "-c", "sleep 0.3", canary])
         up, _ = laptop.devbox.json("up", laptop.host1)
         up_text = laptop.devbox("up", laptop.host1)
@@ -116,6 +128,8 @@ def test_secrets_reach_shells_and_jobs_and_leak_nowhere_else(secret_laptop):
     assert log.strip() == want + " P=plain value 1"
 
     box = f"devbox-{laptop.host1}"
+    assert [env for _, env in sampler.environ_hits if b"PLAIN_VAR=" in env], "the sampler sees the box's shells"
+    outside = sampler.environ_outside(box_id(box), b"DEVBOX_TEST_TOKEN_A=")
     status = laptop.devbox("status", laptop.host1)
     status_json, _ = laptop.devbox.json("status", laptop.host1)
     assert status_json[0]["env"] == {"PLAIN_VAR": "plain value 1"} and status_json[0]["secrets"] == ["TOKEN_A", "TOKEN_B"]
@@ -125,6 +139,7 @@ def test_secrets_reach_shells_and_jobs_and_leak_nowhere_else(secret_laptop):
         "docker inspect (box and secrets volume)": inspect,
         "docker logs": logs.stdout + logs.stderr,
         "/proc/*/cmdline during up, run and ssh": b"\n".join(sampler.hits),
+        "/proc/*/environ during up, run and ssh, outside the box and the laptop's devbox": b"\n".join(outside),
         "up --dry-run": dry.stdout + dry.stderr,
         "up --dry-run --json": dry_json.stdout + dry_json.stderr,
         "up --json": str(up),
