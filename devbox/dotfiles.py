@@ -129,7 +129,7 @@ def copy_dotfiles(host, spec: BoxSpec, dotfiles: Dotfiles) -> Copied:
     if write or copied.manifest != manifest:
         done = box_sh(host, spec, UNPACK, stdin=tar_of(write, copied.manifest), check=False)
         if not done.ok:
-            raise DevboxError(f"{spec.host}: could not copy dotfiles into {spec.home}: {done.stderr.strip()[:200]}",
+            raise DevboxError(f"{spec.box.name}: could not copy dotfiles into {spec.home}: {done.stderr.strip()[:200]}",
                               "a dotfile's path may be a folder in the box (or the reverse): rename one of them")
     return copied
 
@@ -149,5 +149,5 @@ class CopyDotfiles(Step):
     def apply(self, host, progress: Progress) -> dict:
         copied = copy_dotfiles(host, self.spec, self.dotfiles)
         if copied.kept:
-            progress(f"{self.spec.host}: dotfiles kept as changed in the box: {', '.join(copied.kept)}")
+            progress(f"{self.spec.box.name}: dotfiles kept as changed in the box: {', '.join(copied.kept)}")
         return {"dotfiles_written": copied.written, "dotfiles_kept": copied.kept}

@@ -49,6 +49,10 @@ class RemoteCommandFailed(DevboxError):
     exit_code = EXIT_CHECK_FAILED
 
 
+class CommandStalled(RemoteCommandFailed):
+    """A command on the host printed nothing for its idle bound (a build stuck on a mirror)."""
+
+
 class HostKeyMismatch(DevboxError):
     """A pinned host key changed: never accepted silently."""
 

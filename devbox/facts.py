@@ -64,6 +64,8 @@ class Facts:
     box_base: str = ""                     # the base image the existing box was built on (its label)
     gpu_memory_used: dict[int, int] = field(default_factory=dict)   # GPU index -> MiB in use now
     box_env: InBox | None = None           # the secrets volume as the running box sees it (digest, env, names)
+    gpu_holders: tuple = ()                # placement.GpuHolder: the running boxes of the engine and their GPUs
+    gpu_processes: tuple = ()              # placement.GpuProcess: compute processes and their containers
 
     @property
     def box_labels(self) -> dict:
@@ -134,7 +136,9 @@ def _box(facts: Facts, answers: list[str], tag: str) -> None:
 
 
 # Only needed to choose a port, so only asked for a missing box (whose inspect prints "[]").
+# A stopped box publishes nothing, but its port is its own (labels): `up` will start it on it.
 @question("ports", lambda spec, tag: 'case "$box" in ""|"[]") docker ps -a --format \'{{.Ports}}\' 2>/dev/null; '
+          'docker ps -a --filter label=devbox.port --format \':{{.Label "devbox.port"}} \' 2>/dev/null; '
           '(ss -ltnH 2>/dev/null || true) | awk \'{print $4}\';; esac')
 def _ports(facts: Facts, answers: list[str], tag: str) -> None:
     facts.used_ports = parse_ports(_last(answers))
@@ -228,6 +232,29 @@ def _gpumem(facts: Facts, answers: list[str], tag: str) -> None:
     facts.gpu_memory_used = {int(r[0]): int(r[1]) for r in rows if len(r) == 2 and r[0].isdigit() and r[1].isdigit()}
 
 
+# Who holds which GPU: every running devbox box's labels, and each compute process's container.
+HOLDERS = ("docker ps --no-trunc --filter label=devbox.managed=true --format "
+           "'{{.ID}}\t{{.Names}}\t{{.Label \"devbox.box\"}}\t{{.Label \"devbox.owner\"}}\t{{.Label \"devbox.gpus\"}}\t"
+           "{{.Label \"devbox.shared\"}}' 2>/dev/null")
+GPU_PROCESSES = ("nvidia-smi --query-compute-apps=pid,gpu_uuid --format=csv,noheader 2>/dev/null | "
+                 "while IFS=', ' read -r p u; do case \"$p\" in *[!0-9]*|'') continue;; esac; "
+                 "c=$(grep -o -E '[0-9a-f]{64}' /proc/$p/cgroup 2>/dev/null | head -n1); printf '%s\t%s\t%s\n' \"$p\" \"$u\" \"$c\"; done")
+
+
+@question("holders", lambda spec, tag: HOLDERS)
+def _holders(facts: Facts, answers: list[str], tag: str) -> None:
+    from devbox.placement import parse_holders
+
+    facts.gpu_holders = parse_holders(_last(answers))
+
+
+@question("gpuprocs", lambda spec, tag: GPU_PROCESSES)
+def _gpuprocs(facts: Facts, answers: list[str], tag: str) -> None:
+    from devbox.placement import parse_gpu_processes
+
+    facts.gpu_processes = parse_gpu_processes(_last(answers))
+
+
 @question("smi", lambda spec, tag: "nvidia-smi 2>/dev/null | head -5")
 def _smi(facts: Facts, answers: list[str], tag: str) -> None:
     if answers:
@@ -279,7 +306,8 @@ def host_check_script(spec: BoxSpec, asked: frozenset[str] = frozenset()) -> str
     Asked only when `up` will create or re-create something (`docker info` alone costs
     0.13 s): a box that already matches its spec needs no preflight.
     """
-    sections = ["checked", "runtimes", "resources", "cdi", "disk", "memlock"] + (["gpus", "smi"] if spec.wants_gpus else [])
+    sections = ["checked", "runtimes", "resources", "cdi", "disk", "memlock"] + (
+        ["gpus", "smi", "holders", "gpuprocs"] if spec.wants_gpus else [])
     return "\n".join([SECTION, *ask(spec, "", [s for s in sections if s not in asked]), "true"]) + "\n"
 
 

@@ -36,8 +36,9 @@ class HostResult:
 
     @classmethod
     def start(cls, spec) -> "HostResult":
-        """An empty result for the host of `spec` (a BoxSpec), before its work runs."""
-        return cls(spec.host)
+        """An empty result for the box of `spec` (a BoxSpec: its name, which for a host's own
+        box is the host), before its work runs."""
+        return cls(spec.box.name)
 
     def fail(self, exc: DevboxError) -> None:
         self.error, self.exit_code = exc.one_line(), exc.exit_code

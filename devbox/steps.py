@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from devbox.config import BoxSpec
-from devbox.errors import DevboxError
+from devbox.buildlog import PID_MARK, BuildLog, apt_mirrors
+from devbox.errors import CommandStalled, DevboxError
 from devbox.image import context_tar
 from devbox.remote import Host, why_failed
 
@@ -50,6 +51,19 @@ class DockerStep(Step):
 
 
 @dataclass(frozen=True)
+class WriteKeys(DockerStep):
+    """The keys writer: with `read_keys`, what it writes is keys/ as it is when it runs (a key
+    revoked while `up` built must not come back), else the keys the plan was made with."""
+
+    read_keys: Callable[[], str] | None = None
+
+    def apply(self, host: Host, progress: Progress) -> dict:
+        content = self.read_keys() if self.read_keys else self.stdin
+        host.docker(*self.argv, stdin=content.encode())
+        return {}
+
+
+@dataclass(frozen=True)
 class ShellStep(Step):
     """A check and its apply in one script (`inspect || create`): one round trip."""
 
@@ -68,30 +82,68 @@ class ShellStep(Step):
 
 @dataclass(frozen=True)
 class BuildImage(Step):
-    """Send the few-KB build context and build on the host: no base layer ever crosses."""
+    """Send the few-KB build context and build on the host: no base layer ever crosses.
+
+    A build that prints nothing for `spec.build_stall` seconds (apt or pip waiting on a
+    mirror the host cannot reach) is stopped, nothing tagged, and `fallback` (streaming
+    from this machine, when it has the image) delivers instead, or one line says why.
+    """
 
     spec: BoxSpec | None = None
     tag: str = ""
+    fallback: Step | None = None
 
     def argv(self) -> list[str]:
-        args = ["build", "--tag", self.tag, "--label", "devbox.image=ssh", "--label", f"devbox.base={self.spec.base_image}"]
+        # --force-rm: a failed or stopped build leaves no intermediate container behind.
+        args = ["build", "--force-rm", "--tag", self.tag, "--label", "devbox.image=ssh", "--label", f"devbox.base={self.spec.base_image}"]
         for key, value in self.spec.image.build_args().items():
             args += ["--build-arg", f"{key}={value}"]
         return args + ["-"]
 
     def commands(self) -> list[str]:
-        return [shlex.join(["docker", *self.argv()]) + " < (build context tar)"]
+        shown = [word if not word.startswith("DEVBOX_CA=") else "DEVBOX_CA=(ca_bundle)" for word in self.argv()]
+        return [shlex.join(["docker", *shown]) + " < (build context tar)"]
 
     def apply(self, host: Host, progress: Progress) -> dict:
         context = context_tar()
+        log = BuildLog()
 
         def relay(chunk: bytes) -> None:
-            for line in chunk.decode(errors="replace").splitlines():
-                if line.startswith("Step ") or line.startswith("#"):
-                    progress(f"{self.spec.host}: {line.strip()}")
+            for line in log.feed(chunk):
+                progress(f"{self.spec.box.name}: {line}")
 
-        host.docker(*self.argv(), stdin=context, on_stdout=relay, timeout=3600)
+        # The shell's pid is docker's (exec): a stalled build is stopped by it, and the
+        # engine then cancels the build. 2>&1: BuildKit writes its progress to stderr.
+        command = f"echo {PID_MARK} $$; exec {shlex.join(['docker', *self.argv()])} 2>&1"
+        try:
+            done = host.run(command, stdin=context, on_stdout=relay, timeout=3600, idle_timeout=self.spec.build_stall, check=False)
+        except CommandStalled:
+            if log.pid:
+                host.run(["kill", log.pid], check=False)
+            stalled = log.stalled(self.spec.host, self.spec.build_stall, self._unreachable(host, log), self._remedy())
+            if self.fallback is None:
+                raise stalled from None
+            progress(f"{stalled.message}: sending the image from this machine instead")
+            return self.fallback.apply(host, progress)
+        if not done.ok:
+            raise log.failure(self.spec.host, done.exit_code)
         return {"delivery": "build-on-host", "bytes_sent": len(context)}
+
+    def _unreachable(self, host: Host, log: BuildLog) -> list[str]:
+        """What the stalled step was fetching from: the base's apt mirrors, or PyPI."""
+        if log.kind == "pip":
+            return ["pypi.org (or the index the base's pip config names)"]
+        if log.kind != "apt":
+            return []
+        script = "cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null; true"
+        sources = host.docker("run", "--rm", "--pull", "never", "--network", "none", "--entrypoint", "sh", self.spec.base_image,
+                              "-c", script, check=False, timeout=60)
+        return apt_mirrors(sources.stdout)
+
+    def _remedy(self) -> str:
+        return (f'set delivery = "stream" in devbox.toml and run `devbox up {self.spec.host}` from a machine that has the '
+                f"image (`{self.spec.image.build_command()}` makes it), or let the host reach its mirror; if the build is "
+                f"only slow, raise build_stall (now {self.spec.build_stall:g} s)")
 
 
 HOST_LAYERS = "docker image ls -q | sort -u | xargs -r docker image inspect --format '{{json .RootFS.Layers}}'"
@@ -117,7 +169,7 @@ class StreamImage(Step):
         rewrite = Rewrite(inspect_local(self.tag), host_chains(lists))
         missing = rewrite.present.count(False)
         total = todo_bytes(self.tag, rewrite.present)
-        progress(f"{self.spec.host}: sending {missing} of {len(rewrite.present)} layers"
+        progress(f"{self.spec.box.name}: sending {missing} of {len(rewrite.present)} layers"
                  + (f", about {total / 1e6:.0f} MB" if total else ""))
         meter = _meter(progress, self.spec.host, total)
         done = deliver(host, rewrite, save_stream(self.tag), meter.update)
@@ -186,7 +238,7 @@ class SwapBox(Step):
             logs = host.docker("logs", "--tail", "3", new, check=False)
             host.docker("rm", "--force", new, check=False)
             if not started.ok and any(t in started.stderr for t in PORT_TAKEN) and attempt + 1 < len(self.ports):
-                progress(f"{self.spec.host}: port {port} was taken meanwhile, trying {self.ports[attempt + 1]}")
+                progress(f"{self.spec.box.name}: port {port} was taken meanwhile, trying {self.ports[attempt + 1]}")
                 continue
             self._fail(host, why_failed(started) if not started.ok else f"its sshd did not answer: {why_failed(logs) or 'no log'}")
         host.docker("rename", new, box)
@@ -198,7 +250,7 @@ class SwapBox(Step):
         created = host.docker(*self.argv_for(port, new), check=False)
         if not created.ok:
             host.docker("rm", "--force", new, check=False)
-            raise DevboxError(f"{self.spec.host}: Docker refused the box spec: {why_failed(created)}",
+            raise DevboxError(f"{self.spec.box.name}: Docker refused the box spec: {why_failed(created)}",
                               "fix devbox.toml and re-run; the running box was not touched", exit_code=2)
 
     def _proven(self, host: Host, new: str) -> bool:
@@ -209,7 +261,7 @@ class SwapBox(Step):
         if self.replace:
             host.docker("rename", old, box)
             host.docker("start", box)
-        raise DevboxError(f"{self.spec.host}: the new box did not start ({why})",
+        raise DevboxError(f"{self.spec.box.name}: the new box did not start ({why})",
                           ("the old box is running again; " if self.replace else "") + "fix devbox.toml or the host, then re-run `devbox up`")
 
 

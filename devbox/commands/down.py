@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from devbox import sshconfig
 from devbox.box import inspect_box
 from devbox.config import BoxSpec
-from devbox.plan import volume_names
+from devbox.lock import HostLock
+from devbox.plan import shared_volume_names, volume_names
 from devbox.remote import Host
 from devbox.result import HostResult
 
@@ -22,7 +23,8 @@ class DownResult(HostResult):
 
 def down_host(spec: BoxSpec, result: DownResult, purge: bool = False) -> None:
     """Remove the box; report as removed or kept only what was really there."""
-    with Host(spec.host) as host:
+    with Host(spec.host) as host, HostLock(host) as lock:
+        lock.acquire(lambda message: None)     # not while an `up` or `keys sync` changes a box here
         if inspect_box(host, spec):
             host.docker("rm", "--force", spec.box_name)
             result.removed.append(f"container {spec.box_name}")
@@ -39,12 +41,13 @@ def down_host(spec: BoxSpec, result: DownResult, purge: bool = False) -> None:
             for name in volumes:
                 host.docker("volume", "rm", name)
         (result.removed if purge else result.kept).extend(f"volume {name}" for name in volumes)
+        result.kept += [f"shared volume {name} (other boxes of the host may use it)" for name in shared_volume_names(spec) if name in existing]
     result.changed = bool(result.removed)
-    alias = sshconfig.BOX_PREFIX + spec.host
+    alias = spec.box.ssh_alias
     if purge:
-        if sshconfig.remove_entry(spec.host):
+        if sshconfig.remove_entry(spec.box.name):
             result.removed.append(f"ssh entry {alias}")
-        if sshconfig.unpin(spec.host):
+        if sshconfig.unpin(spec.box.name):
             result.removed.append("pinned host key")
     else:
         result.kept += [what for what, there in ((f"ssh entry {alias}", alias in sshconfig.read_entries()),

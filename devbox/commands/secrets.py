@@ -37,14 +37,14 @@ def sync_secrets_host(spec: BoxSpec, result: SecretsResult, dotfiles: bool = Fal
     box_env = read_box_env(spec)
     files = read_dotfiles(spec) if dotfiles else None
     if dotfiles and files is None:
-        raise ConfigError(f"{spec.host}: --dotfiles, but devbox.toml sets no dotfiles folder",
+        raise ConfigError(f"{spec.box.name}: --dotfiles, but devbox.toml sets no dotfiles folder",
                           'add dotfiles = "~/dotfiles" ([defaults] or [hosts.NAME])')
     result.env, result.secrets = [n for n, _ in box_env.env], [n for n, _ in box_env.secrets]
     with Host(spec.host) as host:
         box = running_box(host, spec, "sync secrets to")
         if not any(m.get("Name") == spec.secrets_volume for m in box.get("Mounts") or []):
-            raise ConfigError(f"{spec.host}: this box has no secrets volume (made by an older devbox)",
-                              f"run `devbox up {spec.host}` to re-create it (volumes are kept)")
+            raise ConfigError(f"{spec.box.name}: this box has no secrets volume (made by an older devbox)",
+                              f"run `devbox up {spec.box.name}` to re-create it (volumes are kept)")
         current = parse_box_env(box_exec(host, spec, ["sh", "-c", READ_BOX_ENV], check=False).stdout)
         if current.digest != box_env.digest:
             write_box_env(host, spec, box["Config"]["Image"], box_env)

@@ -17,7 +17,8 @@ from typing import Callable
 
 from devbox.config import BoxSpec
 from devbox.errors import DevboxError, HostUnreachable
-from devbox.facts import MARK, parse_sections
+from devbox.facts import HOLDERS, MARK, parse_sections
+from devbox.placement import gpu_indices, parse_holders
 from devbox.remote import Host
 from devbox.result import HostResult, for_each_host, render
 
@@ -34,6 +35,7 @@ for p in $(echo "$x" | sed -n 's:.*<pid>\\([0-9]*\\)</pid>.*:\\1:p' | sort -u); 
   printf '%s\\t%s\\t%s\\n' "$p" "$c" "$j"
 done
 sec boxes; docker ps --no-trunc --filter label=devbox.managed=true --format '{{{{.ID}}}}\\t{{{{.Names}}}}' 2>/dev/null
+sec holders; {HOLDERS}
 true
 """
 
@@ -58,6 +60,7 @@ class GpuHealth:
     power_w: float | None
     power_limit_w: float | None
     processes: list[GpuProcess] = field(default_factory=list)
+    held_by: list[str] = field(default_factory=list)   # the running boxes given this GPU ("alice-3 (alice)")
 
     def as_dict(self) -> dict:
         return {**self.__dict__, "processes": [p.__dict__ for p in self.processes]}
@@ -79,8 +82,9 @@ class TopResult(HostResult):
         num = lambda v, unit="": "-" if v is None else f"{v:.0f}{unit}"  # noqa: E731
         memory = f"{num(g.memory_used_mib)}/{num(g.memory_total_mib)} MiB"
         power = f"{num(g.power_w)}/{num(g.power_limit_w)} W"
-        users = ", ".join(p.box.removeprefix("devbox-") + (f":{p.job}" if p.job else "") if p.box else f"pid {p.pid}"
-                          for p in g.processes) or "-"
+        users = ", ".join([*(f"box {who}" for who in g.held_by),
+                           *(p.box.removeprefix("devbox-") + (f":{p.job}" if p.job else "") if p.box else f"pid {p.pid}"
+                             for p in g.processes)]) or "-"
         return (f"{self.host:<16} {g.index:>3} {g.name[:22]:<22} {num(g.utilization_pct, '%'):>5} {memory:>15} "
                 f"{num(g.temperature_c, 'C'):>5} {power:>11}  {users}")
 
@@ -139,6 +143,10 @@ def parse_top(text: str) -> list[GpuHealth]:
             owners[int(pid)] = (boxes.get(container, ""), job)
     for process in (p for g in gpus for p in g.processes):
         process.box, process.job = owners.get(process.pid, ("", ""))
+    for holder in parse_holders((sections.get("holders") or [""])[-1]):
+        for gpu in gpus:
+            if gpu.index in gpu_indices(holder.devices, gpus):
+                gpu.held_by.append(holder.box + (f" ({holder.owner})" if holder.owner else ""))
     return gpus
 
 
