@@ -56,7 +56,7 @@ def desired_keys(directory: Path | None = None, identity: Path | None = None, ad
     if admits and not named:
         raise ConfigError(f"{box}: none of {', '.join(admits)} (the box's owner and admins) has a key in {store.directory}",
                           "add the owner's key with `devbox keys add NAME FILE`")
-    if not keys:
+    if not named:
         pub = Path(str(identity or default_identity()) + ".pub")
         if not pub.is_file():
             raise ConfigError(f"keys/ is empty and {pub} does not exist", "add team keys with `devbox keys add NAME FILE`")

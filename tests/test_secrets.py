@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import testbed as tb
+from conftest import SUFFIX
 
 HERE = Path(__file__).parent
 
@@ -297,11 +298,11 @@ def test_forward_agent_works_on_a_box_of_one_person_and_is_refused_for_two(secre
     try:
         env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
         subprocess.run(["ssh-add", str(laptop.identity)], env=env, check=True, capture_output=True)
-        mine = subprocess.run(["ssh-keygen", "-lf", str(laptop.identity) + ".pub"], capture_output=True, text=True).stdout.split()[1]
+        mine_fp = subprocess.run(["ssh-keygen", "-lf", str(laptop.identity) + ".pub"], capture_output=True, text=True).stdout.split()[1]
         laptop.devbox.json("up", laptop.host1)   # keys/ is empty: only this laptop's key, one person
         listed = subprocess.run(["ssh", "-F", str(laptop.ssh_config), "-o", "BatchMode=yes", f"devbox-{laptop.host1}", "ssh-add -l"],
                                 capture_output=True, text=True, env=env, timeout=30, stdin=subprocess.DEVNULL)
-        assert mine in listed.stdout, listed.stdout + listed.stderr
+        assert mine_fp in listed.stdout, listed.stdout + listed.stderr
 
         alice = tb.keygen(tmp_path / "alice_ed25519", "alice")
         for name, pub in (("me", str(laptop.identity) + ".pub"), ("alice", str(alice) + ".pub")):
@@ -313,6 +314,15 @@ def test_forward_agent_works_on_a_box_of_one_person_and_is_refused_for_two(secre
         installed = subprocess.run(["docker", "exec", f"devbox-{laptop.host1}", "cat", "/etc/devbox/keys/authorized_keys"],
                                    capture_output=True, text=True).stdout
         assert "alice" not in installed, "nothing changed: alice's key never reached the box"
+
+        # A named box of my own (owner "me", no admins) admits one person: its agent is forwarded.
+        mine = f"mine{SUFFIX}"
+        toml = laptop.work / "devbox.toml"
+        toml.write_text(toml.read_text() + f'\n[boxes.{mine}]\nhost = "{laptop.host1}"\nowner = "me"\nforward_agent = true\n')
+        laptop.devbox.json("up", mine)
+        listed = subprocess.run(["ssh", "-F", str(laptop.ssh_config), "-o", "BatchMode=yes", f"devbox-{mine}", "ssh-add -l"],
+                                capture_output=True, text=True, env=env, timeout=30, stdin=subprocess.DEVNULL)
+        assert mine_fp in listed.stdout, listed.stdout + listed.stderr
     finally:
         agent.kill()
         agent.wait()
