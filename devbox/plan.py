@@ -66,6 +66,7 @@ def preflight(spec: BoxSpec, facts: Facts) -> None:
             f"{h}: host path {facts.missing_paths[0]} to mount does not exist",
             "create it on the host or drop it from `volumes`",
         )
+    refuse_other_owner(spec, facts.box_labels)
     _preflight_host_paths(spec, facts)
     if spec.wants_gpus and facts.host_checked:
         _preflight_gpus(spec, facts)
@@ -89,6 +90,17 @@ def needs_host_check(spec: BoxSpec, facts: Facts, image_tag: str) -> bool:
 def box_matches(facts: Facts, spec_hash: str) -> bool:
     """The box on the host was made from this very spec (its label says so)."""
     return facts.box_labels.get("devbox.spec-hash") == spec_hash
+
+
+def refuse_other_owner(spec: BoxSpec, labels: dict) -> None:
+    """A box is its owner's: a config that names another owner for it (a typo, a copied table)
+    would hand her home and workspace to someone else's keys."""
+    held = labels.get("devbox.owner", "")
+    if labels and held != spec.owner:
+        raise ConfigError(f"{spec.box.name}: the box on {spec.host} is {held + chr(39) + 's' if held else 'the host' + chr(39) + 's own'} "
+                          f"(its label), the config says {'owner = ' + repr(spec.owner) if spec.owner else 'no owner'}",
+                          f"fix owner in devbox.toml; to hand the box over, `devbox down {spec.box.name} --purge` first "
+                          "(its volumes are the old owner's data)")
 
 
 def _preflight_host_paths(spec: BoxSpec, facts: Facts) -> None:
