@@ -112,7 +112,7 @@ def up(
 
     boxes = specs(hosts, config, playbook)
     keys = KeySource(keys_dir)
-    if not as_json and (notice := keys.notice()):
+    if (notice := keys.check()) and not as_json:
         typer.echo(f"note: {notice}", err=True)
     progress = progress_printer(as_json)
     show(per_host(boxes, UpResult, lambda spec, result: up_host(spec, result, keys, dry_run=dry_run, force=force, repin=repin,
@@ -134,6 +134,7 @@ def verify(
 
     boxes = specs(hosts, config, playbook)
     keys = KeySource(keys_dir)
+    keys.check()
     show(per_host(boxes, VerifyResult, lambda spec, result: verify_host(spec, result, keys), parallel), as_json)
 
 
@@ -306,6 +307,7 @@ def keys_sync(
 
     boxes = specs(hosts, config, playbook, all_hosts)
     keys = KeySource(keys_dir)
+    keys.check()
     progress = progress_printer(as_json)
     show(per_host(boxes, SyncResult, lambda spec, result: sync_host(spec, result, keys, restart, progress), parallel), as_json)
 
