@@ -281,12 +281,12 @@ def keys_revoke(
         show(revoke_key(keys_dir, name), as_json, SYNC_NOTE.format(what="remove it from") + " now")
         return
     from devbox.commands.sync import SyncResult, sync_host
-    from devbox.keyset import desired_keys
+    from devbox.keyset import KeySource
 
     boxes = specs(hosts, config, None, all_hosts)   # a bad host name stops before the revocation
     revoked = revoke_key(keys_dir, name)
-    keys = desired_keys(keys_dir)
-    show(per_host(boxes, SyncResult, lambda spec, result: sync_host(spec, result, keys), parallel), as_json,
+    keys, progress = KeySource(keys_dir), progress_printer(as_json)
+    show(per_host(boxes, SyncResult, lambda spec, result: sync_host(spec, result, keys, progress=progress), parallel), as_json,
          "; ".join(row.text() for row in revoked))
 
 

@@ -118,13 +118,13 @@ class BuildImage(Step):
         except CommandStalled:
             if log.pid:
                 host.run(["kill", log.pid], check=False)
-            stalled = log.stalled(self.spec.host, self.spec.build_stall, self._unreachable(host, log), self._remedy())
+            stalled = log.stalled(self.spec.box.name, self.spec.build_stall, self._unreachable(host, log), self._remedy())
             if self.fallback is None:
                 raise stalled from None
             progress(f"{stalled.message}: sending the image from this machine instead")
             return self.fallback.apply(host, progress)
         if not done.ok:
-            raise log.failure(self.spec.host, done.exit_code)
+            raise log.failure(self.spec.box.name, done.exit_code)
         return {"delivery": "build-on-host", "bytes_sent": len(context)}
 
     def _unreachable(self, host: Host, log: BuildLog) -> list[str]:
@@ -139,7 +139,7 @@ class BuildImage(Step):
         return apt_mirrors(sources.stdout)
 
     def _remedy(self) -> str:
-        return (f'set delivery = "stream" in devbox.toml and run `devbox up {self.spec.host}` from a machine that has the '
+        return (f'set delivery = "stream" in devbox.toml and run `devbox up {self.spec.box.name}` from a machine that has the '
                 f"image (`{self.spec.image.build_command()}` makes it), or let the host reach its mirror; if the build is "
                 f"only slow, raise build_stall (now {self.spec.build_stall:g} s)")
 

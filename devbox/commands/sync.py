@@ -77,6 +77,6 @@ def _list_planted(host: Host, spec: BoxSpec, result: SyncResult, keys: KeySet, b
     result.planted = [c.text() for c in changed]
     if changed:
         when = "since their key was added" if since is not None else "(their key's add time is unknown: all of them)"
-        result.warnings.append(f"{spec.host}: {', '.join(result.removed)} had the same login as everyone on this box; start-up "
+        result.warnings.append(f"{spec.box.name}: {', '.join(result.removed)} had the same login as everyone on this box; start-up "
                                f"files in its home changed {when}: {', '.join(result.planted)}. Read them before the next "
                                "login: they run as whoever logs in (README: trust model)")
