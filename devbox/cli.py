@@ -32,12 +32,16 @@ PARALLEL = typer.Option(16, "--parallel", "-P", min=1, max=256,
                              "waits out its ConnectTimeout (default 10 s) in its own slot.")
 
 
-def show(items, as_json: bool, note: str = "", one: bool = False, exit_code: int | None = None) -> None:
-    """The one place output is printed; exits with the worst host's code when asked."""
+def show(items, as_json: bool, note: str = "", one: bool = False, exit_code: int | None = None, printed: bool = False) -> None:
+    """The one place output is printed; exits with the worst host's code when asked.
+    `printed`: the rows are already out (row_printer), only the note is left."""
     from devbox.result import render, worst_exit
 
     items = items if isinstance(items, list) else [items]
-    typer.echo(render(items, as_json, note, one))
+    if not printed:
+        typer.echo(render(items, as_json, note, one))
+    elif note:
+        typer.echo(note)
     for warning in (w for item in items for w in getattr(item, "warnings", [])):
         typer.echo(warning, err=True)
     if exit_code is not None or any(hasattr(item, "exit_code") for item in items):
@@ -60,6 +64,22 @@ def per_host(items, result_type, work, parallel: int = 16):
     from devbox.result import for_each_host
 
     return for_each_host(items, result_type.start, work, max_workers=parallel)
+
+
+def row_printer(items, as_json: bool):
+    """Over several hosts in text, each row as soon as its host is done; else None (all at the end)."""
+    from devbox.result import RowPrinter
+
+    return RowPrinter(typer.echo) if not as_json and len(items) > 1 else None
+
+
+def show_per_host(items, result_type, work, parallel: int, as_json: bool) -> None:
+    """Run work on every host and show the rows, each as soon as it is ready."""
+    from devbox.result import for_each_host
+
+    printer = row_printer(items, as_json)
+    results = for_each_host(items, result_type.start, work, max_workers=parallel, on_done=printer)
+    show(results, as_json, printed=printer is not None)
 
 
 # ---------------------------------------------------------------- image
@@ -112,8 +132,8 @@ def up(
     if keys.notice and not as_json:
         typer.echo(f"note: {keys.notice}", err=True)
     progress = progress_printer(as_json)
-    show(per_host(boxes, UpResult, lambda spec, result: up_host(spec, result, keys, dry_run=dry_run, force=force, repin=repin,
-                                                               verify=verify, progress=progress), parallel), as_json)
+    show_per_host(boxes, UpResult, lambda spec, result: up_host(spec, result, keys, dry_run=dry_run, force=force, repin=repin,
+                                                               verify=verify, progress=progress), parallel, as_json)
 
 
 @app.command()
@@ -131,7 +151,7 @@ def verify(
 
     boxes = specs(hosts, config, playbook)
     keys = desired_keys(keys_dir)
-    show(per_host(boxes, VerifyResult, lambda spec, result: verify_host(spec, result, keys), parallel), as_json)
+    show_per_host(boxes, VerifyResult, lambda spec, result: verify_host(spec, result, keys), parallel, as_json)
 
 
 @app.command()
@@ -146,7 +166,7 @@ def status(
     """Show each box: state, health, image, uptime, port, GPUs, keys, jobs. Read from the host's labels, not a local database."""
     from devbox.commands.status import BoxStatus, status_host
 
-    show(per_host(specs(hosts, config, playbook, all_hosts), BoxStatus, status_host, parallel), as_json)
+    show_per_host(specs(hosts, config, playbook, all_hosts), BoxStatus, status_host, parallel, as_json)
 
 
 @app.command()
@@ -167,7 +187,8 @@ def top(
 
     boxes = specs(hosts, config, None, all_hosts)
     if once:
-        show(top_once(boxes), as_json)
+        printer = row_printer(boxes, as_json)
+        show(top_once(boxes, printer), as_json, printed=printer is not None)
     raise typer.Exit(worst_exit(top_live(boxes, interval, typer.echo, as_json)))
 
 
@@ -282,7 +303,7 @@ def keys_sync(
 
     boxes = specs(hosts, config, playbook, all_hosts)
     keys = desired_keys(keys_dir)
-    show(per_host(boxes, SyncResult, lambda spec, result: sync_host(spec, result, keys, restart), parallel), as_json)
+    show_per_host(boxes, SyncResult, lambda spec, result: sync_host(spec, result, keys, restart), parallel, as_json)
 
 
 # ---------------------------------------------------------------- jobs

@@ -17,7 +17,7 @@ from typing import Callable
 
 from devbox.config import BoxSpec
 from devbox.errors import DevboxError, HostUnreachable
-from devbox.facts import MARK, parse_sections
+from devbox.facts import MARK, ask_host, parse_sections
 from devbox.remote import Host
 from devbox.result import HostResult, for_each_host, render
 
@@ -144,15 +144,15 @@ def parse_top(text: str) -> list[GpuHealth]:
 
 def sample(host: Host, result: TopResult) -> None:
     began = time.monotonic()
-    result.gpus = parse_top(host.run(TOP_SCRIPT, check=False).stdout)
+    result.gpus = parse_top(ask_host(host, TOP_SCRIPT))
     result.seconds = round(time.monotonic() - began, 3)
 
 
-def top_once(specs: list[BoxSpec]) -> list[TopResult]:
+def top_once(specs: list[BoxSpec], on_done: Callable[[TopResult], None] | None = None) -> list[TopResult]:
     def one(spec: BoxSpec, result: TopResult) -> None:
         with Host(spec.host) as host:
             sample(host, result)
-    return for_each_host(specs, TopResult.start, one)
+    return for_each_host(specs, TopResult.start, one, on_done=on_done)
 
 
 def top_live(specs: list[BoxSpec], interval: float, write: Callable[[str], None], as_json: bool = False,
