@@ -8,6 +8,7 @@ re-creation (a job whose tmux died without an exit code is "lost").
 """
 from __future__ import annotations
 
+import codecs
 import re
 import shlex
 import signal
@@ -179,13 +180,23 @@ def _require_job(host: Host, spec: BoxSpec, name: str) -> None:
         raise ConfigError(f"no job named {name!r} on {spec.host}", f"known jobs: {known}")
 
 
+def _printer(write):
+    """on_stdout for a log: each chunk decoded and written as it comes (a character split
+    across two chunks is kept for the next), so no more than a chunk is ever held here."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    return lambda chunk: write(decoder.decode(chunk), end="", flush=True)
+
+
 def logs(host: Host, spec: BoxSpec, name: str, tail: int = 100, follow: bool = False, write=print) -> None:
-    """Print the log; with follow, stream until the job ends (or Ctrl-C)."""
+    """Print the log; with follow, stream until the job ends (or Ctrl-C).
+
+    Both stream: memory stays within the SSH window (2 MiB) plus a 64 KiB chunk and the
+    64 KiB tail Host.run keeps, whatever the log's size (tests/test_logs_memory.py measures it)."""
     _require_job(host, spec, name)
     q = shlex.quote(name)
     log = f"{_job_dir(name)}/log"
     if not follow:
-        write(box_sh(host, spec, f"tail -n {max(0, int(tail))} {log}").stdout, end="")
+        box_sh(host, spec, f"tail -n {max(0, int(tail))} {log}", timeout=None, on_stdout=_printer(write))
         return
     # tail --pid ends the stream (after printing what is left) once the job's pane process
     # exits. The watcher ends it when devbox goes away (Ctrl-C, dropped link): our stdin,
@@ -197,8 +208,7 @@ def logs(host: Host, spec: BoxSpec, name: str, tail: int = 100, follow: bool = F
               # a background job's stdin is /dev/null in sh: hand it ours as fd 3
               'exec 3<&0; (cat <&3 >/dev/null; kill "$t" 2>/dev/null) & w=$!; '
               'wait "$t"; kill "$w" 2>/dev/null; exit 0')
-    box_sh(host, spec, script, timeout=None, keep_stdin_open=True,
-           on_stdout=lambda chunk: write(chunk.decode(errors="replace"), end="", flush=True))
+    box_sh(host, spec, script, timeout=None, keep_stdin_open=True, on_stdout=_printer(write))
 
 
 def signal_number(sig: str) -> tuple[int, str]:
