@@ -35,7 +35,7 @@ PARALLEL = typer.Option(16, "--parallel", "-P", min=1, max=256,
 def show(items, as_json: bool, note: str = "", one: bool = False, exit_code: int | None = None, printed: bool = False) -> None:
     """The one place output is printed; exits with the worst host's code when asked.
     `printed`: the rows are already out (row_printer), only the note is left."""
-    from devbox.result import render, worst_exit
+    from devbox.result import printable, render, worst_exit
 
     items = items if isinstance(items, list) else [items]
     if not printed:
@@ -43,7 +43,7 @@ def show(items, as_json: bool, note: str = "", one: bool = False, exit_code: int
     elif note:
         typer.echo(note)
     for warning in (w for item in items for w in getattr(item, "warnings", [])):
-        typer.echo(warning, err=True)
+        typer.echo(printable(warning), err=True)
     if exit_code is not None or any(hasattr(item, "exit_code") for item in items):
         raise typer.Exit(exit_code if exit_code is not None else worst_exit(items))
 
@@ -449,7 +449,9 @@ def main() -> None:
     try:
         app()
     except DevboxError as exc:
-        typer.echo(f"devbox: error: {exc.one_line()}", err=True)
+        from devbox.result import printable
+
+        typer.echo(f"devbox: error: {printable(exc.one_line())}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         typer.echo("devbox: interrupted", err=True)
@@ -457,7 +459,9 @@ def main() -> None:
     except Exception as exc:  # a bug: one line that says so, never a traceback (unless asked)
         if os.environ.get("DEVBOX_DEBUG"):
             raise
-        typer.echo(f"devbox: internal error: {type(exc).__name__}: {exc} "
+        from devbox.result import printable
+
+        typer.echo(f"devbox: internal error: {type(exc).__name__}: {printable(str(exc))} "
                    "(please report; re-run with DEVBOX_DEBUG=1 for the traceback)", err=True)
         sys.exit(70)
 

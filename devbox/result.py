@@ -8,12 +8,25 @@ result; `render` is the one place results become text or JSON.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Iterable, TypeVar
 
 from devbox.errors import DevboxError
+
+
+# Escape sequences (CSI, OSC, DCS…, any other ESC pair) and control characters but tab and
+# newline: text a host sends (nvidia-smi, docker, a job) could otherwise retitle, recolour or
+# rewrite the user's terminal. JSON needs none of this: json.dumps escapes them all.
+CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]?|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[PX^_][^\x1b]*(?:\x1b\\)?"
+                     r"|\x1b.?|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` without anything a terminal would act on; tabs and newlines stay."""
+    return CONTROL.sub("", text)
 
 
 def _plain(value):
@@ -106,7 +119,7 @@ class RowPrinter:
             if not self.started and getattr(result, "HEADER", ""):
                 self.write(result.HEADER)
             self.started = True
-            self.write(result.text())
+            self.write(printable(result.text()))
 
 
 def render(items: Iterable, as_json: bool, note: str = "", one: bool = False) -> str:
@@ -117,7 +130,7 @@ def render(items: Iterable, as_json: bool, note: str = "", one: bool = False) ->
         return json.dumps(data[0] if one else data, indent=2, default=str)
     header = getattr(items[0], "HEADER", "") if items else ""
     lines = ([header] if header else []) + [item.text() for item in items]
-    return "\n".join(lines + ([note] if note else []))
+    return printable("\n".join(lines + ([note] if note else [])))
 
 
 def worst_exit(results: Iterable[HostResult]) -> int:
