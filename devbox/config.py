@@ -47,7 +47,7 @@ HOST_ROOT_SOCKETS = ("docker.sock", "containerd.sock", "podman.sock")
 ALLOWED_KEYS = {
     "base_image": '"auto" (default: the newest official pytorch/pytorch runtime image the host\'s driver and GPUs run) '
                   "or an image reference, e.g. pytorch/pytorch:2.11.0-cuda12.8-cudnn9-runtime",
-    "gpus": '"all", "none", or a list of GPU indices or UUIDs like [0, 1] or ["GPU-46748a73-18ca-02c2-e029-6e440dca4aa4"]',
+    "gpus": '"all", "none", or a list of GPU indices (0-63) or UUIDs like [0, 1] or ["GPU-46748a73-18ca-02c2-e029-6e440dca4aa4"]',
     "volumes": 'a list like ["workspace:/workspace", "/data:/data:ro"]',
     "shm_size": '"auto" (default: half the box\'s memory limit, at least 1g) or a size like "16g"',
     "memory": '"auto" (default: the host\'s memory less max(2 GiB, 10%)), a size like "64g", or "" for no limit',
@@ -180,7 +180,10 @@ def find_config(explicit: Path | None = None) -> Path | None:
 
 def _read_toml(path: Path) -> dict:
     try:
-        return tomllib.loads(path.read_text())
+        # utf-8-sig: Windows editors start UTF-8 files with a BOM, which TOML reads as a stray statement
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})", "save the file as UTF-8") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}", "fix the syntax at the line shown") from exc
     except OSError as exc:
@@ -313,6 +316,10 @@ def _parse_gpus(value) -> str | tuple[int | str, ...]:
         return value
     if isinstance(value, list) and value and all(_is_gpu_name(i) for i in value):
         return tuple(sorted(set(value), key=lambda i: (isinstance(i, str), str(i).lower() if isinstance(i, str) else i)))
+    wrong = next((i for i in value if isinstance(i, int) and not isinstance(i, bool) and not _is_gpu_name(i)), None) \
+        if isinstance(value, list) else None
+    if wrong is not None:
+        raise ValueError(f"{value!r}: GPU index {wrong} is out of range 0-63 (`nvidia-smi -L` on the host lists its GPUs)")
     raise ValueError(repr(value))
 
 

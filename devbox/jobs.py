@@ -28,6 +28,7 @@ ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 JOBS = "$HOME/.devbox/jobs"
 TAKEN_EXIT = 17
 NO_CWD_EXIT = 18
+LOST_EXIT = 19
 NOW = "date -u +%Y-%m-%dT%H:%M:%SZ"
 
 
@@ -95,9 +96,12 @@ def start_job(host: Host, spec: BoxSpec, name: str, argv: list[str], cwd: str | 
     if replace:
         stop_job(host, spec, name, missing_ok=True)
     q = shlex.quote(name)
+    # A lost job (its tmux gone, no exit code) has only its log to tell what happened: kept
+    # unless --replace says to start afresh.
+    lost_check = "" if replace else f'if [ -d "$d" ] && [ ! -s "$d/exit_code" ]; then exit {LOST_EXIT}; fi; '
     setup = (
         f"d={_job_dir(name)}; umask 077; "
-        f"if tmux has-session -t ={q} 2>/dev/null; then exit {TAKEN_EXIT}; fi; "
+        f"if tmux has-session -t ={q} 2>/dev/null; then exit {TAKEN_EXIT}; fi; {lost_check}"
         f"[ -d {_shell_path(cwd or '~')} ] || exit {NO_CWD_EXIT}; "
         f'rm -rf "$d"; mkdir -p "$d" && cat > "$d/run.sh" && printf "%s\\n" {shlex.quote(shlex.join(argv))} > "$d/command" && '
         f'{NOW} > "$d/started" && : > "$d/log" && '
@@ -106,6 +110,9 @@ def start_job(host: Host, spec: BoxSpec, name: str, argv: list[str], cwd: str | 
     result = box_sh(host, spec, setup, stdin=script.encode(), check=False)
     if result.exit_code == TAKEN_EXIT:
         raise ConfigError(f"a job named {name!r} is already running on {spec.host}", "pick another --name, or pass --replace to stop it first")
+    if result.exit_code == LOST_EXIT:
+        raise ConfigError(f"job {name!r} on {spec.host} was lost (its tmux ended without an exit code) and its log is kept",
+                          f"read it with `devbox logs {spec.host} {name}`, then pick another --name, or pass --replace to discard it")
     if result.exit_code == NO_CWD_EXIT:
         raise ConfigError(f"--cwd {cwd!r}: no such directory in the box on {spec.host}", "create it first (devbox ssh HOST -- mkdir -p DIR) or pick another")
     if not result.ok:
@@ -209,6 +216,21 @@ def logs(host: Host, spec: BoxSpec, name: str, tail: int = 100, follow: bool = F
               'exec 3<&0; (cat <&3 >/dev/null; kill "$t" 2>/dev/null) & w=$!; '
               'wait "$t"; kill "$w" 2>/dev/null; exit 0')
     box_sh(host, spec, script, timeout=None, keep_stdin_open=True, on_stdout=_printer(write))
+
+
+def attach_script(host: str, name: str, read_only: bool) -> str:
+    """What `attach` runs in the box: tmux attach when the job's session is there, else one
+    line saying why it is not (ended, lost, unknown) and what to run instead."""
+    q, h = shlex.quote(name), shlex.quote(host)
+    logs_hint = f'read its log: devbox logs "$h" "$n"'
+    return (
+        f"n={q}; h={h}; d={_job_dir(name)}; "
+        f'if tmux has-session -t "=$n" 2>/dev/null; then exec tmux attach-session{" -r" if read_only else ""} -t "=$n"; fi; '
+        f'if [ -s "$d/exit_code" ]; then echo "devbox: job $n has ended (exit $(cat "$d/exit_code")): {logs_hint}" >&2; '
+        f'elif [ -d "$d" ]; then echo "devbox: job $n is lost: its tmux session is gone (the box was re-created or tmux '
+        f'was killed) and it left no exit code; {logs_hint}, start it again with devbox run --replace" >&2; '
+        f'else echo "devbox: no job named $n in the box on $h (devbox ps $h lists them)" >&2; fi; exit 1'
+    )
 
 
 def signal_number(sig: str) -> tuple[int, str]:

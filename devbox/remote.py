@@ -358,6 +358,8 @@ class Host:
         try:
             channel = transport.open_session(timeout=self.connect_timeout)
         except Exception as exc:
+            if not transport.is_active():
+                raise stopped_answering(self.alias, exc) from exc
             raise HostUnreachable(f"{self.alias}: SSH session failed ({exc})", f"check `ssh {self.alias}`") from exc
         result = _exchange(channel, command, stdin, timeout, on_stdout, on_stdin, keep_stdin_open, self.alias)
         if check and not result.ok:
@@ -393,6 +395,13 @@ class Host:
                 f"{self.alias}: cannot open a tunnel to {address}:{port} ({exc})",
                 "check the host's sshd allows TCP forwarding (AllowTcpForwarding) and the box is running",
             ) from exc
+
+
+def stopped_answering(name: str, exc: Exception, during: str = "") -> HostUnreachable:
+    """The one message for an SSH connection that died mid-session (paramiko says "No existing
+    session" or "SSH session not active", which name neither the host nor a remedy)."""
+    return HostUnreachable(f"{name}: stopped answering mid-session{during}: the SSH connection is gone ({exc})",
+                           f"check that {name} is up and reachable, then re-run: every devbox step is safe to repeat")
 
 
 def question_timeout() -> float:
@@ -436,9 +445,7 @@ def _exchange(channel, command: str, stdin, timeout, on_stdout, on_stdin=None, k
         return _exchange_on(channel, command, stdin, timeout, on_stdout, on_stdin, keep_stdin_open)
     except (OSError, EOFError, paramiko.SSHException) as exc:
         close_channel(channel)
-        where = f"{alias}: " if alias else ""
-        raise HostUnreachable(f"{where}the SSH connection was lost during `{_short(command)}` ({exc.__class__.__name__}: {exc})",
-                              "check the link and re-run: every devbox step is safe to repeat") from exc
+        raise stopped_answering(alias or "the host", exc, f" (SSH connection lost during `{_short(command)}`)") from exc
 
 
 def close_channel(channel) -> None:

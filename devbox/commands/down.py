@@ -20,6 +20,16 @@ class DownResult(HostResult):
         return "removed " + (", ".join(self.removed) or "nothing") + ("; kept " + ", ".join(self.kept) if self.kept else "")
 
 
+def box_volumes(host: Host, spec: BoxSpec) -> list[str]:
+    """Every volume devbox made for this box, found by its labels and name: those of an earlier
+    config (a `volumes` entry since removed or renamed) too, the current config's first."""
+    labelled = host.docker("volume", "ls", "-q", "--filter", "label=devbox.managed=true",
+                           "--filter", f"label=devbox.host={spec.host}").stdout.split()
+    current = volume_names(spec)
+    earlier = [name for name in labelled if name.startswith(spec.box_name + "-") and name not in current]
+    return [name for name in current if name in labelled] + sorted(earlier)
+
+
 def down_host(spec: BoxSpec, result: DownResult, purge: bool = False) -> None:
     """Remove the box; report as removed or kept only what was really there."""
     with Host(spec.host) as host:
@@ -29,8 +39,7 @@ def down_host(spec: BoxSpec, result: DownResult, purge: bool = False) -> None:
         host.docker("rm", "--force", f"{spec.box_name}.next", f"{spec.box_name}.old", check=False)  # an interrupted up's
         if host.docker("network", "rm", spec.network, check=False).ok:   # not data: `up` makes it again
             result.removed.append(f"network {spec.network}")
-        existing = set(host.docker("volume", "ls", "-q", "--filter", "label=devbox.managed=true").stdout.split())
-        volumes = [name for name in volume_names(spec) if name in existing]
+        volumes = box_volumes(host, spec)
         if purge:
             for name in volumes:
                 host.docker("volume", "rm", name)
