@@ -54,13 +54,11 @@ def devbox_lines(laptop, *args: str) -> tuple[list[tuple[float, str]], int, str]
     """Run devbox, noting when each stdout line came out; (lines, exit code, stderr)."""
     env = {**laptop.devbox.env, "DEVBOX_QUESTION_TIMEOUT": QUESTION_TIMEOUT}
     began = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-m", "devbox.cli", *args], cwd=laptop.work, env=env, text=True,
+    # `timeout 60`: today's main waits 600 s for the hung nvidia-smi
+    process = subprocess.Popen(["timeout", "60", sys.executable, "-m", "devbox.cli", *args], cwd=laptop.work, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     lines = [(time.monotonic() - began, line.rstrip("\n")) for line in process.stdout]
-    try:
-        process.wait(timeout=60)   # today's main waits 600 s for the hung nvidia-smi
-    finally:
-        process.kill()
+    process.wait(timeout=10)
     return lines, process.returncode, process.stderr.read()
 
 

@@ -29,7 +29,7 @@ def devbox_rss(laptop, *args: str) -> tuple[int, int, int, str]:
     done = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-m", "devbox.cli", *args], cwd=laptop.work,
                           env=laptop.devbox.env, capture_output=True, text=True, timeout=900)
     code, printed, rss = map(int, done.stdout.split())
-    return code, printed, rss, done.stderr[-300:]
+    return code, printed, rss, done.stderr[-1500:]
 
 
 def big_log_job(laptop, name: str, size: int) -> None:
