@@ -9,7 +9,6 @@ from devbox.config import BoxSpec
 from devbox.errors import ConfigError, DevboxError
 from devbox.facts import Facts
 from devbox.plan import plan_up
-from devbox.result import printable
 
 HOSTILE = "\033]0;PWNED\007\033[31m\r\x9bNVIDIA-SMI has failed\033[2J"
 
@@ -34,6 +33,8 @@ def test_up_refuses_a_shm_size_above_the_host_memory_and_makes_nothing(laptop):
 
 
 def test_printable_removes_every_control_sequence_but_keeps_tabs_and_newlines():
+    from devbox.result import printable
+
     assert printable(HOSTILE + "\tok\n") == "NVIDIA-SMI has failed\tok\n"
     assert printable("\033P1;2qpayload\033\\after\x07\x00") == "after"
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from devbox.facts import MARK, gpu_script, hung_command, state_script
 from devbox.config import BoxSpec
+from devbox.facts import MARK, gpu_script, state_script
 
 QUESTION_TIMEOUT = "3"
 
@@ -91,6 +91,8 @@ def test_top_once_and_a_dry_run_up_name_the_hung_command(laptop, testbed):
 
 
 def test_the_hung_question_is_named_from_what_the_script_printed_before():
+    from devbox.facts import hung_command
+
     spec = BoxSpec("h")
     script = state_script(spec, "tag")
     assert hung_command(script, f"\n{MARK} docker\n28.0\n{MARK} images\n\n{MARK} owner\n\n{MARK} box\n")[1] \
