@@ -150,7 +150,7 @@ def choose(spec: BoxSpec, facts: Facts | None, current: str = "") -> BaseChoice:
     row = best(facts)
     if row is None:
         raise HostUnreachable(
-            f"{spec.host}: no official PyTorch image runs on {host_summary(facts)}",
+            f"{spec.box.name}: no official PyTorch image runs on {host_summary(facts)}",
             "upgrade the NVIDIA driver (CUDA 12.8 or newer covers every GPU in the table), or set base_image to an image built for these GPUs")
     kept = known_image(current) if current else None
     if kept and kept.archs and not problems(kept, facts) and kept.tag != row.tag:
@@ -170,7 +170,7 @@ def refuse_unworkable(spec: BoxSpec, facts: Facts) -> None:
     if found:
         row = best(facts)
         would = f"use {row.tag} (or base_image = \"auto\")" if row else "upgrade the NVIDIA driver on the host"
-        raise HostUnreachable(f"{spec.host}: base_image {spec.base_image} cannot work here: {'; '.join(found)}", would)
+        raise HostUnreachable(f"{spec.box.name}: base_image {spec.base_image} cannot work here: {'; '.join(found)}", would)
 
 
 def resolved(spec: BoxSpec, choice: BaseChoice) -> BoxSpec:

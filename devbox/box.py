@@ -5,6 +5,7 @@ jobs afterwards): always as the login user, never as root.
 """
 from __future__ import annotations
 
+import shlex
 import time
 
 from devbox.config import BoxSpec
@@ -30,12 +31,17 @@ def inspect_box(host: Host, spec: BoxSpec) -> dict | None:
     return parse_inspect(host.docker("container", "inspect", spec.box_name, check=False).stdout)
 
 
+def _which(spec: BoxSpec) -> str:
+    """"on gpu-host-3" for a host's own box, "alice-3 on gpu-host-3" for a named one."""
+    return f"on {spec.host}" if spec.box.is_default else f"{spec.box.name} on {spec.host}"
+
+
 def box_missing(spec: BoxSpec, doing: str = "") -> HostUnreachable:
-    return HostUnreachable(f"no box on {spec.host}" + (f" to {doing}" if doing else ""), f"run `devbox up {spec.host}`")
+    return HostUnreachable(f"no box {_which(spec)}" + (f" to {doing}" if doing else ""), f"run `devbox up {spec.box.name}`")
 
 
 def box_stopped(spec: BoxSpec) -> HostUnreachable:
-    return HostUnreachable(f"the box on {spec.host} is stopped", f"run `devbox up {spec.host}`")
+    return HostUnreachable(f"the box {_which(spec)} is stopped", f"run `devbox up {spec.box.name}`")
 
 
 def running_box(host: Host, spec: BoxSpec, doing: str = "") -> dict:
@@ -81,18 +87,28 @@ def box_sh(host: Host, spec: BoxSpec, script: str, stdin: bytes | None = None, c
     return box_exec(host, spec, ["sh", "-c", script], stdin=stdin, check=check, **kw)
 
 
-def keys_writer_argv(spec: BoxSpec, image: str) -> list[str]:
-    """`docker run` of a throwaway writer for the keys volume, the only place it is writable.
-
-    The box mounts that volume read-only, so no key holder can re-add a revoked key from
-    inside. The writer is the box image as the box's own uid (files stay theirs, as
-    sshd's StrictModes wants), with no network, no capabilities and a read-only root.
-    """
+def throwaway_argv(spec: BoxSpec, image: str, volume: str, target: str, script: str) -> list[str]:
+    """`docker run` of a throwaway writer of one volume: the box image as the box's own uid
+    (files stay theirs), with no network, no capabilities and a read-only root."""
     return ["run", "--rm", "-i", "--pull", "never", "--network", "none", "--log-driver", "none",
             "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--read-only",
             "--user", f"{spec.uid}:{spec.gid}", "--label", "devbox.managed=true", "--label", f"devbox.host={spec.host}",
-            "--mount", f"type=volume,source={spec.keys_volume},target={AUTHORIZED_KEYS_DIR}",
-            "--entrypoint", "sh", image, "-c", WRITE_AUTHORIZED_KEYS]
+            "--mount", f"type=volume,source={volume},target={target}",
+            "--entrypoint", "sh", image, "-c", script]
+
+
+def keys_writer_argv(spec: BoxSpec, image: str) -> list[str]:
+    """The keys volume's writer, the only place it is writable: the box mounts it read-only,
+    so no key holder can re-add a revoked key from inside (files stay the box uid's, as
+    sshd's StrictModes wants)."""
+    return throwaway_argv(spec, image, spec.keys_volume, AUTHORIZED_KEYS_DIR, WRITE_AUTHORIZED_KEYS)
+
+
+def home_folders_argv(spec: BoxSpec, image: str, folders: list[str]) -> list[str]:
+    """Make the folders above a shared cache inside the home as the box user: Docker would
+    make a missing `~/.cache` for the mount as root, and the user could not write there."""
+    script = "mkdir -p -- " + " ".join(shlex.quote(f"/devbox-home/{folder}") for folder in folders)
+    return throwaway_argv(spec, image, spec.volume_name(spec.all_volumes()[0]), "/devbox-home", script)
 
 
 def write_authorized_keys(host: Host, spec: BoxSpec, image: str, content: str) -> None:
@@ -108,7 +124,7 @@ def read_host_key(host: Host, spec: BoxSpec, wait_s: float = 20) -> str:
             return result.stdout.strip()
         if time.monotonic() > deadline:
             raise DevboxError(
-                f"{spec.host}: the box did not create its host key within {wait_s:.0f} s",
+                f"{spec.box.name}: the box did not create its host key within {wait_s:.0f} s",
                 f"see `ssh {spec.host} docker logs {spec.box_name}`",
             )
         time.sleep(0.2)

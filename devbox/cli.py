@@ -16,7 +16,9 @@ from devbox.errors import ConfigError, DevboxError
 
 app = typer.Typer(
     help="A hardened, GPU-ready SSH dev box on your own GPU servers, in one command.\n\n"
-    "Hosts are names from your ~/.ssh/config. Start with `devbox up HOST`, then `ssh devbox-HOST`.",
+    "Hosts are names from your ~/.ssh/config; each has its own box. Boxes are `[boxes.NAME]` tables in devbox.toml "
+    "(a box per person on a shared server). Start with `devbox up HOST` (or `devbox up BOX`), then `ssh devbox-HOST` "
+    "(`ssh devbox-BOX`). Every command that takes a HOST takes a BOX too.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
 keys_app = typer.Typer(help="Team public keys in keys/: add, list, revoke, sync to boxes.", no_args_is_help=True)
@@ -66,20 +68,21 @@ def per_host(items, result_type, work, parallel: int = 16):
     return for_each_host(items, result_type.start, work, max_workers=parallel)
 
 
-def row_printer(items, as_json: bool):
+def row_printer(items, as_json: bool, rows=None):
     """Over several hosts in text, each row as soon as its host is done; else None (all at the end)."""
     from devbox.result import RowPrinter
 
-    return RowPrinter(typer.echo) if not as_json and len(items) > 1 else None
+    return RowPrinter(typer.echo, rows) if not as_json and len(items) > 1 else None
 
 
-def show_per_host(items, result_type, work, parallel: int, as_json: bool) -> None:
-    """Run work on every host and show the rows, each as soon as it is ready."""
+def show_per_host(items, result_type, work, parallel: int, as_json: bool, rows=None) -> None:
+    """Run work on every host and show the rows, each as soon as it is ready;
+    `rows(result)`: the rows one result prints (default: itself)."""
     from devbox.result import for_each_host
 
-    printer = row_printer(items, as_json)
+    printer = row_printer(items, as_json, rows)
     results = for_each_host(items, result_type.start, work, max_workers=parallel, on_done=printer)
-    show(results, as_json, printed=printer is not None)
+    show([row for result in results for row in (rows(result) if rows else [result])], as_json, printed=printer is not None)
 
 
 # ---------------------------------------------------------------- image
@@ -111,7 +114,7 @@ def build(
 
 @app.command()
 def up(
-    hosts: List[str] = typer.Argument(..., help="Hosts from your ssh config, e.g. gpu-host-3."),
+    hosts: List[str] = typer.Argument(..., help="Hosts from your ssh config (e.g. gpu-host-3) or boxes from devbox.toml (e.g. alice-3)."),
     playbook: Optional[str] = PLAYBOOK,
     config: Optional[Path] = CONFIG,
     keys_dir: Optional[Path] = KEYS_DIR,
@@ -125,12 +128,12 @@ def up(
 ):
     """Provision the box on each host. Checks the host, delivers the image, starts the box, pins its key, writes `ssh devbox-HOST`, verifies."""
     from devbox.commands.up import UpResult, up_host
-    from devbox.keyset import desired_keys
+    from devbox.keyset import KeySource
 
     boxes = specs(hosts, config, playbook)
-    keys = desired_keys(keys_dir)
-    if keys.notice and not as_json:
-        typer.echo(f"note: {keys.notice}", err=True)
+    keys = KeySource(keys_dir)
+    if not as_json and (notice := keys.notice()):
+        typer.echo(f"note: {notice}", err=True)
     progress = progress_printer(as_json)
     show_per_host(boxes, UpResult, lambda spec, result: up_host(spec, result, keys, dry_run=dry_run, force=force, repin=repin,
                                                                verify=verify, progress=progress), parallel, as_json)
@@ -138,7 +141,7 @@ def up(
 
 @app.command()
 def verify(
-    hosts: List[str] = typer.Argument(..., help="Hosts whose boxes to verify."),
+    hosts: List[str] = typer.Argument(..., help="Hosts (their own boxes) or boxes to verify."),
     playbook: Optional[str] = PLAYBOOK,
     config: Optional[Path] = CONFIG,
     keys_dir: Optional[Path] = KEYS_DIR,
@@ -147,31 +150,34 @@ def verify(
 ):
     """Check the box over the path you will use. Same entry, same key; each check reported; exit 1 on any failure."""
     from devbox.commands.verify import VerifyResult, verify_host
-    from devbox.keyset import desired_keys
+    from devbox.keyset import KeySource
 
     boxes = specs(hosts, config, playbook)
-    keys = desired_keys(keys_dir)
+    keys = KeySource(keys_dir)
     show_per_host(boxes, VerifyResult, lambda spec, result: verify_host(spec, result, keys), parallel, as_json)
 
 
 @app.command()
 def status(
-    hosts: List[str] = typer.Argument(None, help="Hosts to show (or --all)."),
+    hosts: List[str] = typer.Argument(None, help="Hosts (each with all its boxes) or boxes to show (or --all)."),
     all_hosts: bool = ALL_HOSTS,
     playbook: Optional[str] = PLAYBOOK,
     config: Optional[Path] = CONFIG,
     parallel: int = PARALLEL,
     as_json: bool = JSON,
 ):
-    """Show each box: state, health, image, uptime, port, GPUs, keys, jobs. Read from the host's labels, not a local database."""
-    from devbox.commands.status import BoxStatus, status_host
+    """Show each box: state, health, owner, image, uptime, port, GPUs, keys, jobs, and why it is kept up or stopped.
 
-    show_per_host(specs(hosts, config, playbook, all_hosts), BoxStatus, status_host, parallel, as_json)
+    For a HOST: its own box and every other devbox box on it (a box per person), read from the host's labels, not a local database."""
+    from devbox.commands.status import BoxStatus, rows_of, status_host
+
+    boxes = specs(hosts, config, playbook, all_hosts)
+    show_per_host(boxes, BoxStatus, status_host, parallel, as_json, rows_of(boxes))
 
 
 @app.command()
 def top(
-    hosts: List[str] = typer.Argument(None, help="Hosts to watch (or --all)."),
+    hosts: List[str] = typer.Argument(None, help="Hosts (or boxes: their hosts) to watch (or --all)."),
     all_hosts: bool = ALL_HOSTS,
     once: bool = typer.Option(False, "--once", help="One sample and exit (with --json: for scripts)."),
     interval: float = typer.Option(2.0, "--interval", min=0.5, help="Seconds between refreshes."),
@@ -194,7 +200,7 @@ def top(
 
 @app.command()
 def down(
-    host: str = typer.Argument(..., help="Host whose box to remove."),
+    host: str = typer.Argument(..., help="Host (its own box) or box to remove."),
     purge: bool = typer.Option(False, "--purge", help="Also delete the box's volumes (your /workspace!), ssh entry and pinned key."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before --purge."),
     playbook: Optional[str] = PLAYBOOK,
@@ -215,7 +221,7 @@ def down(
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def ssh(
-    host: str = typer.Argument(..., help="Host whose box to enter."),
+    host: str = typer.Argument(..., help="Host (its own box) or box to enter."),
     command: List[str] = typer.Argument(None, help="Command to run in the box (after --)."),
 ):
     """Open a shell in the box, or run a command. Uses the OpenSSH client and devbox's entry."""
@@ -226,7 +232,7 @@ def ssh(
 
 @app.command()
 def code(
-    host: str = typer.Argument(..., help="Host whose box to open in VS Code."),
+    host: str = typer.Argument(..., help="Host (its own box) or box to open in VS Code."),
     path: str = typer.Argument("/workspace", help="Folder in the box to open."),
 ):
     """Open VS Code Remote-SSH on the box. Prints the command when `code` is not installed."""
@@ -288,7 +294,7 @@ def keys_revoke(name: str = typer.Argument(..., help="Whose key to remove."), ke
 
 @keys_app.command("sync")
 def keys_sync(
-    hosts: List[str] = typer.Argument(None, help="Hosts whose boxes to update (or --all)."),
+    hosts: List[str] = typer.Argument(None, help="Hosts or boxes to update (or --all); each box gets its own set: a named box its owner and the admins."),
     all_hosts: bool = ALL_HOSTS,
     restart: bool = typer.Option(False, "--restart", help="Also re-create each box (volumes and host key kept) so nothing a revoked person left running survives; running jobs end."),
     keys_dir: Optional[Path] = KEYS_DIR,
@@ -299,25 +305,27 @@ def keys_sync(
 ):
     """Push keys/ to running boxes. authorized_keys is rewritten atomically, live, without a restart."""
     from devbox.commands.sync import SyncResult, sync_host
-    from devbox.keyset import desired_keys
+    from devbox.keyset import KeySource
 
     boxes = specs(hosts, config, playbook, all_hosts)
-    keys = desired_keys(keys_dir)
-    show_per_host(boxes, SyncResult, lambda spec, result: sync_host(spec, result, keys, restart), parallel, as_json)
+    keys = KeySource(keys_dir)
+    progress = progress_printer(as_json)
+    show_per_host(boxes, SyncResult, lambda spec, result: sync_host(spec, result, keys, restart, progress), parallel, as_json)
 
 
 # ---------------------------------------------------------------- jobs
 
 
-def _job_host(host: str, config, playbook):
+def _job_host(name: str, config, playbook):
     from devbox.remote import Host
 
-    return specs([host], config, playbook)[0], Host(host)
+    spec = specs([name], config, playbook)[0]
+    return spec, Host(spec.host)
 
 
 @app.command()
 def run(
-    host: str = typer.Argument(..., help="Host whose box runs the job."),
+    host: str = typer.Argument(..., help="Host (its own box) or box that runs the job."),
     command: List[str] = typer.Argument(..., help="The command and its arguments, after --."),
     name: str = typer.Option(..., "--name", "-n", help="Job name (tmux session): letters, digits, _ -"),
     cwd: Optional[str] = typer.Option(None, "--cwd", help="Working directory in the box (default: home)."),
@@ -339,7 +347,7 @@ def run(
 
 
 @app.command()
-def ps(host: str = typer.Argument(...), playbook: Optional[str] = PLAYBOOK, config: Optional[Path] = CONFIG, as_json: bool = JSON):
+def ps(host: str = typer.Argument(..., help="Host (its own box) or box."), playbook: Optional[str] = PLAYBOOK, config: Optional[Path] = CONFIG, as_json: bool = JSON):
     """List the box's jobs. Each is running, exited N, or lost (the box was re-created while it ran)."""
     from devbox.jobs import Job, list_jobs
 
@@ -351,7 +359,7 @@ def ps(host: str = typer.Argument(...), playbook: Optional[str] = PLAYBOOK, conf
 
 @app.command()
 def logs(
-    host: str = typer.Argument(...),
+    host: str = typer.Argument(..., help="Host (its own box) or box."),
     name: str = typer.Argument(..., help="Job name."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines until the job ends (Ctrl-C to stop)."),
     tail: int = typer.Option(100, "--tail", help="How many last lines to print first."),
@@ -368,7 +376,7 @@ def logs(
 
 @app.command()
 def attach(
-    host: str = typer.Argument(...),
+    host: str = typer.Argument(..., help="Host (its own box) or box."),
     name: str = typer.Argument(..., help="Job name."),
     read_only: bool = typer.Option(False, "--read-only", "-r", help="Watch without being able to type into the job."),
 ):
@@ -380,7 +388,7 @@ def attach(
 
 @app.command()
 def stop(
-    host: str = typer.Argument(...),
+    host: str = typer.Argument(..., help="Host (its own box) or box."),
     name: str = typer.Argument(..., help="Job name."),
     sig: str = typer.Option("TERM", "--signal", "-s", help="Signal to send: TERM, INT, KILL, ..."),
     playbook: Optional[str] = PLAYBOOK,
@@ -406,7 +414,7 @@ def _announcer(as_json: bool):
 
 @app.command()
 def jupyter(
-    host: str = typer.Argument(..., help="Host whose box runs JupyterLab."),
+    host: str = typer.Argument(..., help="Host (its own box) or box that runs JupyterLab."),
     port: Optional[int] = typer.Option(None, "--port", help="Local port for the tunnel (default: a free one)."),
     stop_server: bool = typer.Option(False, "--stop", help="Stop the JupyterLab job in the box."),
     playbook: Optional[str] = PLAYBOOK,
@@ -430,7 +438,7 @@ def jupyter(
 
 @app.command("forward")
 def forward_ports(
-    host: str = typer.Argument(..., help="Host whose box to reach."),
+    host: str = typer.Argument(..., help="Host (its own box) or box to reach."),
     ports: List[str] = typer.Argument(..., help="PORT (same port here) or PORT:LOCAL, e.g. 6006 or 6006:16006; several allowed."),
     as_json: bool = JSON,
 ):

@@ -1,8 +1,10 @@
-"""devbox.toml and playbooks -> one validated BoxSpec per host.
+"""devbox.toml and playbooks -> one validated BoxSpec per box.
 
-Precedence, lowest first: built-in defaults, the playbook named in the config,
-`[defaults]`, `[hosts.NAME]`, and finally a `--playbook` given on the command line
-(an explicit flag beats files). Errors name the file, the key and what is allowed.
+A name on the command line is a host (its own default box, `[hosts.NAME]`) or a named box
+(`[boxes.NAME]`, which says its `host` and `owner`). Precedence, lowest first: built-in
+defaults, the playbook named in the config, `[defaults]`, the `[hosts.NAME]` or
+`[boxes.NAME]` table, and finally a `--playbook` given on the command line (an explicit
+flag beats files). Errors name the file, the key and what is allowed.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from devbox.boxid import BoxId
 from devbox.errors import ConfigError
 from devbox.image import ImageSpec
 from devbox.resources import shipped_dir
@@ -47,8 +50,14 @@ HOST_ROOT_SOCKETS = ("docker.sock", "containerd.sock", "podman.sock")
 ALLOWED_KEYS = {
     "base_image": '"auto" (default: the newest official pytorch/pytorch runtime image the host\'s driver and GPUs run) '
                   "or an image reference, e.g. pytorch/pytorch:2.11.0-cuda12.8-cudnn9-runtime",
-    "gpus": '"all", "none", or a list of GPU indices (0-63) or UUIDs like [0, 1] or ["GPU-46748a73-18ca-02c2-e029-6e440dca4aa4"]',
-    "volumes": 'a list like ["workspace:/workspace", "/data:/data:ro"]',
+    "gpus": '"all", "none", a count like 2 (any free ones, kept across re-runs), or a list of GPU indices or UUIDs '
+            'like [0, 1] or ["GPU-46748a73-18ca-02c2-e029-6e440dca4aa4"]',
+    "volumes": 'a list like ["workspace:/workspace", "/data:/data:ro", "shared:hf-cache:/home/dev/.cache/huggingface"] '
+               '(shared:NAME is one volume every box of the host may mount)',
+    "shared": "true to let this box use GPUs another box holds (on purpose); default false: an overlap is refused",
+    "idle_stop": 'a duration like "2h", "30m" or "20s": the box stops itself after that long with no SSH session, '
+                 'no job and its GPUs under idle_gpu_util (default: never)',
+    "idle_gpu_util": "a GPU utilisation percent 0..100 under which the box's GPUs count as idle (default 5)",
     "shm_size": '"auto" (default: half the box\'s memory limit, at least 1g) or a size like "16g"',
     "memory": '"auto" (default: the host\'s memory less max(2 GiB, 10%)), a size like "64g", or "" for no limit',
     "cpus": '"auto" (default: the host\'s CPUs less one, when it has more than two), a number like 7.5, or "" for no limit',
@@ -69,25 +78,30 @@ ALLOWED_KEYS = {
 
 @dataclass(frozen=True)
 class Volume:
-    """A mount: a named volume (box-owned, kept across re-creation) or a host path."""
+    """A mount: a named volume (box-owned, kept across re-creation), one shared by the
+    host's boxes on purpose (`shared:NAME:…`, never removed with one box), or a host path."""
 
     source: str
     target: str
     read_only: bool = False
+    shared: bool = False
 
     @property
     def is_named(self) -> bool:
         return "/" not in self.source
 
     def render(self) -> str:
-        return f"{self.source}:{self.target}" + (":ro" if self.read_only else "")
+        return ("shared:" if self.shared else "") + f"{self.source}:{self.target}" + (":ro" if self.read_only else "")
 
 
 @dataclass(frozen=True)
 class BoxSpec:
-    """Everything that decides what box runs on one host."""
+    """Everything that decides one box: where it runs, who gets in, and what it is."""
 
     host: str
+    name: str = ""                      # a named box ([boxes.NAME]); "" is the host's own box
+    owner: str = ""                     # a named box's person (a name in keys/)
+    admits: tuple[str, ...] = ()        # whose keys get in; () is every team key (the host's own box)
     base_image: str = AUTO_BASE
     gpus: str | tuple[int | str, ...] = "all"
     volumes: tuple[Volume, ...] = (Volume("workspace", "/workspace"),)
@@ -105,16 +119,30 @@ class BoxSpec:
     identity: str = ""
     apt: tuple[str, ...] = ()
     pip: tuple[str, ...] = ()
+    shared: bool = False
+    idle_stop: int = 0                  # seconds; 0: never stops itself
+    idle_gpu_util: int = 5
+    gpu_count: int = 0                  # set by placement when `gpus` was a count (its choice is `gpus`)
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     # Not part of the container: changing them must not re-create a box (and the
     # opt-in flag must not change the hash of configs written before it existed).
-    # apt and pip reach the hash through the image tag, which holds them.
-    HASH_EXCLUDED = ("sources", "port", "host", "delivery", "allow_host_root_mounts", "identity", "apt", "pip")
+    # apt and pip reach the hash through the image tag, which holds them; who gets in
+    # is the keys volume's business (synced live).
+    HASH_EXCLUDED = ("sources", "port", "host", "delivery", "allow_host_root_mounts", "identity", "apt", "pip",
+                     "name", "owner", "admits", "gpu_count")
+    # Keys added after boxes existed: hashed only when set, so an upgrade re-creates nothing.
+    HASH_WHEN_SET = {"shared": False, "idle_stop": 0, "idle_gpu_util": 5}
+
+    @property
+    def box(self) -> BoxId:
+        """Where the box runs and what it is called: every derived name comes from here."""
+        return BoxId(self.host, self.name or self.host)
 
     @property
     def box_name(self) -> str:
-        return "devbox-" + re.sub(r"[^A-Za-z0-9_.-]", "-", self.host)
+        """The container's name."""
+        return self.box.container
 
     @property
     def wants_gpus(self) -> bool:
@@ -125,6 +153,8 @@ class BoxSpec:
         """How many GPUs verify must see: None for "all" (whatever the host has)."""
         if self.gpus == "none":
             return 0
+        if isinstance(self.gpus, int):
+            return self.gpus
         return None if self.gpus == "all" else len(self.gpus)
 
     @property
@@ -137,16 +167,14 @@ class BoxSpec:
 
     @property
     def keys_volume(self) -> str:
-        """The team's authorized_keys: mounted read-only in the box, written from the host."""
-        return f"{self.box_name}.keys"
+        return self.box.keys_volume
 
     @property
     def network(self) -> str:
-        """The box's own bridge network: boxes on one host cannot reach each other."""
-        return f"{self.box_name}.net"
+        return self.box.network
 
     def volume_name(self, volume: Volume) -> str:
-        return f"{self.box_name}-{volume.source}"
+        return self.box.shared_volume(volume.source) if volume.shared else self.box.volume(volume.source)
 
     def all_volumes(self) -> tuple[Volume, ...]:
         """The configured mounts plus the home volume (it holds the host key and jobs)."""
@@ -158,7 +186,11 @@ class BoxSpec:
 
     def spec_hash(self, port: int, image_tag: str) -> str:
         """What, if changed, needs a new container (keys do not: they sync live)."""
-        data = {k: v for k, v in asdict(self).items() if k not in self.HASH_EXCLUDED}
+        data = {k: v for k, v in asdict(self).items() if k not in self.HASH_EXCLUDED
+                and not (k in self.HASH_WHEN_SET and v == self.HASH_WHEN_SET[k])}
+        for volume in data["volumes"]:
+            if not volume["shared"]:
+                del volume["shared"]          # as volumes were hashed before shared ones existed
         data.update(port=port, image=image_tag)
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -204,17 +236,18 @@ def playbook_path(name: str, where: str = "") -> Path:
     return path
 
 
-def load_specs(hosts: list[str], config_file: Path | None = None, playbook: str | None = None,
+def load_specs(names: list[str], config_file: Path | None = None, playbook: str | None = None,
                every_host: bool = False) -> list[BoxSpec]:
-    """The specs for the hosts named (plus, with --all, every known one), in a stable order."""
-    names = sorted(set(hosts) | set(known_hosts(config_file))) if every_host else list(dict.fromkeys(hosts))
+    """The specs for the hosts and boxes named (plus, with --all, every known one), in a stable order."""
+    names = sorted(set(names) | set(known_hosts(config_file))) if every_host else list(dict.fromkeys(names))
     if not names:
-        raise ConfigError("no host given", "name at least one Host from your ~/.ssh/config" + (" (or --all)" if every_host else ""))
+        raise ConfigError("no host given", "name at least one Host from your ~/.ssh/config or a box from devbox.toml"
+                          + (" (or --all)" if every_host else ""))
     return [load_spec(name, config_file, playbook) for name in names]
 
 
 def known_hosts(config_file: Path | None = None) -> list[str]:
-    """--all: every host with a devbox ssh entry or a [hosts.NAME] table."""
+    """--all: every host or box with a devbox ssh entry, a [hosts.NAME] or a [boxes.NAME] table."""
     from devbox import sshconfig
 
     names = {alias[len(sshconfig.BOX_PREFIX):] for alias in sshconfig.read_entries()}
@@ -222,25 +255,53 @@ def known_hosts(config_file: Path | None = None) -> list[str]:
 
 
 def configured_hosts(config_file: Path | None = None) -> list[str]:
-    """Host names that have a [hosts.NAME] table in the config (for --all)."""
+    """Host and box names that have a table in the config (for --all)."""
     path = find_config(config_file)
-    return sorted(_read_config(path).get("hosts", {})) if path else []
+    if not path:
+        return []
+    document = _read_config(path)
+    return sorted(set(document.get("hosts", {})) | set(document.get("boxes", {})))
+
+
+TOP_LEVEL = {"defaults": "a table", "hosts": "[hosts.NAME] tables", "boxes": "[boxes.NAME] tables",
+             "admins": 'a list of names in keys/, e.g. admins = ["ops"]'}
+BOX_ONLY_KEYS = {"host": "the Host from your ~/.ssh/config the box runs on",
+                 "owner": "the person the box is for: a name in keys/ (their keys, plus admins, get in)"}
 
 
 def _read_config(path: Path) -> dict:
-    """devbox.toml, its top level checked: only a [defaults] table and [hosts.NAME] tables."""
+    """devbox.toml, its top level checked: [defaults], [hosts.NAME], [boxes.NAME] and `admins`."""
     document = _read_toml(path)
     for key, value in document.items():
-        if key not in ("defaults", "hosts"):
-            raise ConfigError(f"{path}: unknown top-level key {key!r}", "allowed: [defaults] and [hosts.NAME] tables")
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: {key} must be a table", f"write it as [{key}]" if key == "defaults" else "write [hosts.NAME] tables")
-    for name, table in document.get("hosts", {}).items():
-        if not isinstance(table, dict):
-            raise ConfigError(f"{path}: hosts.{name} must be a table", f"write it as [hosts.{name}]")
-        if not NAME_RE.match(name):
-            raise ConfigError(f"{path}: [hosts.{name!r}] is not a valid host name", "use the Host name from your ~/.ssh/config")
+        if key not in TOP_LEVEL:
+            raise ConfigError(f"{path}: unknown top-level key {key!r}", "allowed: [defaults], [hosts.NAME] and [boxes.NAME] tables, "
+                              "and admins = [...]")
+        if key == "admins":
+            _parse_admins(path, value)
+        elif not isinstance(value, dict):
+            raise ConfigError(f"{path}: {key} must be a table", f"write it as [{key}]" if key == "defaults" else f"write [{key}.NAME] tables")
+    for kind in ("hosts", "boxes"):
+        for name, table in document.get(kind, {}).items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"{path}: {kind}.{name} must be a table", f"write it as [{kind}.{name}]")
+            if not NAME_RE.match(name):
+                raise ConfigError(f"{path}: [{kind}.{name!r}] is not a valid {kind[:-1]} name",
+                                  "use the Host name from your ~/.ssh/config" if kind == "hosts" else
+                                  "use letters, digits, . _ - (it becomes `ssh devbox-NAME`)")
     return document
+
+
+def _parse_admins(path: Path, value) -> tuple[str, ...]:
+    from devbox.keys import validate_name
+
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{path}: bad value for 'admins': {value!r}", f"admins must be {TOP_LEVEL['admins']}")
+    for name in value:
+        try:
+            validate_name(name)
+        except ConfigError:
+            raise ConfigError(f"{path}: bad value for 'admins': {name!r} is not a key name", f"admins must be {TOP_LEVEL['admins']}") from None
+    return tuple(sorted(set(value)))
 
 
 def validate_host(host: str) -> str:
@@ -250,29 +311,76 @@ def validate_host(host: str) -> str:
     return host
 
 
-def load_spec(host: str, config_file: Path | None = None, playbook: str | None = None) -> BoxSpec:
-    """The BoxSpec for `host` from the config file (found as find_config does) and playbooks."""
-    validate_host(host)
-    layers: list[tuple[str, dict]] = []
+def load_spec(name: str, config_file: Path | None = None, playbook: str | None = None) -> BoxSpec:
+    """The BoxSpec for a host's own box or a named box, from the config file (found as
+    find_config does) and playbooks."""
+    validate_host(name)
     path = find_config(config_file)
     document = _read_config(path) if path else {}
+    box_table = document.get("boxes", {}).get(name)
+    if box_table is not None:
+        return _load_box(name, box_table, document, path, playbook)
+    return _build_spec(name, document.get("hosts", {}).get(name, {}), f"[hosts.{name}]", document, path, playbook)
+
+
+def _load_box(name: str, table: dict, document: dict, path: Path, playbook: str | None) -> BoxSpec:
+    """A named box: its host (not itself a box), its owner, and who gets in (owner + admins)."""
+    where = f"{path} [boxes.{name}]"
+    if name in document.get("hosts", {}) or _is_ssh_host(name):
+        raise ConfigError(f"{where}: box name {name!r} is also a host name", "rename the box: `ssh devbox-NAME` must name one box")
+    host, owner = table.get("host"), table.get("owner")
+    if not isinstance(host, str) or not NAME_RE.match(host):
+        raise ConfigError(f"{where}: 'host' must be {BOX_ONLY_KEYS['host']}", f'add host = "gpu-host-3" to [boxes.{name}]')
+    if host in document.get("boxes", {}):
+        raise ConfigError(f"{where}: host {host!r} is a box, not a host", "set host to the Host the box runs on")
+    if not isinstance(owner, str) or not owner:
+        raise ConfigError(f"{where}: 'owner' must be {BOX_ONLY_KEYS['owner']}", f'add owner = "alice" to [boxes.{name}]')
+    from devbox.keys import validate_name
+
+    try:
+        validate_name(owner)
+    except ConfigError:
+        raise ConfigError(f"{where}: bad value for 'owner': {owner!r}", f"owner must be {BOX_ONLY_KEYS['owner']}") from None
+    admins = _parse_admins(path, document.get("admins", []))
+    rest = {k: v for k, v in table.items() if k not in BOX_ONLY_KEYS}
+    spec = _build_spec(host, rest, f"[boxes.{name}]", document, path, playbook)
+    return _replace(spec, name=name, owner=owner, admits=tuple(sorted({owner, *admins})))
+
+
+def _replace(spec: BoxSpec, **changes) -> BoxSpec:
+    from dataclasses import replace
+
+    return replace(spec, **changes)
+
+
+def _is_ssh_host(name: str) -> bool:
+    """A Host the user's ssh config names exactly (not only by a pattern)."""
+    from devbox import sshconfig
+
+    try:
+        return name in sshconfig.exact_host_names()
+    except ConfigError:
+        return False
+
+
+def _build_spec(host: str, table: dict, table_name: str, document: dict, path: Path | None, playbook: str | None) -> BoxSpec:
+    layers: list[tuple[str, dict]] = []
     defaults = document.get("defaults", {})
-    host_table = document.get("hosts", {}).get(host, {})
-    config_playbook = host_table.get("playbook", defaults.get("playbook"))
+    config_playbook = table.get("playbook", defaults.get("playbook"))
     if config_playbook:
-        pb = playbook_path(str(config_playbook), f"{path} [hosts.{host}]: " if "playbook" in host_table else f"{path} [defaults]: ")
+        pb = playbook_path(str(config_playbook), f"{path} {table_name}: " if "playbook" in table else f"{path} [defaults]: ")
         layers.append((str(pb), _read_toml(pb)))
     if defaults:
         layers.append((f"{path} [defaults]", defaults))
-    if host_table:
-        layers.append((f"{path} [hosts.{host}]", host_table))
+    if table:
+        layers.append((f"{path} {table_name}", table))
     if playbook:
         pb = playbook_path(playbook)
         layers.append((str(pb), _read_toml(pb)))
     merged: dict = {}
     origin: dict[str, str] = {}
-    for where, table in layers:
-        fields = _validate_table(table, where)
+    for where, layer in layers:
+        fields = _validate_table(layer, where)
         merged.update(fields)
         origin.update(dict.fromkeys(fields, where))
     merged.pop("playbook", None)
@@ -311,15 +419,20 @@ def _is_gpu_name(item) -> bool:
     return isinstance(item, str) and bool(GPU_UUID_RE.match(item))
 
 
-def _parse_gpus(value) -> str | tuple[int | str, ...]:
+MAX_GPUS = 64
+
+
+def _parse_gpus(value) -> str | int | tuple[int | str, ...]:
     if value in ("all", "none"):
         return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 1 <= value <= MAX_GPUS:
+            return value
+        raise ValueError(f"{value!r}: a count is 1..{MAX_GPUS}")
+    if isinstance(value, list) and any(isinstance(i, int) and not isinstance(i, bool) and not 0 <= i < MAX_GPUS for i in value):
+        raise ValueError(f"{value!r}: GPU indices are 0..{MAX_GPUS - 1}")
     if isinstance(value, list) and value and all(_is_gpu_name(i) for i in value):
         return tuple(sorted(set(value), key=lambda i: (isinstance(i, str), str(i).lower() if isinstance(i, str) else i)))
-    wrong = next((i for i in value if isinstance(i, int) and not isinstance(i, bool) and not _is_gpu_name(i)), None) \
-        if isinstance(value, list) else None
-    if wrong is not None:
-        raise ValueError(f"{value!r}: GPU index {wrong} is out of range 0-63 (`nvidia-smi -L` on the host lists its GPUs)")
     raise ValueError(repr(value))
 
 
@@ -341,10 +454,11 @@ def gives_host_root(source: str) -> bool:
 
 
 def parse_volume(text: str) -> Volume:
-    """SOURCE:TARGET[:ro|rw]; paths come back normalised, so every later check sees one spelling."""
+    """[shared:]SOURCE:TARGET[:ro|rw]; paths come back normalised, so every later check sees one spelling."""
     if not isinstance(text, str):
         raise ValueError(repr(text))
-    parts = text.split(":")
+    shared = text.startswith("shared:")
+    parts = text.removeprefix("shared:").split(":")
     if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
         raise ValueError(f"{text!r} is not SOURCE:TARGET[:ro]")
     source, target = parts[0], parts[1]
@@ -359,7 +473,9 @@ def parse_volume(text: str) -> Volume:
         source = normal_path(source)
     elif not re.match(r"^[a-z0-9][a-z0-9_-]*\Z", source):
         raise ValueError(f"{text!r}: a volume name uses a-z, 0-9, _ and -")
-    return Volume(source, target, len(parts) == 3 and parts[2] == "ro")
+    if shared and "/" in source:
+        raise ValueError(f"{text!r}: shared: names a volume (shared:NAME:/path), not a host path")
+    return Volume(source, target, len(parts) == 3 and parts[2] == "ro", shared)
 
 
 def _parse_volumes(value) -> tuple[Volume, ...]:
@@ -376,6 +492,8 @@ def _check_mounts(spec: BoxSpec, origin: dict[str, str]) -> None:
     mounts = spec.all_volumes()
     for i, a in enumerate(mounts):
         for b in mounts[i + 1:]:
+            if i == 0 and shares_into_home(spec, b):
+                continue
             if _inside(a.target, b.target) or _inside(b.target, a.target):
                 home = f" (the login home of user {spec.user!r}, from {origin.get('user', 'the defaults')})" if i == 0 else ""
                 raise ConfigError(f"{where}: bad value for 'volumes': {b.target} overlaps {a.target}{home}: two mounts at the same or nested paths", remedy)
@@ -386,6 +504,13 @@ def _check_mounts(spec: BoxSpec, origin: dict[str, str]) -> None:
     if dangerous and not spec.allow_host_root_mounts:
         raise ConfigError(f"{where}: bad value for 'volumes': mounting host path {dangerous[0].source} makes every key holder root on the host",
                           "mount a data folder instead; only if you mean it, set allow_host_root_mounts = true in devbox.toml")
+
+
+def shares_into_home(spec: BoxSpec, volume: Volume) -> bool:
+    """A shared cache may sit inside the login home (`shared:hf-cache:/home/dev/.cache/huggingface`),
+    below it and outside devbox's own state (host key, jobs)."""
+    return (volume.shared and volume.target != spec.home and _inside(volume.target, spec.home)
+            and not _inside(volume.target, f"{spec.home}/.devbox"))
 
 
 def _parse_size(value) -> str:
@@ -444,6 +569,26 @@ def _parse_packages(pattern: re.Pattern):
     return parse
 
 
+DURATION_RE = re.compile(r"^([0-9]{1,7})([smhd])\Z")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_IDLE_STOP = 30 * 86400
+
+
+def parse_duration(value) -> int:
+    """ "20s", "30m", "2h", "1d" -> seconds (1 s .. 30 d)."""
+    match = DURATION_RE.match(value) if isinstance(value, str) else None
+    seconds = int(match.group(1)) * DURATION_UNITS[match.group(2)] if match else 0
+    if not 1 <= seconds <= MAX_IDLE_STOP:
+        raise ValueError(repr(value))
+    return seconds
+
+
+def _parse_percent(value) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 100:
+        return value
+    raise ValueError(repr(value))
+
+
 def _parse_cpus(value) -> str:
     if value in ("auto", ""):
         return value
@@ -471,4 +616,7 @@ _PARSERS = {
     "identity": _parse_str(re.compile(r'^[^\n\r\0"]{1,4096}\Z')),  # written into an ssh config line
     "apt": _parse_packages(APT_RE),
     "pip": _parse_packages(PIP_RE),
+    "shared": _parse_bool,
+    "idle_stop": parse_duration,
+    "idle_gpu_util": _parse_percent,
 }

@@ -63,6 +63,8 @@ class Facts:
     memlock_max: int | None = None         # bytes the engine may give a box (-1: unlimited), None: unknown
     box_base: str = ""                     # the base image the existing box was built on (its label)
     gpu_memory_used: dict[int, int] = field(default_factory=dict)   # GPU index -> MiB in use now
+    gpu_holders: tuple = ()                # placement.GpuHolder: the running boxes of the engine and their GPUs
+    gpu_processes: tuple = ()              # placement.GpuProcess: compute processes and their containers
 
     @property
     def box_labels(self) -> dict:
@@ -222,6 +224,29 @@ def _gpumem(facts: Facts, answers: list[str], tag: str) -> None:
     facts.gpu_memory_used = {int(r[0]): int(r[1]) for r in rows if len(r) == 2 and r[0].isdigit() and r[1].isdigit()}
 
 
+# Who holds which GPU: every running devbox box's labels, and each compute process's container.
+HOLDERS = ("docker ps --no-trunc --filter label=devbox.managed=true --format "
+           "'{{.ID}}\t{{.Names}}\t{{.Label \"devbox.box\"}}\t{{.Label \"devbox.owner\"}}\t{{.Label \"devbox.gpus\"}}\t"
+           "{{.Label \"devbox.shared\"}}' 2>/dev/null")
+GPU_PROCESSES = ("nvidia-smi --query-compute-apps=pid,gpu_uuid --format=csv,noheader 2>/dev/null | "
+                 "while IFS=', ' read -r p u; do case \"$p\" in *[!0-9]*|'') continue;; esac; "
+                 "c=$(grep -o -E '[0-9a-f]{64}' /proc/$p/cgroup 2>/dev/null | head -n1); printf '%s\t%s\t%s\n' \"$p\" \"$u\" \"$c\"; done")
+
+
+@question("holders", lambda spec, tag: HOLDERS)
+def _holders(facts: Facts, answers: list[str], tag: str) -> None:
+    from devbox.placement import parse_holders
+
+    facts.gpu_holders = parse_holders(_last(answers))
+
+
+@question("gpuprocs", lambda spec, tag: GPU_PROCESSES)
+def _gpuprocs(facts: Facts, answers: list[str], tag: str) -> None:
+    from devbox.placement import parse_gpu_processes
+
+    facts.gpu_processes = parse_gpu_processes(_last(answers))
+
+
 @question("smi", lambda spec, tag: "nvidia-smi 2>/dev/null | head -5")
 def _smi(facts: Facts, answers: list[str], tag: str) -> None:
     if answers:
@@ -273,7 +298,8 @@ def host_check_script(spec: BoxSpec, asked: frozenset[str] = frozenset()) -> str
     Asked only when `up` will create or re-create something (`docker info` alone costs
     0.13 s): a box that already matches its spec needs no preflight.
     """
-    sections = ["checked", "runtimes", "resources", "cdi", "disk", "memlock"] + (["gpus", "smi"] if spec.wants_gpus else [])
+    sections = ["checked", "runtimes", "resources", "cdi", "disk", "memlock"] + (
+        ["gpus", "smi", "holders", "gpuprocs"] if spec.wants_gpus else [])
     return "\n".join([SECTION, *ask(spec, "", [s for s in sections if s not in asked]), "true"]) + "\n"
 
 

@@ -109,14 +109,14 @@ def start_job(host: Host, spec: BoxSpec, name: str, argv: list[str], cwd: str | 
     )
     result = box_sh(host, spec, setup, stdin=script.encode(), check=False)
     if result.exit_code == TAKEN_EXIT:
-        raise ConfigError(f"a job named {name!r} is already running on {spec.host}", "pick another --name, or pass --replace to stop it first")
+        raise ConfigError(f"a job named {name!r} is already running on {spec.box.name}", "pick another --name, or pass --replace to stop it first")
     if result.exit_code == LOST_EXIT:
-        raise ConfigError(f"job {name!r} on {spec.host} was lost (its tmux ended without an exit code) and its log is kept",
-                          f"read it with `devbox logs {spec.host} {name}`, then pick another --name, or pass --replace to discard it")
+        raise ConfigError(f"job {name!r} on {spec.box.name} was lost (its tmux ended without an exit code) and its log is kept",
+                          f"read it with `devbox logs {spec.box.name} {name}`, then pick another --name, or pass --replace to discard it")
     if result.exit_code == NO_CWD_EXIT:
-        raise ConfigError(f"--cwd {cwd!r}: no such directory in the box on {spec.host}", "create it first (devbox ssh HOST -- mkdir -p DIR) or pick another")
+        raise ConfigError(f"--cwd {cwd!r}: no such directory in the box on {spec.box.name}", "create it first (devbox ssh HOST -- mkdir -p DIR) or pick another")
     if not result.ok:
-        raise DevboxError(f"{spec.host}: could not start job {name!r}: {result.stderr.strip()[:200]}", f"check `devbox status {spec.host}`")
+        raise DevboxError(f"{spec.box.name}: could not start job {name!r}: {result.stderr.strip()[:200]}", f"check `devbox status {spec.box.name}`")
 
 
 @dataclass
@@ -184,7 +184,7 @@ def list_jobs(host: Host, spec: BoxSpec) -> list[Job]:
 def _require_job(host: Host, spec: BoxSpec, name: str) -> None:
     if not box_sh(host, spec, f"[ -d {_job_dir(name)} ]", check=False).ok:
         known = ", ".join(j.name for j in list_jobs(host, spec)) or "none"
-        raise ConfigError(f"no job named {name!r} on {spec.host}", f"known jobs: {known}")
+        raise ConfigError(f"no job named {name!r} on {spec.box.name}", f"known jobs: {known}")
 
 
 def _printer(write):

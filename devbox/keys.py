@@ -442,10 +442,10 @@ class KeyStore:
     def revoked_fingerprints(self) -> set[str]:
         return {line.split()[0] for line in self._revoked_lines()}
 
-    def active_keys(self) -> list[PublicKey]:
-        """Every stored key whose fingerprint is not revoked."""
+    def active_keys(self, names: tuple[str, ...] = ()) -> list[PublicKey]:
+        """Every stored key whose fingerprint is not revoked (only those of `names`, when given)."""
         revoked = self.revoked_fingerprints()
-        return [key for _, key in self.list() if key.fingerprint not in revoked]
+        return [key for name, key in self.list() if key.fingerprint not in revoked and (not names or name in names)]
 
 
 # ---------------------------------------------------------------- new key pairs

@@ -38,12 +38,18 @@ class KeySet:
     fingerprints: tuple[str, ...] = ()   # each key's SHA256:…, to find the identity that gets in
 
 
-def desired_keys(directory: Path | None = None, identity: Path | None = None) -> KeySet:
+def desired_keys(directory: Path | None = None, identity: Path | None = None, admits: tuple[str, ...] = (),
+                 box: str = "") -> KeySet:
+    """The keys a box lets in, read from keys/ now: every team key (a host's own box), or
+    only those of `admits` (a named box: its owner and the admins)."""
     from devbox.keys import KeyStore, keyset_fingerprint, parse_public_key, render_authorized_keys
 
     store = KeyStore(keys_dir(directory))
-    keys = store.active_keys() if store.directory.is_dir() else []
+    keys = store.active_keys(admits) if store.directory.is_dir() else []
     notice = ""
+    if admits and not keys:
+        raise ConfigError(f"{box}: none of {', '.join(admits)} (the box's owner and admins) has a key in {store.directory}",
+                          "add the owner's key with `devbox keys add NAME FILE`")
     if not keys:
         pub = Path(str(identity or default_identity()) + ".pub")
         if not pub.is_file():
@@ -52,6 +58,25 @@ def desired_keys(directory: Path | None = None, identity: Path | None = None) ->
         notice = f"keys/ has no team keys: installing only your own {pub}"
     prints = tuple(sorted({k.fingerprint for k in keys}))
     return KeySet(render_authorized_keys(keys), keyset_fingerprint(keys), len(keys), notice, prints)
+
+
+@dataclass(frozen=True)
+class KeySource:
+    """Where keys come from (keys/ or --keys); read afresh for each box at the moment its
+    keys are written, so a key revoked or added while `up` ran is never undone by it."""
+
+    directory: Path | None = None
+    identity: Path | None = None
+
+    def for_box(self, spec) -> KeySet:
+        return desired_keys(self.directory, self.identity, spec.admits, spec.box.name)
+
+    def notice(self) -> str:
+        """Said once per command: keys/ has no team keys, so boxes get only your own key."""
+        try:
+            return desired_keys(self.directory, self.identity).notice
+        except ConfigError:
+            return ""
 
 
 # ---------------------------------------------------------------- the identity that gets in

@@ -1,12 +1,14 @@
-"""One `devbox up` at a time per box: a lock held on the host for the whole change.
+"""One change at a time per Docker engine: a lock held on the host for the whole change.
 
-`flock` on a file in the host's /tmp, held by a command that lives as long as our SSH
-channel: when devbox ends (or the link drops) the channel closes and the lock is free,
-so a crashed `up` never leaves a stale lock behind.
+Every writer of a box takes it: `up` (from its last look at the host to its keys write,
+so two boxes never pick the same GPU or port) and `keys sync` (so a revocation is never
+overwritten by an `up` that read keys/ earlier). `flock` on a file in the host's /tmp,
+named after the engine the host's `docker` talks to (DOCKER_HOST), held by a command
+that lives as long as our SSH channel: when devbox ends (or the link drops) the channel
+closes and the lock is free, so a crashed `up` never leaves a stale lock behind.
 """
 from __future__ import annotations
 
-import shlex
 import time
 from typing import Callable
 
@@ -17,16 +19,20 @@ BUSY = 75          # flock -E: the lock is held by someone else
 NO_FLOCK = 127
 
 
+# The lock file of the engine the host's `docker` talks to (boxes of one engine share GPUs and ports).
+ENGINE_LOCK = '/tmp/devbox-engine-$(printf %s "${DOCKER_HOST:-}" | cksum | cut -d" " -f1).lock'
+
+
 class HostLock:
-    def __init__(self, host: Host, box_name: str):
-        self.host, self.path = host, f"/tmp/devbox-{box_name}.lock"
+    def __init__(self, host: Host):
+        self.host, self.path = host, ENGINE_LOCK
         self.channel = None
 
     def _try(self, wait_s: float) -> str:
         """'locked', 'busy' or 'unsupported' (no flock on the host)."""
         flags = f"-w {int(wait_s)}" if wait_s else "-n"
         command = (f"command -v flock >/dev/null || exit {NO_FLOCK}; "
-                   f"exec flock {flags} -E {BUSY} {shlex.quote(self.path)} sh -c 'echo locked; exec cat >/dev/null'")
+                   f'exec flock {flags} -E {BUSY} "{self.path}" sh -c \'echo locked; exec cat >/dev/null\'')
         channel = self.host.connection.transport.open_session(timeout=self.host.connect_timeout)
         channel.exec_command(command)
         answer = b""
@@ -41,16 +47,24 @@ class HostLock:
         return "locked"
 
     def acquire(self, progress: Callable[[str], None], wait_s: float = 900) -> bool:
-        """Take the lock; True when another `up` held it first (the caller re-reads the host)."""
+        """Take the lock (at once if this object holds it); True when another devbox held it first."""
+        if self.channel is not None:
+            return False
         state = self._try(0)
         if state != "busy":
             return False
-        progress(f"{self.host.alias}: another `devbox up` is changing this box; waiting for it (up to {wait_s / 60:.0f} min)")
+        progress(f"{self.host.alias}: another devbox command is changing a box on this host; waiting for it (up to {wait_s / 60:.0f} min)")
         start = time.monotonic()
         if self._try(wait_s) == "busy":
-            raise HostUnreachable(f"{self.host.alias}: another `devbox up` kept the box locked for {time.monotonic() - start:.0f} s",
-                                  f"wait for it to finish (or find it: `ssh {self.host.alias} fuser {self.path}`), then re-run")
+            raise HostUnreachable(f"{self.host.alias}: another devbox command kept the host's boxes locked for {time.monotonic() - start:.0f} s",
+                                  f"wait for it to finish (or find it: `ssh {self.host.alias} 'fuser /tmp/devbox-engine-*.lock'`), then re-run")
         return True
+
+    def __enter__(self) -> "HostLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
     def release(self) -> None:
         """Close the lock's channel (on a link that dropped, the host has freed it already)."""

@@ -5,17 +5,20 @@ prints exactly what `up` would do, and every branch is unit-tested without a hos
 """
 from __future__ import annotations
 
+import posixpath
 import shlex
 import zlib
 from dataclasses import dataclass, field
+from typing import Callable
 
 from devbox import __version__
-from devbox.config import BoxSpec, gives_host_root
+from devbox.config import BoxSpec, gives_host_root, shares_into_home
 from devbox.errors import ConfigError, DevboxError, HostUnreachable
 from devbox.basetag import refuse_unworkable
-from devbox.box import keys_writer_argv
+from devbox.box import home_folders_argv, keys_writer_argv
 from devbox.facts import AUTHORIZED_KEYS_DIR, Facts, image_cuda, version_tuple
-from devbox.steps import BuildImage, DockerStep, ShellStep, Step, StreamImage, SwapBox
+from devbox.placement import as_before, place_gpus
+from devbox.steps import BuildImage, DockerStep, ShellStep, Step, StreamImage, SwapBox, WriteKeys
 
 BOX_SSH_PORT = 2222
 PORT_RANGE = (20000, 29999)
@@ -80,7 +83,8 @@ def needs_host_check(spec: BoxSpec, facts: Facts, image_tag: str) -> bool:
         return False  # preflight stops at Docker already
     if not facts.image_present or not facts.box_running:
         return True
-    return not box_matches(facts, spec.spec_hash(choose_port(spec, facts), image_tag))
+    spec = as_before(spec, facts)
+    return isinstance(spec.gpus, int) or not box_matches(facts, spec.spec_hash(choose_port(spec, facts), image_tag))
 
 
 def box_matches(facts: Facts, spec_hash: str) -> bool:
@@ -95,7 +99,7 @@ def _preflight_host_paths(spec: BoxSpec, facts: Facts) -> None:
         return
     for source, real in facts.resolved_paths.items():
         if real != source and gives_host_root(real):
-            raise ConfigError(f"{spec.host}: host path {source} leads to {real}, which makes every key holder root on the host",
+            raise ConfigError(f"{spec.box.name}: host path {source} leads to {real}, which makes every key holder root on the host",
                               "mount a data folder instead; only if you mean it, set allow_host_root_mounts = true in devbox.toml")
 
 
@@ -107,7 +111,7 @@ def _preflight_sizes(spec: BoxSpec, facts: Facts) -> None:
     host = f"{facts.host_memory / (1 << 30):.0f} GiB"
     for key, value in (("shm_size", spec.shm_size), ("memory", spec.memory)):
         if value not in ("auto", "") and size_bytes(value) > facts.host_memory:
-            raise ConfigError(f"{spec.host}: {key} = \"{value}\" is more than the host's memory ({host})",
+            raise ConfigError(f"{spec.box.name}: {key} = \"{value}\" is more than the host's memory ({host})",
                               f'set {key} in devbox.toml to at most {facts.host_memory >> 30}g, or "auto"')
 
 
@@ -118,9 +122,9 @@ def _preflight_owner(spec: BoxSpec, facts: Facts) -> None:
     if facts.volume_owner and facts.volume_owner != wanted:
         volume = spec.volume_name(spec.all_volumes()[0])
         raise DevboxError(
-            f"{spec.host}: the box's volumes belong to uid:gid {facts.volume_owner}, the config now asks for {wanted}",
+            f"{spec.box.name}: the box's volumes belong to uid:gid {facts.volume_owner}, the config now asks for {wanted}",
             f"set uid/gid back to {facts.volume_owner.replace(':', ' / ')} in devbox.toml, or copy your data out "
-            f"and start afresh with `devbox down {spec.host} --purge` (this deletes {volume} and the other volumes)",
+            f"and start afresh with `devbox down {spec.box.name} --purge` (this deletes {volume} and the other volumes)",
             exit_code=2,
         )
 
@@ -154,10 +158,10 @@ def _preflight_gpu_names(spec: BoxSpec, facts: Facts) -> None:
     uuids = {g.uuid.lower() for g in facts.gpus if g.uuid}
     for wanted in spec.gpus:
         if isinstance(wanted, int) and wanted not in indices:
-            raise HostUnreachable(f"{spec.host}: GPU index {wanted} does not exist (host has {sorted(indices)})", "fix `gpus` in devbox.toml")
+            raise HostUnreachable(f"{spec.box.name}: GPU index {wanted} does not exist (host has {sorted(indices)})", "fix `gpus` in devbox.toml")
         if isinstance(wanted, str) and uuids and wanted.lower() not in uuids:
             have = ", ".join(f"{g.index}: {g.uuid}" for g in facts.gpus)
-            raise HostUnreachable(f"{spec.host}: no GPU {wanted} on this host (it has {have})",
+            raise HostUnreachable(f"{spec.box.name}: no GPU {wanted} on this host (it has {have})",
                                   "put one of those UUIDs (or an index) in `gpus` in devbox.toml")
 
 
@@ -184,14 +188,13 @@ def choose_ports(spec: BoxSpec, facts: Facts, count: int = 8) -> list[int]:
             if len(ports) == count:
                 break
     if not ports:
-        raise HostUnreachable(f"{spec.host}: no free port in {low}-{high}", "set `port` in devbox.toml")
+        raise HostUnreachable(f"{spec.box.name}: no free port in {low}-{high}", "set `port` in devbox.toml")
     return ports
 
 
 def box_labels(spec: BoxSpec, port: int, image_tag: str, spec_hash: str, keyset: str) -> dict[str, str]:
     return {
-        "devbox.managed": "true",
-        "devbox.host": spec.host,
+        **owner_labels(spec),
         "devbox.spec-hash": spec_hash,
         "devbox.image": image_tag,
         "devbox.port": str(port),
@@ -200,12 +203,33 @@ def box_labels(spec: BoxSpec, port: int, image_tag: str, spec_hash: str, keyset:
         "devbox.base": spec.base_image,
         "devbox.keys": keyset,
         "devbox.version": __version__,
+        **({"devbox.gpu-count": str(spec.gpu_count)} if spec.gpu_count else {}),
+        **({"devbox.shared": "true"} if spec.shared else {}),
+        **({"devbox.idle-stop": str(spec.idle_stop)} if spec.idle_stop else {}),
     }
+
+
+def owner_labels(spec: BoxSpec) -> dict[str, str]:
+    """What every object of a box carries: which host and box it belongs to, and whose it is
+    (`down --purge` and `status HOST` find a box's things by these, never by name patterns)."""
+    return {"devbox.managed": "true", "devbox.host": spec.host, "devbox.box": spec.box.name,
+            **({"devbox.owner": spec.owner} if spec.owner else {})}
+
+
+def idle_args(spec: BoxSpec) -> list[str]:
+    """`idle_stop`: the watcher in the box (as its user) stops it by ending with code 0, which
+    `on-failure` leaves stopped; a crash still restarts. Without it, as ever: unless-stopped."""
+    if not spec.idle_stop:
+        return ["--restart", "unless-stopped"]
+    return ["--restart", "on-failure", "--env", f"DEVBOX_IDLE_STOP={spec.idle_stop}",
+            "--env", f"DEVBOX_IDLE_GPU_UTIL={spec.idle_gpu_util}"]
 
 
 def gpu_args(spec: BoxSpec, facts: Facts) -> list[str]:
     if not spec.wants_gpus:
         return []
+    if isinstance(spec.gpus, int):
+        raise ValueError("a GPU count must be placed (devbox.placement) before planning")
     devices = "all" if spec.gpus == "all" else ",".join(map(str, spec.gpus))
     if "nvidia" in facts.runtimes:
         return ["--gpus", "all" if devices == "all" else f'"device={devices}"']
@@ -288,7 +312,7 @@ def run_args(spec: BoxSpec, facts: Facts, port: int, image_tag: str, labels: dic
     address = "127.0.0.1" if spec.expose == "loopback" else "0.0.0.0"
     args = [
         verb, *(["--detach"] if verb == "run" else []), "--name", name or spec.box_name, "--hostname", spec.box_name,
-        "--restart", "unless-stopped", "--init", "--pull", "never",
+        *idle_args(spec), "--init", "--pull", "never",
         "--user", f"{spec.uid}:{spec.gid}",
         "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
         # exec: Docker's tmpfs is noexec by default, and VS Code's server, triton/torch.compile
@@ -319,25 +343,38 @@ def run_args(spec: BoxSpec, facts: Facts, port: int, image_tag: str, labels: dic
     return args + [image_tag]
 
 
-def volume_step(spec: BoxSpec, name: str) -> DockerStep:
-    """`docker volume create` of an existing volume changes nothing: no check needed."""
-    labels = {"devbox.managed": "true", "devbox.host": spec.host, "devbox.uid": spec.uid, "devbox.gid": spec.gid}
+def volume_step(spec: BoxSpec, name: str, shared: bool = False) -> DockerStep:
+    """`docker volume create` of an existing volume changes nothing: no check needed. A shared
+    volume belongs to the host, not to the box that made it first."""
+    owner = {"devbox.managed": "true", "devbox.host": spec.host, "devbox.shared": "true"} if shared else owner_labels(spec)
+    labels = {**owner, "devbox.uid": spec.uid, "devbox.gid": spec.gid}
     argv = ["volume", "create", *(a for k, v in labels.items() for a in ("--label", f"{k}={v}")), name]
-    return DockerStep("create_volume", f"ensure volume {name}", tuple(argv))
+    return DockerStep("create_volume", f"ensure {'shared ' if shared else ''}volume {name}", tuple(argv))
 
 
 def network_step(spec: BoxSpec) -> ShellStep:
-    net, host = shlex.quote(spec.network), shlex.quote(spec.host)
+    net = shlex.quote(spec.network)
+    labels = " ".join(f"--label {shlex.quote(f'{k}={v}')}" for k, v in owner_labels(spec).items())
     script = (f"docker network inspect {net} >/dev/null 2>&1 || docker network create --driver bridge "
-              f"--label devbox.managed=true --label devbox.host={host} {net} >/dev/null")
+              f"{labels} {net} >/dev/null")
     return ShellStep("create_network", f"ensure network {spec.network} (the box's own: boxes cannot reach each other)", script,
                      "Docker's address pools are full: remove unused networks (`docker network prune`) or add "
                      "default-address-pools to /etc/docker/daemon.json on the host")
 
 
 def volume_names(spec: BoxSpec) -> list[str]:
-    """Every volume devbox makes for the box: home, the named `volumes`, the keys."""
-    return [spec.volume_name(v) for v in spec.all_volumes() if v.is_named] + [spec.keys_volume]
+    """Every volume that is the box's own: home, the named `volumes`, the keys (never a shared one)."""
+    return [spec.volume_name(v) for v in spec.all_volumes() if v.is_named and not v.shared] + [spec.keys_volume]
+
+
+def home_folders(spec: BoxSpec) -> list[str]:
+    """The folders, relative to the home, that hold shared caches mounted inside it."""
+    parents = {posixpath.dirname(v.target) for v in spec.volumes if shares_into_home(spec, v)}
+    return sorted(posixpath.relpath(p, spec.home) for p in parents if p != spec.home)
+
+
+def shared_volume_names(spec: BoxSpec) -> list[str]:
+    return [spec.volume_name(v) for v in spec.volumes if v.shared]
 
 
 def delivery_step(spec: BoxSpec, facts: Facts, image_tag: str, local_image: bool) -> Step | None:
@@ -368,11 +405,13 @@ def plan_up(
     force: bool = False,
     local_image: bool = False,
     restart: bool = False,
+    read_keys: Callable[[], str] | None = None,
 ) -> Plan:
     """Every step needed to bring the host to `spec`; none when it already matches."""
     if needs_host_check(spec, facts, image_tag) and not facts.host_checked:
         raise ValueError("plan_up needs the host checks (facts.host_checked) to create anything")
     preflight(spec, facts)
+    spec, gpu_warnings = place_gpus(spec, facts)
     port = choose_port(spec, facts)
     spec_hash = spec.spec_hash(port, image_tag)
     steps: list[Step] = []
@@ -385,15 +424,19 @@ def plan_up(
     if recreate:
         if facts.running_jobs and not force:
             raise RunningJobs(
-                f"{spec.host}: the box spec changed and re-creating it would stop running jobs: {', '.join(facts.running_jobs)}",
+                f"{spec.box.name}: the box spec changed and re-creating it would stop running jobs: {', '.join(facts.running_jobs)}",
                 "wait for them, stop them with `devbox stop`, or pass --force (their logs are kept)",
             )
     if box is None or recreate:
         steps += [volume_step(spec, name) for name in volume_names(spec)]
+        steps += [volume_step(spec, name, shared=True) for name in shared_volume_names(spec)]
+        if folders := home_folders(spec):
+            steps.append(DockerStep("home_folders", f"make {', '.join('~/' + f for f in folders)} in the home as {spec.user} "
+                                    "(for shared caches mounted there)", tuple(home_folders_argv(spec, image_tag, folders))))
         steps.append(network_step(spec))
     if box is None or recreate or not facts.box_running or facts.authorized_keys != authorized_keys.strip():
-        steps.append(DockerStep("sync_keys", f"install {authorized_keys.count(chr(10)) - 1} team key(s) in {spec.keys_volume} "
-                                "(read-only in the box)", tuple(keys_writer_argv(spec, image_tag)), authorized_keys))
+        steps.append(WriteKeys("sync_keys", f"install {authorized_keys.count(chr(10)) - 1} team key(s) in {spec.keys_volume} "
+                               "(read-only in the box)", tuple(keys_writer_argv(spec, image_tag)), authorized_keys, read_keys))
     if box is None or recreate:
         ports = choose_ports(spec, facts)
 
@@ -408,7 +451,8 @@ def plan_up(
                              spec, tuple(ports), argv_for, recreate))
     elif not facts.box_running:
         steps.append(DockerStep("start_box", f"start the stopped box {spec.box_name}", ("start", spec.box_name)))
-    warnings = [f"{spec.host}: {warning}"] if (warning := memlock_ulimit(facts)[1]) and (box is None or recreate) else []
+    warnings = [f"{spec.box.name}: {warning}"] if (warning := memlock_ulimit(facts)[1]) and (box is None or recreate) else []
+    warnings += gpu_warnings
     if not steps:
         notes.append(f"box {spec.box_name} runs spec {spec_hash} with image {image_tag} and the team's keys: nothing to do")
     return Plan(spec, image_tag, port, spec_hash, steps, notes, warnings)

@@ -50,8 +50,9 @@ class HostResult:
 
     @classmethod
     def start(cls, spec) -> "HostResult":
-        """An empty result for the host of `spec` (a BoxSpec), before its work runs."""
-        return cls(spec.host)
+        """An empty result for the box of `spec` (a BoxSpec: its name, which for a host's own
+        box is the host), before its work runs."""
+        return cls(spec.box.name)
 
     def fail(self, exc: DevboxError) -> None:
         self.error, self.exit_code = exc.one_line(), exc.exit_code
@@ -111,15 +112,16 @@ class RowPrinter:
     """Prints each host's text as soon as it is done (its table's header first), so a slow
     or hung host holds back its own row only; `for_each_host(on_done=...)` calls it."""
 
-    def __init__(self, write: Callable[[str], None]):
-        self.write, self.started, self.lock = write, False, threading.Lock()
+    def __init__(self, write: Callable[[str], None], rows: Callable[[object], list] | None = None):
+        self.write, self.rows, self.started, self.lock = write, rows, False, threading.Lock()
 
     def __call__(self, result) -> None:
         with self.lock:
             if not self.started and getattr(result, "HEADER", ""):
                 self.write(result.HEADER)
             self.started = True
-            self.write(printable(result.text()))
+            for row in self.rows(result) if self.rows else [result]:
+                self.write(printable(row.text()))
 
 
 def render(items: Iterable, as_json: bool, note: str = "", one: bool = False) -> str:

@@ -100,6 +100,13 @@ def _parse_config(text: str):
     return config
 
 
+def exact_host_names() -> set[str]:
+    """The Host names the user's ssh config spells out (patterns like `gpu-*` left aside)."""
+    if not user_config_path().exists():
+        return set()
+    return {name for name in load_user_config().get_hostnames() if not any(c in name for c in "*?!")}
+
+
 TOKEN_RE = re.compile(r"%(.?)")
 
 
@@ -141,10 +148,11 @@ class BoxEntry:
     port: int
     user: str
     identity_file: str | None   # None: a key only ssh-agent holds
+    name: str = ""              # the box's name ("": the host's own box, named after it)
 
     @property
     def alias(self) -> str:
-        return BOX_PREFIX + self.host
+        return BOX_PREFIX + (self.name or self.host)
 
     def render(self, known_hosts: Path) -> str:
         # HostKeyAlias: every box sits at 127.0.0.1 of its own host, so the pin is

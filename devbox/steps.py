@@ -48,6 +48,19 @@ class DockerStep(Step):
 
 
 @dataclass(frozen=True)
+class WriteKeys(DockerStep):
+    """The keys writer: with `read_keys`, what it writes is keys/ as it is when it runs (a key
+    revoked while `up` built must not come back), else the keys the plan was made with."""
+
+    read_keys: Callable[[], str] | None = None
+
+    def apply(self, host: Host, progress: Progress) -> dict:
+        content = self.read_keys() if self.read_keys else self.stdin
+        host.docker(*self.argv, stdin=content.encode())
+        return {}
+
+
+@dataclass(frozen=True)
 class ShellStep(Step):
     """A check and its apply in one script (`inspect || create`): one round trip."""
 
@@ -86,7 +99,7 @@ class BuildImage(Step):
         def relay(chunk: bytes) -> None:
             for line in chunk.decode(errors="replace").splitlines():
                 if line.startswith("Step ") or line.startswith("#"):
-                    progress(f"{self.spec.host}: {line.strip()}")
+                    progress(f"{self.spec.box.name}: {line.strip()}")
 
         host.docker(*self.argv(), stdin=context, on_stdout=relay, timeout=3600)
         return {"delivery": "build-on-host", "bytes_sent": len(context)}
@@ -115,7 +128,7 @@ class StreamImage(Step):
         rewrite = Rewrite(inspect_local(self.tag), host_chains(lists))
         missing = rewrite.present.count(False)
         total = todo_bytes(self.tag, rewrite.present)
-        progress(f"{self.spec.host}: sending {missing} of {len(rewrite.present)} layers"
+        progress(f"{self.spec.box.name}: sending {missing} of {len(rewrite.present)} layers"
                  + (f", about {total / 1e6:.0f} MB" if total else ""))
         meter = _meter(progress, self.spec.host, total)
         done = deliver(host, rewrite, save_stream(self.tag), meter.update)
@@ -189,7 +202,7 @@ class SwapBox(Step):
             host.docker("rm", "--force", new, check=False)
             taken = not started.ok and any(t in started.stderr for t in PORT_TAKEN)
             if taken and attempt + 1 < len(self.ports):
-                progress(f"{self.spec.host}: port {port} was taken meanwhile, trying {self.ports[attempt + 1]}")
+                progress(f"{self.spec.box.name}: port {port} was taken meanwhile, trying {self.ports[attempt + 1]}")
                 continue
             if taken:
                 self._fail_taken(host, port, stopped)
@@ -212,7 +225,7 @@ class SwapBox(Step):
         created = host.docker(*self.argv_for(port, new), check=False)
         if not created.ok:
             host.docker("rm", "--force", new, check=False)
-            raise DevboxError(f"{self.spec.host}: Docker refused the box spec: {why_failed(created)}",
+            raise DevboxError(f"{self.spec.box.name}: Docker refused the box spec: {why_failed(created)}",
                               "fix devbox.toml and re-run; the running box was not touched", exit_code=2)
 
     def _proven(self, host: Host, new: str) -> bool:
@@ -230,13 +243,13 @@ class SwapBox(Step):
     def _fail_taken(self, host: Host, port: int, stopped: bool) -> None:
         kept = self._restore(host, stopped)
         configured = " (`port` in devbox.toml)" if self.spec.port else ""
-        raise DevboxError(f"{self.spec.host}: port {port}{configured} is taken on the host by another program",
+        raise DevboxError(f"{self.spec.box.name}: port {port}{configured} is taken on the host by another program",
                           f"{kept}free it (`ss -ltnp` on the host shows who holds it), or set another `port`, "
                           "or remove it to let devbox pick a free one", exit_code=2)
 
     def _fail(self, host: Host, why: str, stopped: bool) -> None:
         kept = self._restore(host, stopped)
-        raise DevboxError(f"{self.spec.host}: the new box did not start ({why})",
+        raise DevboxError(f"{self.spec.box.name}: the new box did not start ({why})",
                           kept + "fix devbox.toml or the host, then re-run `devbox up`")
 
 

@@ -150,9 +150,10 @@ def test_a_key_whose_comment_wrapped_onto_a_new_line_says_so(tmp_path):
         parse_public_keys(key + "\n" + key + "\n")
 
 
+
 def test_a_gpu_index_out_of_range_gives_the_range(tmp_path):
     path = tmp_path / "devbox.toml"
     path.write_text("[hosts.h]\ngpus = [64]\n")
     with pytest.raises(ConfigError) as wrong:
         load_spec("h", path)
-    assert "GPU index 64 is out of range 0-63" in wrong.value.one_line()
+    assert "GPU indices are 0..63" in wrong.value.one_line()

@@ -27,7 +27,7 @@ def test_status_rows_print_under_one_header_and_an_error_is_unreachable():
     read_status(row, Facts(docker_version="24.0"))
     broken = for_each_host(["h2"], BoxStatus, lambda name, result: (_ for _ in ()).throw(DevboxError("h2: no route", exit_code=3)))[0]
     text = render([row, broken], as_json=False).splitlines()
-    assert text[0].startswith("HOST") and "absent" in text[1] and "unreachable" in text[2] and "no route" in text[2]
+    assert text[0].startswith("BOX") and "absent" in text[1] and "unreachable" in text[2] and "no route" in text[2]
     data = json.loads(render([row, broken], as_json=True))
     assert data[1]["state"] == "unreachable" and data[1]["reason"] == data[1]["error"] and data[1]["exit_code"] == 3
 

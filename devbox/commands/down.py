@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from devbox import sshconfig
 from devbox.box import inspect_box
 from devbox.config import BoxSpec
-from devbox.plan import volume_names
+from devbox.plan import shared_volume_names, volume_names
 from devbox.remote import Host
 from devbox.result import HostResult
 
@@ -20,14 +20,19 @@ class DownResult(HostResult):
         return "removed " + (", ".join(self.removed) or "nothing") + ("; kept " + ", ".join(self.kept) if self.kept else "")
 
 
-def box_volumes(host: Host, spec: BoxSpec) -> list[str]:
-    """Every volume devbox made for this box, found by its labels and name: those of an earlier
-    config (a `volumes` entry since removed or renamed) too, the current config's first."""
-    labelled = host.docker("volume", "ls", "-q", "--filter", "label=devbox.managed=true",
-                           "--filter", f"label=devbox.host={spec.host}").stdout.split()
-    current = volume_names(spec)
-    earlier = [name for name in labelled if name.startswith(spec.box_name + "-") and name not in current]
-    return [name for name in current if name in labelled] + sorted(earlier)
+def managed_volumes(host: Host) -> dict[str, tuple[str, str]]:
+    """Every devbox volume on the host: name -> (its devbox.host, its devbox.box label)."""
+    listed = host.docker("volume", "ls", "--filter", "label=devbox.managed=true", "--format",
+                         '{{.Name}}\t{{.Label "devbox.host"}}\t{{.Label "devbox.box"}}').stdout
+    return {row[0]: (row[1], row[2]) for row in (line.split("\t") for line in listed.splitlines()) if len(row) == 3}
+
+
+def box_volumes(spec: BoxSpec, managed: dict[str, tuple[str, str]]) -> list[str]:
+    """The box's own volumes: the current config's, then those its labels say are the box's
+    (a `volumes` entry since removed or renamed), never a shared one."""
+    current = [name for name in volume_names(spec) if name in managed]
+    earlier = sorted(name for name, owner in managed.items() if owner == (spec.host, spec.box.name) and name not in current)
+    return current + earlier
 
 
 def down_host(spec: BoxSpec, result: DownResult, purge: bool = False) -> None:
@@ -39,17 +44,19 @@ def down_host(spec: BoxSpec, result: DownResult, purge: bool = False) -> None:
         host.docker("rm", "--force", f"{spec.box_name}.next", f"{spec.box_name}.old", check=False)  # an interrupted up's
         if host.docker("network", "rm", spec.network, check=False).ok:   # not data: `up` makes it again
             result.removed.append(f"network {spec.network}")
-        volumes = box_volumes(host, spec)
+        existing = managed_volumes(host)
+        volumes = box_volumes(spec, existing)
         if purge:
             for name in volumes:
                 host.docker("volume", "rm", name)
         (result.removed if purge else result.kept).extend(f"volume {name}" for name in volumes)
+        result.kept += [f"shared volume {name} (other boxes of the host may use it)" for name in shared_volume_names(spec) if name in existing]
     result.changed = bool(result.removed)
-    alias = sshconfig.BOX_PREFIX + spec.host
+    alias = spec.box.ssh_alias
     if purge:
-        if sshconfig.remove_entry(spec.host):
+        if sshconfig.remove_entry(spec.box.name):
             result.removed.append(f"ssh entry {alias}")
-        if sshconfig.unpin(spec.host):
+        if sshconfig.unpin(spec.box.name):
             result.removed.append("pinned host key")
     else:
         result.kept += [what for what, there in ((f"ssh entry {alias}", alias in sshconfig.read_entries()),

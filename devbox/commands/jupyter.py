@@ -71,10 +71,10 @@ def start_server(host: Host, spec: BoxSpec, timeout_s: int = 120) -> str:
     running_box(host, spec, "run JupyterLab")
     done = box_sh(host, spec, _prepare(), stdin=secrets.token_hex(24).encode(), check=False)
     if done.exit_code == NO_JUPYTER_EXIT:
-        raise ConfigError(f"the box on {spec.host} has no JupyterLab",
-                          f'add pip = ["jupyterlab"] to devbox.toml ([defaults] or [hosts.{spec.host}]) and run `devbox up {spec.host}`')
+        raise ConfigError(f"the box on {spec.box.name} has no JupyterLab",
+                          f'add pip = ["jupyterlab"] to devbox.toml ([defaults] or its [hosts.NAME] / [boxes.NAME] table) and run `devbox up {spec.box.name}`')
     if not done.ok:
-        raise DevboxError(f"{spec.host}: could not prepare JupyterLab: {done.stderr.strip()[:200]}", f"check `devbox status {spec.host}`")
+        raise DevboxError(f"{spec.box.name}: could not prepare JupyterLab: {done.stderr.strip()[:200]}", f"check `devbox status {spec.box.name}`")
     token, state = (done.stdout.split() + ["", ""])[:2]
     if state != "running":
         root = "/workspace" if any(v.target == "/workspace" for v in spec.volumes) else "~"
@@ -82,7 +82,7 @@ def start_server(host: Host, spec: BoxSpec, timeout_s: int = 120) -> str:
     waited = box_sh(host, spec, _wait_listening(timeout_s), check=False, timeout=timeout_s + 30)
     if not waited.ok:
         why = waited.stderr.strip().splitlines()[-1] if waited.stderr.strip() else f"not listening after {timeout_s} s"
-        raise DevboxError(f"{spec.host}: JupyterLab did not start: {why}", f"see `devbox logs {spec.host} {JOB}`")
+        raise DevboxError(f"{spec.box.name}: JupyterLab did not start: {why}", f"see `devbox logs {spec.box.name} {JOB}`")
     return token
 
 
@@ -101,18 +101,18 @@ def open_jupyter(spec: BoxSpec, local_port: int | None, announce: Callable[[Jupy
     """Server up, tunnel open, URL announced once it answers; then hold the tunnel until Ctrl-C."""
     port = (require_free(port_number(str(local_port), "--port"), "pass another --port, or leave --port out to get a free one")
             if local_port is not None else free_port())
-    require_entry(spec.host)
+    require_entry(spec.box.name)
     with Host(spec.host) as host:
         token = start_server(host, spec)
     base = f"http://127.0.0.1:{port}"
-    tunnel = box_tunnel(spec.host, [Forward(BOX_PORT, port)], lambda: answers(f"{base}/api"), say)
+    tunnel = box_tunnel(spec.box.name, [Forward(BOX_PORT, port)], lambda: answers(f"{base}/api"), say)
     tunnel.open()
-    announce(JupyterSession(spec.host, f"{base}/lab?token={token}", port))
+    announce(JupyterSession(spec.box.name, f"{base}/lab?token={token}", port))
     run_until_interrupted(tunnel)
 
 
 def stop_jupyter(spec: BoxSpec) -> Job | None:
     with Host(spec.host) as host:
         if not any(job.name == JOB for job in list_jobs(host, spec)):
-            raise ConfigError(f"JupyterLab has never run on {spec.host}", f"start it with `devbox jupyter {spec.host}`")
+            raise ConfigError(f"JupyterLab has never run on {spec.box.name}", f"start it with `devbox jupyter {spec.box.name}`")
         return stop_job(host, spec, JOB)

@@ -15,7 +15,8 @@ from devbox.commands.up import UpResult, up_host
 from devbox.config import BoxSpec
 from devbox.errors import DevboxError
 from devbox.facts import AUTHORIZED_KEYS_FILE
-from devbox.keyset import KeySet
+from devbox.keyset import KeySource
+from devbox.lock import HostLock
 from devbox.remote import Host
 from devbox.result import HostResult
 
@@ -30,17 +31,23 @@ class SyncResult(HostResult):
                 + ("; box re-created (volumes and host key kept, every process in it ended)" if self.restarted else ""))
 
 
-def sync_host(spec: BoxSpec, result: SyncResult, keys: KeySet, restart: bool = False) -> None:
-    result.keys = keys.count
-    with Host(spec.host) as host:
+def sync_host(spec: BoxSpec, result: SyncResult, source: KeySource, restart: bool = False,
+              progress=lambda message: None) -> None:
+    """Under the engine lock, as `up` writes keys: a sync never races an `up` of the box
+    (which would write the keys it read before a revocation), and keys/ is read once the
+    lock is held, so what is written is keys/ as it is now."""
+    with Host(spec.host) as host, HostLock(host) as lock:
+        lock.acquire(progress)
+        keys = source.for_box(spec)
+        result.keys = keys.count
         box = running_box(host, spec, "sync")
         if not any(m.get("Name") == spec.keys_volume for m in box.get("Mounts") or []):
-            raise DevboxError(f"{spec.host}: this box keeps its keys where its user can write them (made by an older devbox)",
-                              f"run `devbox up {spec.host}` to re-create it with read-only keys (volumes are kept)", exit_code=2)
+            raise DevboxError(f"{spec.box.name}: this box keeps its keys where its user can write them (made by an older devbox)",
+                              f"run `devbox up {spec.box.name}` to re-create it with read-only keys (volumes are kept)", exit_code=2)
         current = box_exec(host, spec, ["cat", AUTHORIZED_KEYS_FILE], check=False).stdout
         if current.strip() != keys.authorized_keys.strip():
             write_authorized_keys(host, spec, box["Config"]["Image"], keys.authorized_keys)
             result.changed = True
         if restart:
-            up_host(spec, UpResult.start(spec), keys, force=True, restart=True, verify=False, host=host)
+            up_host(spec, UpResult.start(spec), source, force=True, restart=True, verify=False, host=host, lock=lock)
             result.restarted = result.changed = True

@@ -14,7 +14,7 @@ from devbox.commands.verify import VerifyResult, check_lines, identity_for, veri
 from devbox.config import BoxSpec
 from devbox.facts import Facts, gather
 from devbox.image import content_tag, local_has_image
-from devbox.keyset import Identity, KeySet
+from devbox.keyset import Identity, KeySet, KeySource
 from devbox.lock import HostLock
 from devbox.plan import Plan, needs_host_check, plan_up
 from devbox.remote import Host
@@ -52,39 +52,43 @@ class UpResult(VerifyResult):
         return "\n".join(lines)
 
 
-def plan_host(host: Host, spec: BoxSpec, keys: KeySet, image_tag: str, force: bool, restart: bool, asked: str = "") -> tuple[Facts, Plan]:
+def plan_host(host: Host, spec: BoxSpec, keys: KeySet, image_tag: str, force: bool, restart: bool, asked: str = "",
+              read_keys: Callable[[], str] | None = None) -> tuple[Facts, Plan]:
     facts = gather(host, spec, image_tag, lambda found: restart or needs_host_check(spec, found, image_tag), asked)
     local_image = not facts.image_present and spec.delivery != "build" and local_has_image(image_tag)
     plan = plan_up(spec, facts, image_tag, keys.authorized_keys, keys.fingerprint, force=force, local_image=local_image,
-                   restart=restart)
+                   restart=restart, read_keys=read_keys)
     return facts, plan
 
 
-def up_host(spec: BoxSpec, result: UpResult, keys: KeySet, *, dry_run: bool = False, force: bool = False, repin: bool = False,
+def up_host(spec: BoxSpec, result: UpResult, keys: KeySource, *, dry_run: bool = False, force: bool = False, repin: bool = False,
             verify: bool | None = None, progress: Progress = lambda m: None, restart: bool = False,
-            host: Host | None = None) -> None:
+            host: Host | None = None, lock: HostLock | None = None) -> None:
     """`restart`: re-create the box even when it matches (volumes and host key kept), so
-    nothing a revoked key holder left running in it survives. `host`: a connection the
-    caller already has open (keys sync --restart), else one of its own."""
+    nothing a revoked key holder left running in it survives. `host`, `lock`: a connection
+    the caller already has open and the engine lock it holds (keys sync --restart)."""
     result.dry_run = dry_run
     with (host or Host(spec.host)) as connected:
-        lock = HostLock(connected, spec.box_name)
-        try:
-            _up(connected, lock, spec, result, keys, dry_run, force, repin, verify, progress, restart)
-        finally:
-            lock.release()
+        with (lock or HostLock(connected)) as held:
+            _up(connected, held, spec, result, keys, dry_run, force, repin, verify, progress, restart)
 
 
-def _up(host: Host, lock: HostLock, spec: BoxSpec, result: UpResult, keys: KeySet, dry_run: bool, force: bool, repin: bool,
+def _up(host: Host, lock: HostLock, spec: BoxSpec, result: UpResult, source: KeySource, dry_run: bool, force: bool, repin: bool,
         verify: bool | None, progress: Progress, restart: bool) -> None:
+    keys = source.for_box(spec)
     identity = identity_for(host, spec, keys)  # refused here, before the host is touched
     result.warnings = mount_warnings(spec)
     spec, choice, asked = resolve_on(host, spec)
     result.base_image, result.base_why = choice.tag, choice.why
     image_tag = content_tag(spec.image)
     facts, plan = plan_host(host, spec, keys, image_tag, force, restart, asked)
-    if plan.steps and not dry_run and lock.acquire(progress):
-        facts, plan = plan_host(host, spec, keys, image_tag, force, restart, asked)   # the other `up` changed the host
+    if plan.steps and not dry_run:
+        # Under the engine lock: another box may have taken GPUs or a port, or keys/ changed,
+        # since the first look; the keys step reads keys/ again when it writes them.
+        lock.acquire(progress)
+        keys = source.for_box(spec)
+        read_keys = lambda: source.for_box(spec).authorized_keys  # noqa: E731
+        facts, plan = plan_host(host, spec, keys, image_tag, force, restart, asked, read_keys)
     result.port = plan.port
     result.steps = [s.description for s in plan.steps]
     result.warnings += plan.warnings
@@ -101,22 +105,24 @@ def _up(host: Host, lock: HostLock, spec: BoxSpec, result: UpResult, keys: KeySe
     result.changed |= connect(host, plan, result.port, identity, repin, result, known_key)
     lock.release()
     if verify or (verify is None and result.changed):
+        keys = source.for_box(spec)
         result.checks = verify_box(host, plan.spec, result.port, identity, keys.fingerprints)
         result.exit_code = worst(result.checks)
 
 
 def mount_warnings(spec: BoxSpec) -> list[str]:
     """Said on every `up`: host paths that make every key holder root on the host."""
-    return [f"WARNING: {spec.host}: host path {v.source} is mounted into the box (allow_host_root_mounts = true): "
+    return [f"WARNING: {spec.box.name}: host path {v.source} is mounted into the box (allow_host_root_mounts = true): "
             "every key holder can become root on the host" for v in spec.dangerous_mounts()]
 
 
 def connect(host: Host, plan: Plan, port: int, identity: Identity, repin: bool, result: UpResult, known_key: str | None = None) -> bool:
     """Pin the box's host key (read over the trusted host link) and write the ssh entry."""
     key = known_key or read_host_key(host, plan.spec)
-    changed = sshconfig.pin_host_key(plan.spec.host, key, replace=repin)
-    path = identity.path or (sshconfig.write_agent_identity(plan.spec.host, identity.public_key) if identity.public_key else None)
-    entry = sshconfig.BoxEntry(plan.spec.host, port, plan.spec.user, str(path) if path else None)
+    box = plan.spec.box
+    changed = sshconfig.pin_host_key(box.name, key, replace=repin)
+    path = identity.path or (sshconfig.write_agent_identity(box.name, identity.public_key) if identity.public_key else None)
+    entry = sshconfig.BoxEntry(box.host, port, plan.spec.user, str(path) if path else None, box.name)
     changed |= sshconfig.write_entry(entry)
     changed |= sshconfig.ensure_include()
     if changed:

@@ -14,7 +14,7 @@ from devbox import sshconfig
 from devbox.box import inspect_box, running_box
 from devbox.config import BoxSpec
 from devbox.errors import DevboxError
-from devbox.keyset import Identity, KeySet, choose_identity
+from devbox.keyset import Identity, KeySet, KeySource, choose_identity
 from devbox.remote import Host
 from devbox.result import HostResult
 from devbox.plan import BOX_SSH_PORT
@@ -39,7 +39,7 @@ class VerifyResult(HostResult):
 
     @classmethod
     def start(cls, spec: BoxSpec) -> "VerifyResult":
-        return cls(spec.host, ssh_alias=sshconfig.BOX_PREFIX + spec.host, container=spec.box_name)
+        return cls(spec.box.name, ssh_alias=spec.box.ssh_alias, container=spec.box_name)
 
     def text(self) -> str:
         return "\n".join([f"{self.host}: " + (f"FAILED: {self.error}" if self.error else "")] + check_lines(self.checks))
@@ -51,7 +51,7 @@ def identity_for(host: Host, spec: BoxSpec, keys: KeySet) -> Identity:
     Not simply the host's IdentityFile: an ops key reaches the host, a personal one the box.
     """
     files = host.ssh_config.lookup(host.alias).get("identityfile", [])
-    return choose_identity(keys, spec.identity, tuple(files), spec.host)
+    return choose_identity(keys, spec.identity, tuple(files), spec.box.name)
 
 
 def expectations(spec: BoxSpec, box: dict | None = None) -> Expectations:
@@ -64,8 +64,9 @@ def expectations(spec: BoxSpec, box: dict | None = None) -> Expectations:
                         None if memlock in (None, -1) else str(memlock // 1024), shm // 1024 if shm else None)
 
 
-def verify_host(spec: BoxSpec, result: VerifyResult, keys: KeySet) -> None:
+def verify_host(spec: BoxSpec, result: VerifyResult, source: KeySource) -> None:
     """`devbox verify`: only the checks, over the already-written entry."""
+    keys = source.for_box(spec)
     with Host(spec.host) as host:
         box = running_box(host, spec, "verify")
         result.port = int(box["Config"]["Labels"]["devbox.port"])
@@ -79,10 +80,10 @@ def verify_box(host: Host, spec: BoxSpec, port: int, identity: Identity, trusted
 
     The OpenSSH-client check is a separate process: it runs alongside the others.
     """
-    alias = sshconfig.BOX_PREFIX + spec.host
+    alias = spec.box.ssh_alias
     pinned = sshconfig.pinned_keys().get(alias)
     if not pinned:
-        raise DevboxError(f"no pinned host key for {alias}", f"run `devbox up {spec.host}` first")
+        raise DevboxError(f"no pinned host key for {alias}", f"run `devbox up {spec.box.name}` first")
     openssh = start_openssh_check(alias)
     keys = load_identity(identity.path, identity.fingerprint)
     session = BoxSession(lambda: host.open_tunnel(port), pinned, spec.user, keys, alias, trusted)
