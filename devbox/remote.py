@@ -34,6 +34,13 @@ DEFAULT_CONNECT_TIMEOUT = 10   # seconds; a Host block's ConnectTimeout override
 DEFAULT_QUESTION_TIMEOUT = 30
 TIMEOUT_EXITS = (124, 137)     # coreutils `timeout`: TERM sent (124), or KILL after -k (137)
 STREAMED_TAIL = 64 << 10       # bytes of a streamed stdout kept for the error message
+# The question ($2) in its own process group under `timeout` ($1 s; it signals the whole group).
+# A background job's stdin is /dev/null in sh, so the watcher gets ours as fd 3: it reaches EOF
+# when devbox goes, and stops the question then. The watcher holds no output pipe, so the
+# channel ends as soon as the question does.
+ASK_WRAPPER = ('timeout -k 2 "$1" sh -c "$2" </dev/null & q=$!; exec 3<&0; '
+               '( cat <&3; kill -TERM "$q" ) >/dev/null 2>&1 </dev/null & w=$!; '
+               'wait "$q"; s=$?; kill "$w" 2>/dev/null; exit "$s"')
 
 
 @dataclass
@@ -371,13 +378,14 @@ class Host:
 
     def ask(self, script: str, timeout: float | None = None) -> Result:
         """Run a read-only question script under the host's own `timeout`, which ends its whole
-        process group: nothing it started outlives it, even if this side is gone. A question
-        that does not answer in time is a CommandTimedOut carrying what it printed so far."""
+        process group: nothing it started outlives it, and a watcher on our open stdin ends it
+        at once when devbox goes (Ctrl-C, closed connection). A question that does not answer
+        in time is a CommandTimedOut carrying what it printed so far."""
         limit = timeout or question_timeout()
-        wrapped = shlex.join(["timeout", "-k", "2", f"{limit:g}", "sh", "-c", script])
+        wrapped = shlex.join(["sh", "-c", ASK_WRAPPER, "sh", f"{limit:g}", script])
         # our own deadline a little later: the host's timeout ends the script first, and we
         # read what it printed; ours is for a host too wedged to run even that
-        result = self.run(wrapped, check=False, timeout=limit + 5)
+        result = self.run(wrapped, check=False, timeout=limit + 5, keep_stdin_open=True)
         if result.exit_code in TIMEOUT_EXITS:
             raise CommandTimedOut(f"{self.alias}: a host question did not answer within {limit:g} s", "", result.stdout, limit)
         return result

@@ -106,3 +106,27 @@ def test_a_bad_question_timeout_is_a_config_error(laptop):
     done = subprocess.run([sys.executable, "-m", "devbox.cli", "status", laptop.host1], cwd=laptop.work, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "DEVBOX_QUESTION_TIMEOUT='soon'" in done.stdout + done.stderr
+
+
+def test_live_top_refreshes_the_answering_host_while_another_hangs(laptop, testbed, monkeypatch):
+    import threading
+
+    from devbox.commands.top import top_live
+    from devbox.config import load_specs
+
+    gpu_toml(laptop)
+    monkeypatch.setenv("DEVBOX_QUESTION_TIMEOUT", "20")
+    frames: list[str] = []
+    with hung_driver(testbed, laptop.noruntime) as sleeper:
+        specs = load_specs([laptop.noruntime, laptop.host1])
+        live = threading.Thread(target=top_live, args=(specs, 0.5, frames.append), kwargs={"rounds": 3}, daemon=True)
+        live.start()
+        live.join(timeout=15)   # today's main draws its first frame after the hung host's 600 s
+        assert not live.is_alive(), f"three frames within 15 s; got {len(frames)}"
+        assert all(f"{laptop.noruntime:<16} waiting for its first answer" in frame for frame in frames), frames[-1]
+        assert all(f"\n{laptop.host1}" in frame for frame in frames), "the host that answers has its row in every frame"
+        for _ in range(20):             # leaving closed the connection; the host's timeout is not needed
+            if not left_running(sleeper):
+                break
+            time.sleep(0.25)
+        assert left_running(sleeper) == []
