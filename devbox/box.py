@@ -88,12 +88,8 @@ def box_sh(host: Host, spec: BoxSpec, script: str, stdin: bytes | None = None, c
 
 
 def throwaway_argv(spec: BoxSpec, image: str, volume: str, target: str, script: str) -> list[str]:
-    """`docker run` of a throwaway writer of one volume: the box image as the box's own uid
-    (files stay theirs), with no network, no capabilities and a read-only root."""
-    return ["run", "--rm", "-i", "--pull", "never", "--network", "none", "--log-driver", "none",
-            "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--read-only",
-            "--user", f"{spec.uid}:{spec.gid}", "--label", "devbox.managed=true", "--label", f"devbox.host={spec.host}",
-            "--mount", f"type=volume,source={volume},target={target}",
+    """`docker run` of a throwaway writer of one volume at `target` (see _throwaway)."""
+    return ["run", "--rm", "-i", *_throwaway(spec, volume, target), "--log-driver", "none",
             "--entrypoint", "sh", image, "-c", script]
 
 
@@ -107,8 +103,29 @@ def keys_writer_argv(spec: BoxSpec, image: str) -> list[str]:
 def home_folders_argv(spec: BoxSpec, image: str, folders: list[str]) -> list[str]:
     """Make the folders above a shared cache inside the home as the box user: Docker would
     make a missing `~/.cache` for the mount as root, and the user could not write there."""
-    script = "mkdir -p -- " + " ".join(shlex.quote(f"/devbox-home/{folder}") for folder in folders)
-    return throwaway_argv(spec, image, spec.volume_name(spec.all_volumes()[0]), "/devbox-home", script)
+    script = "mkdir -p -- " + " ".join(shlex.quote(f"{spec.home}/{folder}") for folder in folders)
+    # At the home's own path: a new volume gets the image's home (owned by the user) copied in first.
+    return throwaway_argv(spec, image, spec.volume_name(spec.all_volumes()[0]), spec.home, script)
+
+
+def volume_owner_argv(spec: BoxSpec, image: str, volume: str) -> list[str]:
+    """`docker create` (never started) that gives an empty volume to the box user.
+
+    Mounting an empty volume over a folder of the image copies that folder into it, its
+    owner and mode included (Docker's copy-up, done at create). The keys folder is one
+    the image makes empty and the user's, so a volume at a path the image lacks
+    (/datasets) is the user's too, with no root and no capability. A volume with files
+    in it is left as it is; the box's own mount still copies up an image folder there.
+    """
+    return ["create", *_throwaway(spec, volume), "--entrypoint", "true", image]
+
+
+def _throwaway(spec: BoxSpec, volume: str, target: str = AUTHORIZED_KEYS_DIR) -> list[str]:
+    """A helper container's confinement: the box image as the box's uid (files stay theirs), no
+    network, no capabilities, a read-only root, labelled as ours, with `volume` at `target`."""
+    return ["--pull", "never", "--network", "none", "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--read-only",
+            "--user", f"{spec.uid}:{spec.gid}", "--label", "devbox.managed=true", "--label", f"devbox.host={spec.host}",
+            "--mount", f"type=volume,source={volume},target={target}"]
 
 
 def write_authorized_keys(host: Host, spec: BoxSpec, image: str, content: str) -> None:

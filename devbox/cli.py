@@ -97,6 +97,7 @@ def build(
     refresh: str = typer.Option("", "--refresh", help="A label (e.g. today's date): a new one rebuilds with current openssh/tmux packages; `refresh` in devbox.toml does the same for up."),
     apt: List[str] = typer.Option([], "--apt", help="An extra Debian/Ubuntu package (name or name=version); repeatable, like `apt` in devbox.toml."),
     pip: List[str] = typer.Option([], "--pip", help="An extra Python package (name with an optional pin); repeatable, like `pip` in devbox.toml."),
+    ca_bundle: str = typer.Option("", "--ca-bundle", help="A PEM file of CA certificates the build and the box trust, like `ca_bundle` in devbox.toml."),
     as_json: bool = JSON,
 ):
     """Build the box image locally. The tag is a content hash of context, base and args: same inputs reuse it."""
@@ -104,7 +105,7 @@ def build(
     from devbox.image import DEFAULT_BASE_IMAGE, ImageSpec, build_locally
 
     check_flags(user=user, uid=uid, gid=gid, refresh=refresh)
-    extras = check_flags(apt=list(apt), pip=list(pip))
+    extras = check_flags(apt=list(apt), pip=list(pip), **({"ca_bundle": str(Path(ca_bundle).expanduser().resolve())} if ca_bundle else {}))
     show(build_locally(ImageSpec(base or DEFAULT_BASE_IMAGE, user, uid, gid, refresh, **extras), on_progress=progress_printer(as_json)),
          as_json, one=True)
 
@@ -285,11 +286,30 @@ def keys_gen(path: Path = typer.Argument(Path("~/.ssh/id_ed25519"), help="Where 
 
 
 @keys_app.command("revoke")
-def keys_revoke(name: str = typer.Argument(..., help="Whose key to remove."), keys_dir: Optional[Path] = KEYS_DIR, as_json: bool = JSON):
-    """Revoke NAME's key. It is recorded, so every later sync and up removes it from boxes."""
+def keys_revoke(
+    name: str = typer.Argument(..., help="Whose key to remove."),
+    hosts: List[str] = typer.Argument(None, help="Boxes to take it off now (a `keys sync` of each), or --all."),
+    all_hosts: bool = ALL_HOSTS,
+    keys_dir: Optional[Path] = KEYS_DIR,
+    config: Optional[Path] = CONFIG,
+    parallel: int = PARALLEL,
+    as_json: bool = JSON,
+):
+    """Revoke NAME's key. It is recorded, so every later sync and up removes it from boxes; with
+    hosts (or --all), it leaves them now and each shared home's changed start-up files are listed."""
     from devbox.commands.keys import SYNC_NOTE, revoke_key
 
-    show(revoke_key(keys_dir, name), as_json, SYNC_NOTE.format(what="remove it from") + " now")
+    if not hosts and not all_hosts:
+        show(revoke_key(keys_dir, name), as_json, SYNC_NOTE.format(what="remove it from") + " now")
+        return
+    from devbox.commands.sync import SyncResult, sync_host
+    from devbox.keyset import desired_keys
+
+    boxes = specs(hosts, config, None, all_hosts)   # a bad host name stops before the revocation
+    revoked = revoke_key(keys_dir, name)
+    keys = desired_keys(keys_dir)
+    show(per_host(boxes, SyncResult, lambda spec, result: sync_host(spec, result, keys), parallel), as_json,
+         "; ".join(row.text() for row in revoked))
 
 
 @keys_app.command("sync")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from devbox.boxid import BoxId
 from devbox.errors import ConfigError
+from devbox.idle import parse_duration
 from devbox.image import ImageSpec
 from devbox.resources import shipped_dir
 
@@ -26,6 +27,10 @@ HOME_MOUNT = "/home/{user}"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 SIZE_RE = re.compile(r"^[0-9]+[bkmg]?\Z", re.IGNORECASE)
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
+# Accounts Debian and Ubuntu images already have (base-passwd's, apt's, sshd's, Ubuntu's own):
+# the build's useradd would stop on them ("exited 9"), and root would be no sandbox at all.
+SYSTEM_USERS = frozenset("root daemon bin sys sync games man lp mail news uucp proxy www-data backup list irc gnats "
+                         "nobody _apt sshd messagebus systemd-network systemd-resolve systemd-timesync".split())
 AUTO_BASE = "auto"          # devbox/basetag.py picks the image from the host's driver and GPUs
 GPU_UUID_RE = re.compile(r"^GPU-[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}\Z")
 REFRESH_RE = re.compile(r"^[A-Za-z0-9._-]{0,32}\Z")
@@ -61,7 +66,7 @@ ALLOWED_KEYS = {
     "shm_size": '"auto" (default: half the box\'s memory limit, at least 1g) or a size like "16g"',
     "memory": '"auto" (default: the host\'s memory less max(2 GiB, 10%)), a size like "64g", or "" for no limit',
     "cpus": '"auto" (default: the host\'s CPUs less one, when it has more than two), a number like 7.5, or "" for no limit',
-    "user": "a login name like dev",
+    "user": "a login name like dev (not root, nor an account the image already has, like nobody or sshd)",
     "uid": "an integer 1..65534",
     "gid": "an integer 1..65534",
     "expose": '"loopback" (default) or "all" (publish the box port on every interface)',
@@ -72,6 +77,9 @@ ALLOWED_KEYS = {
     "identity": "the private key the box entry logs in with, e.g. ~/.ssh/id_ed25519 (default: the first of yours whose public key the box trusts)",
     "apt": 'Debian/Ubuntu packages added to the image, names or name=version pins, e.g. ["htop", "python3-pip"]',
     "pip": 'Python packages added to the image\'s Python, names with an optional pin, e.g. ["jupyterlab", "numpy<2", "ray[default]==2.9"]',
+    "ca_bundle": "the path (absolute, or ~/…) of a PEM file of CA certificates the image build and the box trust, "
+                 "e.g. a TLS-intercepting proxy's: \"/usr/local/share/ca-certificates/proxy.crt\"",
+    "build_stall": "seconds a build on the host may print nothing before it is stopped, 1..86400 (default 300)",
     "allow_host_root_mounts": "true to let volumes mount host paths that give root on the host (the Docker socket, /etc, /, …); every key holder becomes host root, and `up` warns each time",
 }
 
@@ -123,14 +131,16 @@ class BoxSpec:
     idle_stop: int = 0                  # seconds; 0: never stops itself
     idle_gpu_util: int = 5
     gpu_count: int = 0                  # set by placement when `gpus` was a count (its choice is `gpus`)
+    ca_bundle: str = ""
+    build_stall: int = 300
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     # Not part of the container: changing them must not re-create a box (and the
     # opt-in flag must not change the hash of configs written before it existed).
-    # apt and pip reach the hash through the image tag, which holds them; who gets in
+    # apt, pip and ca_bundle reach the hash through the image tag, which holds them; who gets in
     # is the keys volume's business (synced live).
     HASH_EXCLUDED = ("sources", "port", "host", "delivery", "allow_host_root_mounts", "identity", "apt", "pip",
-                     "name", "owner", "admits", "gpu_count")
+                     "ca_bundle", "build_stall", "name", "owner", "admits", "gpu_count")
     # Keys added after boxes existed: hashed only when set, so an upgrade re-creates nothing.
     HASH_WHEN_SET = {"shared": False, "idle_stop": 0, "idle_gpu_util": 5}
 
@@ -159,7 +169,7 @@ class BoxSpec:
 
     @property
     def image(self) -> ImageSpec:
-        return ImageSpec(self.base_image, self.user, self.uid, self.gid, self.refresh, apt=self.apt, pip=self.pip)
+        return ImageSpec(self.base_image, self.user, self.uid, self.gid, self.refresh, apt=self.apt, pip=self.pip, ca_bundle=self.ca_bundle)
 
     @property
     def home(self) -> str:
@@ -523,6 +533,15 @@ def _parse_auto_size(value) -> str:
     return value if value == "auto" else _parse_size(value)
 
 
+def _parse_user(value) -> str:
+    name = _parse_str(USER_RE)(value)
+    if name == "root":
+        raise ValueError("'root' is refused: the box runs as a non-root login user")
+    if name in SYSTEM_USERS:
+        raise ValueError(f"{name!r} is a system account of Debian and Ubuntu images, the build could not make it")
+    return name
+
+
 def _parse_id(value) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65534:
         return value
@@ -569,22 +588,25 @@ def _parse_packages(pattern: re.Pattern):
     return parse
 
 
-DURATION_RE = re.compile(r"^([0-9]{1,7})([smhd])\Z")
-DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-MAX_IDLE_STOP = 30 * 86400
-
-
-def parse_duration(value) -> int:
-    """ "20s", "30m", "2h", "1d" -> seconds (1 s .. 30 d)."""
-    match = DURATION_RE.match(value) if isinstance(value, str) else None
-    seconds = int(match.group(1)) * DURATION_UNITS[match.group(2)] if match else 0
-    if not 1 <= seconds <= MAX_IDLE_STOP:
-        raise ValueError(repr(value))
-    return seconds
-
-
 def _parse_percent(value) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 100:
+        return value
+    raise ValueError(repr(value))
+
+
+def _parse_ca_bundle(value) -> str:
+    """A path on this machine, read now: a missing or wrong file stops before any host is touched."""
+    from devbox.cabundle import read_ca_bundle
+
+    if not isinstance(value, str) or not (value.startswith("/") or value.startswith("~/")):
+        raise ValueError(f"{value!r} is not an absolute path")
+    path = str(Path(value).expanduser())
+    read_ca_bundle(path)
+    return path
+
+
+def _parse_seconds(value) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 86400:
         return value
     raise ValueError(repr(value))
 
@@ -604,7 +626,7 @@ _PARSERS = {
     "shm_size": _parse_auto_size,
     "memory": _parse_auto_size,
     "cpus": _parse_cpus,
-    "user": _parse_str(USER_RE),
+    "user": _parse_user,
     "uid": _parse_id,
     "gid": _parse_id,
     "expose": _parse_choice("loopback", "all"),
@@ -617,6 +639,8 @@ _PARSERS = {
     "apt": _parse_packages(APT_RE),
     "pip": _parse_packages(PIP_RE),
     "shared": _parse_bool,
-    "idle_stop": parse_duration,
+    "idle_stop": parse_duration,  # devbox/idle.py
     "idle_gpu_util": _parse_percent,
+    "ca_bundle": _parse_ca_bundle,
+    "build_stall": _parse_seconds,
 }

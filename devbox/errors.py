@@ -57,6 +57,10 @@ class CommandTimedOut(RemoteCommandFailed):
         self.stdout, self.seconds = stdout, seconds
 
 
+class CommandStalled(RemoteCommandFailed):
+    """A command on the host printed nothing for its idle bound (a build stuck on a mirror)."""
+
+
 class HostKeyMismatch(DevboxError):
     """A pinned host key changed: never accepted silently."""
 

@@ -37,6 +37,7 @@ class ImageSpec:
     refresh: str = ""
     apt: tuple[str, ...] = ()   # the team's extras (config.py validates: names and pins only)
     pip: tuple[str, ...] = ()
+    ca_bundle: str = ""         # a PEM file on this machine (config.py checks it); its certificates are in the tag
 
     def build_args(self) -> dict[str, str]:
         args = {
@@ -53,6 +54,10 @@ class ImageSpec:
             args["DEVBOX_APT"] = " ".join(self.apt)
         if self.pip:
             args["DEVBOX_PIP"] = " ".join(self.pip)
+        if self.ca_bundle:
+            from devbox.cabundle import read_ca_bundle
+
+            args["DEVBOX_CA"] = read_ca_bundle(self.ca_bundle)
         return args
 
     def build_command(self) -> str:
@@ -63,6 +68,7 @@ class ImageSpec:
         words += ["--refresh", self.refresh] if self.refresh else []
         words += [w for package in self.apt for w in ("--apt", package)]
         words += [w for package in self.pip for w in ("--pip", package)]
+        words += ["--ca-bundle", self.ca_bundle] if self.ca_bundle else []
         return shlex.join(words)
 
 
@@ -176,8 +182,10 @@ def _require_base(client, base: str) -> None:
 
 
 def _stream_build(client, tag: str, spec: ImageSpec) -> Iterator[str]:
-    """Yield build output lines; raise DevboxError with the last lines when it fails."""
-    log: list[str] = []
+    """Yield build output lines; raise DevboxError naming the failed step and its last lines."""
+    from devbox.buildlog import BuildLog
+
+    log = BuildLog()
     stream = client.api.build(
         fileobj=io.BytesIO(context_tar()), custom_context=True, encoding="gzip", tag=tag, rm=True,
         forcerm=True, decode=True, buildargs=spec.build_args(),
@@ -185,12 +193,12 @@ def _stream_build(client, tag: str, spec: ImageSpec) -> Iterator[str]:
     )
     for chunk in stream:
         if "error" in chunk:
-            tail = " | ".join(l for l in log[-3:] if l)
-            raise DevboxError(f"image build failed: {chunk['error'].strip()}", f"build output ended with: {tail}")
-        text = chunk.get("stream", "").rstrip()
-        if text:
-            log.append(text)
-            yield text
+            log.feed(chunk["error"] + "\n")
+            raise log.failure("this machine")
+        text = chunk.get("stream", "")
+        log.feed(text)
+        if text.strip():
+            yield text.rstrip()
 
 
 # ---------------------------------------------------------------- streaming delivery (devbox/delivery.py)

@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import struct
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
@@ -300,6 +301,22 @@ def render_authorized_keys(keys: Iterable[PublicKey]) -> str:
     return HEADER + "".join(f"{AUTHORIZED_KEY_OPTIONS} {k.line()}\n" for k in unique.values())
 
 
+def installed_keys(authorized_keys: str) -> dict[str, str]:
+    """Fingerprint -> name (the comment) of each key in a file render_authorized_keys wrote."""
+    found: dict[str, str] = {}
+    for line in authorized_keys.splitlines():
+        words = line.split()
+        if words[:1] == [AUTHORIZED_KEY_OPTIONS]:
+            words = words[1:]
+        if len(words) < 2 or line.startswith("#"):
+            continue
+        try:
+            found[PublicKey(words[0], words[1], "", 0).fingerprint] = words[2] if len(words) > 2 else ""
+        except (binascii.Error, ValueError):
+            continue
+    return found
+
+
 def keyset_fingerprint(keys: Iterable[PublicKey]) -> str:
     """12 hex chars over the sorted distinct fingerprints: a stable container label."""
     joined = "\n".join(sorted({k.fingerprint for k in keys}))
@@ -374,6 +391,11 @@ class KeyStore:
     def revoked_path(self) -> Path:
         return self.directory / "revoked"
 
+    @property
+    def added_path(self) -> Path:
+        """When each key was added (`fingerprint epoch name`): a revocation lists what changed since."""
+        return self.directory / "added"
+
     def _path(self, name: str) -> Path:
         return self.directory / f"{validate_name(name)}.pub"
 
@@ -391,7 +413,19 @@ class KeyStore:
         _atomic_write(path, "".join(k.line() + "\n" for k in keys))
         added = {k.fingerprint for k in keys}
         self._write_revoked([line for line in self._revoked_lines() if line.split()[0] not in added])
+        now = int(time.time())
+        kept = [line for line in _lines(self.added_path) if line.split()[0] not in added]
+        _atomic_write(self.added_path, "".join(line + "\n" for line in kept + [f"{k.fingerprint} {now} {name}" for k in keys]))
         return keys
+
+    def added_times(self) -> dict[str, int]:
+        """Fingerprint -> when `keys add` stored it (keys added before devbox recorded it: absent)."""
+        times = {}
+        for line in _lines(self.added_path):
+            words = line.split()
+            if len(words) >= 2 and words[1].isdigit():
+                times[words[0]] = int(words[1])
+        return times
 
     def list(self) -> list[tuple[str, PublicKey]]:
         """(name, key) for every key in keys/*.pub, names sorted."""
@@ -425,15 +459,7 @@ class KeyStore:
         return keys
 
     def _revoked_lines(self) -> list[str]:
-        if not self.revoked_path.exists():
-            return []
-        try:
-            text = self.revoked_path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise KeyRejected(f"{self.revoked_path}: cannot read it ({exc.__class__.__name__})",
-                              "it must be a text file of revoked fingerprints; restore it from version control") from None
-        lines = (line.strip() for line in text.splitlines())
-        return [line for line in lines if line and not line.startswith("#")]
+        return _lines(self.revoked_path)
 
     def _write_revoked(self, lines: list[str]) -> None:
         if lines or self.revoked_path.exists():
@@ -446,6 +472,19 @@ class KeyStore:
         """Every stored key whose fingerprint is not revoked (only those of `names`, when given)."""
         revoked = self.revoked_fingerprints()
         return [key for name, key in self.list() if key.fingerprint not in revoked and (not names or name in names)]
+
+
+def _lines(path: Path) -> list[str]:
+    """The non-comment lines of one of keys/' text files (revoked, added); none when absent."""
+    if not path.exists():
+        return []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyRejected(f"{path}: cannot read it ({exc.__class__.__name__})",
+                          "it must be a text file of fingerprints written by devbox; restore it from version control") from None
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 # ---------------------------------------------------------------- new key pairs

@@ -36,6 +36,10 @@ class KeySet:
     count: int
     notice: str = ""
     fingerprints: tuple[str, ...] = ()   # each key's SHA256:…, to find the identity that gets in
+    added: tuple[tuple[str, int], ...] = ()   # (fingerprint, epoch) of every key keys/ recorded adding
+
+    def added_at(self, fingerprint: str) -> int | None:
+        return dict(self.added).get(fingerprint)
 
 
 def desired_keys(directory: Path | None = None, identity: Path | None = None, admits: tuple[str, ...] = (),
@@ -57,7 +61,8 @@ def desired_keys(directory: Path | None = None, identity: Path | None = None, ad
         keys = [parse_public_key(pub.read_text())]
         notice = f"keys/ has no team keys: installing only your own {pub}"
     prints = tuple(sorted({k.fingerprint for k in keys}))
-    return KeySet(render_authorized_keys(keys), keyset_fingerprint(keys), len(keys), notice, prints)
+    added = tuple(sorted(store.added_times().items())) if store.directory.is_dir() else ()
+    return KeySet(render_authorized_keys(keys), keyset_fingerprint(keys), len(keys), notice, prints, added)
 
 
 @dataclass(frozen=True)

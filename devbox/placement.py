@@ -47,6 +47,7 @@ def parse_holders(text: str) -> tuple[GpuHolder, ...]:
     holders = []
     for line in text.splitlines():
         parts = line.split("\t")
+        parts += [""] * (6 - len(parts))          # trailing empty labels: the answer's last line is stripped
         if len(parts) != 6 or not parts[1].startswith(PREFIX):
             continue
         cid, name, box, owner, devices, shared = parts

@@ -15,7 +15,7 @@ from devbox import __version__
 from devbox.config import BoxSpec, gives_host_root, shares_into_home
 from devbox.errors import ConfigError, DevboxError, HostUnreachable
 from devbox.basetag import refuse_unworkable
-from devbox.box import home_folders_argv, keys_writer_argv
+from devbox.box import home_folders_argv, keys_writer_argv, volume_owner_argv
 from devbox.facts import AUTHORIZED_KEYS_DIR, Facts, image_cuda, version_tuple
 from devbox.placement import as_before, place_gpus
 from devbox.steps import BuildImage, DockerStep, ShellStep, Step, StreamImage, SwapBox, WriteKeys
@@ -343,13 +343,17 @@ def run_args(spec: BoxSpec, facts: Facts, port: int, image_tag: str, labels: dic
     return args + [image_tag]
 
 
-def volume_step(spec: BoxSpec, name: str, shared: bool = False) -> DockerStep:
-    """`docker volume create` of an existing volume changes nothing: no check needed. A shared
+def volume_step(spec: BoxSpec, name: str, image_tag: str, shared: bool = False) -> ShellStep:
+    """Create the volume (`docker volume create` of an existing one changes nothing) and
+    give it to the box user, whatever its path (box.volume_owner_argv says how). A shared
     volume belongs to the host, not to the box that made it first."""
     owner = {"devbox.managed": "true", "devbox.host": spec.host, "devbox.shared": "true"} if shared else owner_labels(spec)
     labels = {**owner, "devbox.uid": spec.uid, "devbox.gid": spec.gid}
-    argv = ["volume", "create", *(a for k, v in labels.items() for a in ("--label", f"{k}={v}")), name]
-    return DockerStep("create_volume", f"ensure {'shared ' if shared else ''}volume {name}", tuple(argv))
+    create = ["docker", "volume", "create", *(a for k, v in labels.items() for a in ("--label", f"{k}={v}")), name]
+    give = shlex.join(["docker", *volume_owner_argv(spec, image_tag, name)])
+    script = f'{shlex.join(create)} >/dev/null && c=$({give}) && docker rm "$c" >/dev/null'
+    return ShellStep("create_volume", f"ensure {'shared ' if shared else ''}volume {name} (the box user's)", script,
+                     f"check the host's Docker can create volumes (`docker volume create {name}`)")
 
 
 def network_step(spec: BoxSpec) -> ShellStep:
@@ -386,14 +390,17 @@ def delivery_step(spec: BoxSpec, facts: Facts, image_tag: str, local_image: bool
     """
     if facts.image_present:
         return None
+    streaming = StreamImage("stream_image", f"send image {image_tag}: only the layers the host lacks, over SSH", spec, image_tag)
     stream = spec.delivery == "stream" or (spec.delivery == "auto" and not facts.base_present and local_image)
     if stream:
         if not local_image:
             raise DevboxError(f"delivery = stream but {image_tag} is not on this machine",
                               f"build it first: {spec.image.build_command()}", exit_code=2)
-        return StreamImage("stream_image", f"send image {image_tag}: only the layers the host lacks, over SSH", spec, image_tag)
+        return streaming
     how = "on the host from the build context" + ("" if facts.base_present else f" (the host pulls {spec.base_image})")
-    return BuildImage("build_image", f"build image {image_tag} {how}", spec, image_tag)
+    fallback = streaming if spec.delivery == "auto" and local_image else None   # for a build stuck on a mirror
+    how += f"; if it prints nothing for {spec.build_stall} s, send it from this machine instead" if fallback else ""
+    return BuildImage("build_image", f"build image {image_tag} {how}", spec, image_tag, fallback)
 
 
 def plan_up(
@@ -428,8 +435,8 @@ def plan_up(
                 "wait for them, stop them with `devbox stop`, or pass --force (their logs are kept)",
             )
     if box is None or recreate:
-        steps += [volume_step(spec, name) for name in volume_names(spec)]
-        steps += [volume_step(spec, name, shared=True) for name in shared_volume_names(spec)]
+        steps += [volume_step(spec, name, image_tag) for name in volume_names(spec)]
+        steps += [volume_step(spec, name, image_tag, shared=True) for name in shared_volume_names(spec)]
         if folders := home_folders(spec):
             steps.append(DockerStep("home_folders", f"make {', '.join('~/' + f for f in folders)} in the home as {spec.user} "
                                     "(for shared caches mounted there)", tuple(home_folders_argv(spec, image_tag, folders))))
@@ -447,7 +454,8 @@ def plan_up(
         why = "its spec changed" if not restart else "asked to restart"
         what = (f"re-create box {spec.box_name} ({why}): the new one starts beside it and replaces it only once its sshd "
                 "answers; volumes and host key are kept") if recreate else f"start box {spec.box_name}"
-        steps.append(SwapBox("create_box", f"{what} on 127.0.0.1:{port} as {spec.user} ({spec.uid}:{spec.gid})",
+        gpus = "" if not spec.wants_gpus else f" with GPUs {spec.gpus if isinstance(spec.gpus, str) else ','.join(map(str, spec.gpus))}"
+        steps.append(SwapBox("create_box", f"{what} on 127.0.0.1:{port} as {spec.user} ({spec.uid}:{spec.gid}){gpus}",
                              spec, tuple(ports), argv_for, recreate))
     elif not facts.box_running:
         steps.append(DockerStep("start_box", f"start the stopped box {spec.box_name}", ("start", spec.box_name)))

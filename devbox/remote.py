@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Sequence
 
 from devbox import known_hosts
-from devbox.errors import CommandTimedOut, ConfigError, DevboxError, HostUnreachable, RemoteCommandFailed
+from devbox.errors import CommandStalled, CommandTimedOut, ConfigError, DevboxError, HostUnreachable, RemoteCommandFailed
 from devbox.sshconfig import expand_tokens
 
 DEFAULT_CONNECT_TIMEOUT = 10   # seconds; a Host block's ConnectTimeout overrides it, as for OpenSSH
@@ -354,8 +354,10 @@ class Host:
         on_stdout: Callable[[bytes], None] | None = None,
         on_stdin: Callable[[int], None] | None = None,
         keep_stdin_open: bool = False,
+        idle_timeout: float | None = None,
     ) -> Result:
-        """Run a command (argv is quoted with shlex.join) and collect its output."""
+        """Run a command (argv is quoted with shlex.join) and collect its output.
+        `idle_timeout`: raise CommandStalled once it prints nothing for that long."""
         # Our own channel loop, not Connection.run: invoke's runner feeds a non-terminal
         # in_stream about a byte per loop with a 10 ms input_sleep. Measured side by side
         # (bench/stream_read.py, 2026-11-23): 4 KiB took Connection.run 44 s (0.09 KiB/s)
@@ -368,7 +370,7 @@ class Host:
             if not transport.is_active():
                 raise stopped_answering(self.alias, exc) from exc
             raise HostUnreachable(f"{self.alias}: SSH session failed ({exc})", f"check `ssh {self.alias}`") from exc
-        result = _exchange(channel, command, stdin, timeout, on_stdout, on_stdin, keep_stdin_open, self.alias)
+        result = _exchange(channel, command, stdin, timeout, on_stdout, on_stdin, keep_stdin_open, idle_timeout, self.alias)
         if check and not result.ok:
             raise RemoteCommandFailed(
                 f"{self.alias}: `{_short(command)}` exited {result.exit_code}: {why_failed(result)}",
@@ -442,7 +444,8 @@ def _short(command: str, limit: int = 80) -> str:
     return command if len(command) <= limit else command[: limit - 1] + "…"
 
 
-def _exchange(channel, command: str, stdin, timeout, on_stdout, on_stdin=None, keep_stdin_open=False, alias: str = "") -> Result:
+def _exchange(channel, command: str, stdin, timeout, on_stdout, on_stdin=None, keep_stdin_open=False, idle_timeout=None,
+              alias: str = "") -> Result:
     """Send stdin, read stdout/stderr until exit; bounded by `timeout` seconds.
 
     A link that drops mid-command is a HostUnreachable (one line, per host), never a traceback.
@@ -450,7 +453,7 @@ def _exchange(channel, command: str, stdin, timeout, on_stdout, on_stdin=None, k
     import paramiko
 
     try:
-        return _exchange_on(channel, command, stdin, timeout, on_stdout, on_stdin, keep_stdin_open)
+        return _exchange_on(channel, command, stdin, timeout, on_stdout, on_stdin, keep_stdin_open, idle_timeout)
     except (OSError, EOFError, paramiko.SSHException) as exc:
         close_channel(channel)
         raise stopped_answering(alias or "the host", exc, f" (SSH connection lost during `{_short(command)}`)") from exc
@@ -467,7 +470,7 @@ def close_channel(channel) -> None:
         pass
 
 
-def _exchange_on(channel, command: str, stdin, timeout, on_stdout, on_stdin, keep_stdin_open) -> Result:
+def _exchange_on(channel, command: str, stdin, timeout, on_stdout, on_stdin, keep_stdin_open, idle_timeout=None) -> Result:
     deadline = None if timeout is None else time.monotonic() + timeout
     channel.exec_command(command)
     if stdin is not None:
@@ -478,6 +481,7 @@ def _exchange_on(channel, command: str, stdin, timeout, on_stdout, on_stdin, kee
     # 1 GB log holds the SSH window (2 MiB) and this tail, not the log.
     out, err = _Buffer(STREAMED_TAIL if on_stdout else None), bytearray()
     channel.settimeout(0.2)
+    heard = time.monotonic()
     while True:
         # Read the end state before draining: data precedes EOF on the wire, so once EOF
         # is seen here, the drain below collects everything. sshd may send exit-status
@@ -503,6 +507,10 @@ def _exchange_on(channel, command: str, stdin, timeout, on_stdout, on_stdin, kee
             close_channel(channel)
             raise CommandTimedOut(f"`{_short(command)}` timed out after {timeout:.0f} s", "retry, or check the host is not overloaded",
                                   bytes(out.data).decode(errors="replace"), timeout)
+        heard = time.monotonic() if progressed else heard
+        if idle_timeout is not None and time.monotonic() - heard > idle_timeout:
+            close_channel(channel)
+            raise CommandStalled(f"`{_short(command)}` printed nothing for {idle_timeout:g} s", "retry, or check what it waits for")
         if not progressed:  # status_event stays set once the status came: then sleep
             time.sleep(0.01) if channel.exit_status_ready() else channel.status_event.wait(0.05)
     code = channel.recv_exit_status()

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from devbox.config import BoxSpec
-from devbox.errors import DevboxError
+from devbox.buildlog import PID_MARK, BuildLog, apt_mirrors
+from devbox.errors import CommandStalled, DevboxError
 from devbox.image import context_tar
 from devbox.remote import Host, why_failed
 
@@ -79,30 +80,68 @@ class ShellStep(Step):
 
 @dataclass(frozen=True)
 class BuildImage(Step):
-    """Send the few-KB build context and build on the host: no base layer ever crosses."""
+    """Send the few-KB build context and build on the host: no base layer ever crosses.
+
+    A build that prints nothing for `spec.build_stall` seconds (apt or pip waiting on a
+    mirror the host cannot reach) is stopped, nothing tagged, and `fallback` (streaming
+    from this machine, when it has the image) delivers instead, or one line says why.
+    """
 
     spec: BoxSpec | None = None
     tag: str = ""
+    fallback: Step | None = None
 
     def argv(self) -> list[str]:
-        args = ["build", "--tag", self.tag, "--label", "devbox.image=ssh", "--label", f"devbox.base={self.spec.base_image}"]
+        # --force-rm: a failed or stopped build leaves no intermediate container behind.
+        args = ["build", "--force-rm", "--tag", self.tag, "--label", "devbox.image=ssh", "--label", f"devbox.base={self.spec.base_image}"]
         for key, value in self.spec.image.build_args().items():
             args += ["--build-arg", f"{key}={value}"]
         return args + ["-"]
 
     def commands(self) -> list[str]:
-        return [shlex.join(["docker", *self.argv()]) + " < (build context tar)"]
+        shown = [word if not word.startswith("DEVBOX_CA=") else "DEVBOX_CA=(ca_bundle)" for word in self.argv()]
+        return [shlex.join(["docker", *shown]) + " < (build context tar)"]
 
     def apply(self, host: Host, progress: Progress) -> dict:
         context = context_tar()
+        log = BuildLog()
 
         def relay(chunk: bytes) -> None:
-            for line in chunk.decode(errors="replace").splitlines():
-                if line.startswith("Step ") or line.startswith("#"):
-                    progress(f"{self.spec.box.name}: {line.strip()}")
+            for line in log.feed(chunk):
+                progress(f"{self.spec.box.name}: {line}")
 
-        host.docker(*self.argv(), stdin=context, on_stdout=relay, timeout=3600)
+        # The shell's pid is docker's (exec): a stalled build is stopped by it, and the
+        # engine then cancels the build. 2>&1: BuildKit writes its progress to stderr.
+        command = f"echo {PID_MARK} $$; exec {shlex.join(['docker', *self.argv()])} 2>&1"
+        try:
+            done = host.run(command, stdin=context, on_stdout=relay, timeout=3600, idle_timeout=self.spec.build_stall, check=False)
+        except CommandStalled:
+            if log.pid:
+                host.run(["kill", log.pid], check=False)
+            stalled = log.stalled(self.spec.host, self.spec.build_stall, self._unreachable(host, log), self._remedy())
+            if self.fallback is None:
+                raise stalled from None
+            progress(f"{stalled.message}: sending the image from this machine instead")
+            return self.fallback.apply(host, progress)
+        if not done.ok:
+            raise log.failure(self.spec.host, done.exit_code)
         return {"delivery": "build-on-host", "bytes_sent": len(context)}
+
+    def _unreachable(self, host: Host, log: BuildLog) -> list[str]:
+        """What the stalled step was fetching from: the base's apt mirrors, or PyPI."""
+        if log.kind == "pip":
+            return ["pypi.org (or the index the base's pip config names)"]
+        if log.kind != "apt":
+            return []
+        script = "cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null; true"
+        sources = host.docker("run", "--rm", "--pull", "never", "--network", "none", "--entrypoint", "sh", self.spec.base_image,
+                              "-c", script, check=False, timeout=60)
+        return apt_mirrors(sources.stdout)
+
+    def _remedy(self) -> str:
+        return (f'set delivery = "stream" in devbox.toml and run `devbox up {self.spec.host}` from a machine that has the '
+                f"image (`{self.spec.image.build_command()}` makes it), or let the host reach its mirror; if the build is "
+                f"only slow, raise build_stall (now {self.spec.build_stall:g} s)")
 
 
 HOST_LAYERS = "docker image ls -q | sort -u | xargs -r docker image inspect --format '{{json .RootFS.Layers}}'"

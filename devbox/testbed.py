@@ -264,6 +264,16 @@ class SecondEngine:
     def docker(self, *args: str, **kw) -> subprocess.CompletedProcess:
         return subprocess.run(["docker", "-H", self.docker_host, *args], capture_output=True, text=True, **kw)
 
+    def remove_containers(self, label: str | None = None) -> None:
+        """Remove this engine's containers (all, or those with `label`) and their volumes."""
+        filters = ["--filter", f"label={label}"] if label else []
+        ids = self.docker("ps", "-aq", *filters).stdout.split()
+        if ids:
+            self.docker("rm", "-f", *ids)
+        vols = self.docker("volume", "ls", "-q", *filters).stdout.split()
+        if vols:
+            self.docker("volume", "rm", "-f", *vols)
+
     def _empty(self) -> None:
         """Its containers, then its networks (their bridges live in this machine's namespace
         and outlive the engine, each holding one of the main engine's ~30 address pools)."""
@@ -285,23 +295,27 @@ class SecondEngine:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start_second_engine(root: Path, seed_images: list[str], address_pool: str = "") -> SecondEngine:
+def start_second_engine(root: Path, seed_images: list[str], address_pool: str = "", kind: int = 0,
+                        extra_args: tuple[str, ...] = (), path_prefix: str = "") -> SecondEngine:
     """Start it, then copy `seed_images` (e.g. the base) into it, as a host that has them.
     `address_pool` (e.g. "10.150.0.0/16"): room for more than Docker's default ~30 user
-    networks, one per box, for a fleet of boxes on one engine."""
+    networks, one per box, for a fleet of boxes on one engine. `kind` (0-9) tells apart
+    the default bridges of several second engines of one test run; `path_prefix` goes in
+    front of dockerd's PATH (where it finds helpers such as the NVIDIA hook)."""
     root.chmod(0o755)  # the host user reaches the socket through it
-    tag = f"{os.getpid() % 100000}"
+    tag = f"{os.getpid() % 100000}{kind or ''}"
     engine = SecondEngine(root, root / "docker.sock", f"dbx{tag}")
     subnet = 16 + os.getpid() % 200
     subprocess.run(["ip", "link", "add", engine.bridge, "type", "bridge"], check=True)
-    subprocess.run(["ip", "addr", "add", f"172.29.{subnet}.1/24", "dev", engine.bridge], check=True)
+    subprocess.run(["ip", "addr", "add", f"172.{29 + kind}.{subnet}.1/24", "dev", engine.bridge], check=True)
     subprocess.run(["ip", "link", "set", engine.bridge, "up"], check=True)
     log = open(root / "dockerd.log", "w")
+    env = {**os.environ, "PATH": f"{path_prefix}:{os.environ['PATH']}"} if path_prefix else None
     engine.process = subprocess.Popen(
         ["dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"), "--pidfile", str(root / "docker.pid"),
          "-H", engine.docker_host, "--bridge", engine.bridge, "--iptables=false", "--ip6tables=false", "--group", "docker",
-         *(["--default-address-pool", f"base={address_pool},size=24"] if address_pool else [])],
-        stdout=log, stderr=subprocess.STDOUT)
+         *(["--default-address-pool", f"base={address_pool},size=24"] if address_pool else []), *extra_args],
+        stdout=log, stderr=subprocess.STDOUT, env=env)
     for _ in range(120):
         if engine.docker("info").returncode == 0:
             break
@@ -314,16 +328,350 @@ def start_second_engine(root: Path, seed_images: list[str], address_pool: str = 
 
 
 def seed(docker_host: str, images: list[str]) -> None:
-    """Copy images from this machine's engine into another (docker save | docker -H … load)."""
-    for image in images:
-        save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
+    """Copy images from this machine's engine into another (docker save | docker -H … load),
+    in one stream: layers the images share (an image and its base) cross once."""
+    if images:
+        save = subprocess.Popen(["docker", "save", *images], stdout=subprocess.PIPE)
         subprocess.run(["docker", "-H", docker_host, "load", "-q"], stdin=save.stdout, check=True, capture_output=True)
-        save.wait()
+        if save.wait() != 0:
+            raise RuntimeError(f"docker save {' '.join(images)} failed")
 
 
 def start_engine_host(name: str, workdir: Path, authorized: Path, engine: SecondEngine) -> FakeHost:
     """A fake host whose user's `docker` talks to the second engine (sshd SetEnv)."""
     return start_fake_host(name, 40, workdir, authorized, extra=f"SetEnv DOCKER_HOST={engine.docker_host}\n")
+
+
+# ---------------------------------------------------------------- a host with GPUs to share
+#
+# The 8-GPU host (issue 20 item 6): a fake host whose own dockerd runs boxes with `--gpus`,
+# so GPU allocation, collisions and GPU-idle rules run for real where no GPU exists.
+#
+# - Docker enables `--gpus` when an executable named nvidia-container-runtime-hook is on
+#   dockerd's PATH (checked with 20.10); our hook is a few lines that call gpu_hook()
+#   below. Docker itself gives the box NVIDIA_VISIBLE_DEVICES (the indices or UUIDs asked,
+#   "0,1" for a count of 2, "all") and adds the hook as an OCI prestart hook. The variable
+#   is in the OCI spec only: `docker inspect` shows the request (HostConfig.DeviceRequests)
+#   but not the variable, which the box's first process has (GpuBed.visible_devices reads
+#   it there; ssh logins in the box do not inherit it). The engine is started with
+#   `--add-runtime nvidia=<runc>`, so `docker info` lists the nvidia runtime devbox's
+#   preflight wants; boxes still run on plain runc.
+# - At prestart runc hands the hook the container's state (its bundle) on stdin. For a box
+#   with GPUs the hook writes, through the host-side path of the box's root (config.json's
+#   root.path, writable from the host even when the box's root is read-only), a fake
+#   /usr/bin/nvidia-smi (where the real toolkit mounts its own) and its data into
+#   /usr/share/devbox-fake-gpu: only the box's GPUs, numbered from 0 as a real box sees
+#   them, with the host's UUIDs, bus ids and minor numbers. A device the host lacks fails
+#   the start (in libnvidia-container's words), as does an image whose symlinks would lead
+#   those writes out of its root (the hook runs as the host's root); a container without
+#   NVIDIA_VISIBLE_DEVICES (no GPUs, `--gpus 0`) is left as it was.
+# - One nvidia-smi serves host and box (tests/fixtures/fake-nvidia-smi.{sh,awk}: POSIX sh
+#   and mawk, since boxes have no python): it answers the forms devbox sends (--query-gpu,
+#   --query-compute-apps, -q -x, the banner, -L, -i/--id) in the shapes, error texts and
+#   exit codes recorded on a real H200 (tests/fixtures/nvidia-smi-h200-answers.txt).
+# - Utilisation and compute processes are files the tests write: on the host a state dir
+#   with util/<index> and procs/<index> (`PID MIB NAME` lines) per GPU. GpuBed.set_util
+#   also copies the value into every running box that holds that GPU (one physical GPU,
+#   seen alike from both sides), and the hook copies the current values into a box when
+#   it starts. Inside a box, /tmp/devbox-fake-gpu-util (`INDEX PERCENT` lines, the box's
+#   own numbering), writable by the box user, overrides what the host set: a job in the
+#   box "loading" its GPU. The host never sees that override (it lives in the box's tmpfs),
+#   and a box lists no compute processes (their PIDs belong to the host's namespace).
+
+HOOK_NAME = "nvidia-container-runtime-hook"
+BOX_GPU_DATA = "/usr/share/devbox-fake-gpu"
+BOX_UTIL_FILE = "/tmp/devbox-fake-gpu-util"
+SMI_FILES = ("fake-nvidia-smi.sh", "fake-nvidia-smi.awk")
+# An HGX H200 board's eight PCI buses, as a real 8-GPU server numbers them.
+HGX_BUSES = ("18", "2A", "3A", "5D", "9A", "AB", "BA", "DB")
+
+
+@dataclass(frozen=True)
+class FakeGpu:
+    """One GPU of the bed, as the recorded H200 with its own identity."""
+
+    index: int          # the host's index (and the device's minor number)
+    uuid: str
+    bus_id: str
+    serial: str
+    name: str = "NVIDIA H200"
+    memory_mib: int = 143771
+    compute_cap: str = "9.0"
+
+    def row(self, shown_as: int) -> str:
+        """Its line in a data dir's `gpus` file; `shown_as` is the index nvidia-smi prints."""
+        return "\t".join(map(str, (shown_as, self.index, self.uuid, self.name, self.bus_id, self.memory_mib,
+                                   self.compute_cap, self.serial))) + "\n"
+
+    @classmethod
+    def from_row(cls, line: str) -> "FakeGpu":
+        _, index, uuid, name, bus_id, memory, cap, serial = line.rstrip("\n").split("\t")
+        return cls(int(index), uuid, bus_id, serial, name, int(memory), cap)
+
+
+def h200_gpus(count: int = 8) -> list[FakeGpu]:
+    """`count` H200s with stable, distinct UUIDs, bus ids and serials."""
+    import hashlib
+
+    gpus = []
+    for i in range(count):
+        h = hashlib.sha1(f"devbox-bed-h200-{i}".encode()).hexdigest()
+        gpus.append(FakeGpu(i, f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}",
+                            f"00000000:{HGX_BUSES[i % 8]}:00.0", str(1653724000133 + i)))
+    return gpus
+
+
+def gpu_xml_template() -> str:
+    """The recorded H200's <gpu> block of `nvidia-smi -q -x`, its live values as @FIELDS@
+    (each recorded value must be found exactly once: a new recording fails loudly here)."""
+    text = (FIXTURES / "nvidia-smi-q-h200-busy.xml").read_text()
+    block = text[text.index("\t<gpu id="):text.index("\t</gpu>\n") + len("\t</gpu>\n")]
+    start, end = block.index("\t\t<processes>\n") + len("\t\t<processes>\n"), block.index("\t\t</processes>")
+    block = block[:start] + "@PROCS@\n" + block[end:]
+    for old, new in (('<gpu id="00000000:00:06.0">', '<gpu id="@BUS@">'), ("<product_name>NVIDIA H200<", "<product_name>@NAME@<"),
+                     ("<serial>1653724000133<", "<serial>@SERIAL@<"), ("<uuid>GPU-ce695cce-5d93-c3a0-3eef-29f9b2a99ac6<", "<uuid>@UUID@<"),
+                     ("<minor_number>0<", "<minor_number>@MINOR@<"), ("<module_id>5<", "<module_id>@MODULE@<"),
+                     ("<pci_bus>00<", "<pci_bus>@PCIBUS@<"), ("<pci_device>06<", "<pci_device>@PCIDEV@<"),
+                     ("<pci_bus_id>00000000:00:06.0<", "<pci_bus_id>@BUS@<"), ("<total>143771 MiB<", "<total>@TOTAL@ MiB<"),
+                     ("<used>4467 MiB<", "<used>@USED@ MiB<"), ("<free>138690 MiB<", "<free>@FREE@ MiB<"),
+                     ("<used>4468 MiB<", "<used>@USED@ MiB<"), ("<free>257676 MiB<", "<free>@BAR1FREE@ MiB<"),
+                     ("<gpu_util>100 %<", "<gpu_util>@UTIL@ %<"), ("<memory_util>6 %<", "<memory_util>@MEMUTIL@ %<"),
+                     ("<gpu_temp>58 C<", "<gpu_temp>@TEMP@ C<"), ("<average_power_draw>675.56 W<", "<average_power_draw>@POWER@ W<"),
+                     ("<instant_power_draw>664.63 W<", "<instant_power_draw>@POWER@ W<")):
+        if block.count(old) != 1:
+            raise RuntimeError(f"nvidia-smi-q-h200-busy.xml: {old!r} found {block.count(old)} times, not once")
+        block = block.replace(old, new)
+    return block
+
+
+def write_gpu_data(dest: Path, gpus: list[FakeGpu], renumber: bool) -> None:
+    """A data dir the fake nvidia-smi answers from: the host's (its own indices) or a
+    box's (`renumber`: 0, 1, ... in the order asked, as inside a real box)."""
+    for sub in (dest, dest / "util", dest / "procs"):
+        sub.mkdir(mode=0o755, parents=True, exist_ok=True)
+    (dest / "gpus").write_text("".join(g.row(i if renumber else g.index) for i, g in enumerate(gpus)))
+    (dest / "gpu.xml").write_text(gpu_xml_template())
+    for name in SMI_FILES:
+        shutil.copyfile(FIXTURES / name, dest / name)
+    for path in dest.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def write_smi(path: Path, data: str, override: str = "", show_procs: bool = True) -> None:
+    """The `nvidia-smi` command itself: hands its options to the fake with its data dir."""
+    import shlex
+
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\n# The devbox test bed's fake nvidia-smi (devbox/testbed.py).\n"
+                    f"exec sh {shlex.join([f'{data}/{SMI_FILES[0]}', data, override, str(int(show_procs))])} \"$@\"\n")
+    path.chmod(0o755)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """A reader (nvidia-smi in a box, any moment) sees the old file or the new, never half."""
+    part = path.with_name(path.name + ".part")
+    part.write_text(text)
+    part.chmod(0o644)
+    part.replace(path)
+
+
+def gpu_hook(args: list[str], stdin, state: str) -> int:
+    """The bed's nvidia-container-runtime-hook (`prestart`, OCI state on stdin): plant the
+    fake nvidia-smi and the box's GPUs in its root. Exit 0 and touch nothing for a
+    container that asked for no GPUs, whatever else is wrong."""
+    if args[:1] != ["prestart"]:
+        return 0
+    try:
+        bundle = Path(json.load(stdin)["bundle"])
+        config = json.loads((bundle / "config.json").read_text())
+        env = dict(e.split("=", 1) for e in config.get("process", {}).get("env", []) if "=" in e)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"{HOOK_NAME} (devbox test bed): unreadable container state ({exc}); no GPUs planted", file=sys.stderr)
+        return 0
+    wanted = env.get("NVIDIA_VISIBLE_DEVICES", "").strip()
+    if wanted in ("", "void", "none"):
+        return 0
+    host = Path(state)
+    gpus = [FakeGpu.from_row(line) for line in (host / "gpus").read_text().splitlines() if line]
+    chosen = gpus if wanted == "all" else []
+    for device in ([] if wanted == "all" else wanted.split(",")):
+        found = [g for g in gpus if device.strip() in (str(g.index), g.uuid)]
+        if not found:  # libnvidia-container's own words
+            print(f"nvidia-container-cli: device error: {device}: unknown device", file=sys.stderr)
+            return 1
+        chosen += [g for g in found if g not in chosen]
+    root = Path(config["root"]["path"])
+    root = root if root.is_absolute() else bundle / root
+    try:
+        data, smi = (_fresh_path_in(root, path) for path in (BOX_GPU_DATA, "/usr/bin/nvidia-smi"))
+    except ValueError as exc:
+        print(f"{HOOK_NAME} (devbox test bed): {exc}", file=sys.stderr)
+        return 1
+    write_gpu_data(data, chosen, renumber=True)
+    for gpu in chosen:
+        for kind in ("util", "procs"):
+            source = host / kind / str(gpu.index)
+            if source.exists():
+                _write_atomically(data / kind / str(gpu.index), source.read_text())
+    write_smi(smi, BOX_GPU_DATA, BOX_UTIL_FILE, show_procs=False)
+    return 0
+
+
+def _fresh_path_in(root: Path, inside: str) -> Path:
+    """`inside` under the box's root, emptied, where writing cannot leave the root: the
+    hook runs as the host's root, and an image's symlink (/usr/bin -> /etc, say) would
+    otherwise aim its writes at the host (the toolkit's own CVE-2024-0132 was of this kind)."""
+    path = root / inside.lstrip("/")
+    real_root = os.path.realpath(root)
+    if not os.path.realpath(path.parent).startswith(real_root + os.sep):
+        raise ValueError(f"{inside}: its directory leads out of the container's root; nothing planted")
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+    return path
+
+
+def write_hook(bindir: Path, state: Path) -> Path:
+    """The hook executable dockerd finds on its PATH: this Python, calling gpu_hook."""
+    bindir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    hook = bindir / HOOK_NAME
+    repo = Path(__file__).resolve().parent.parent
+    hook.write_text(f"#!{sys.executable}\n# The devbox test bed's {HOOK_NAME} (devbox/testbed.py, gpu_hook).\n"
+                    f"import sys\nsys.path.insert(0, {str(repo)!r})\nfrom devbox.testbed import gpu_hook\n"
+                    f"sys.exit(gpu_hook(sys.argv[1:], sys.stdin, {str(state)!r}))\n")
+    hook.chmod(0o755)
+    return hook
+
+
+@dataclass
+class GpuBed:
+    """A host's GPUs and the engine whose boxes get them: what its nvidia-smi reports and
+    what tests set (utilisation, compute processes), host side and in a box."""
+
+    root: Path
+    gpus: list[FakeGpu]
+    engine: SecondEngine | None = None
+    host: FakeHost | None = None
+
+    @property
+    def name(self) -> str:
+        """The host's name in the laptop's ssh config."""
+        return self.host.name if self.host else ""
+
+    @property
+    def state(self) -> Path:
+        return self.root / "gpu-state"
+
+    @property
+    def smi_bin(self) -> Path:
+        return self.root / "smi-bin"
+
+    def smi(self, *args: str) -> subprocess.CompletedProcess:
+        """The host's nvidia-smi, run here."""
+        return subprocess.run([str(self.smi_bin / "nvidia-smi"), *args], capture_output=True, text=True, timeout=30)
+
+    def set_util(self, index: int, pct: int) -> None:
+        """GPU `index` (the host's numbering) at `pct` %, on the host and in its boxes."""
+        self._set("util", index, f"{int(pct)}\n")
+
+    def set_processes(self, index: int, processes: list[tuple[int, int, str]]) -> None:
+        """Compute processes on GPU `index`: (pid, MiB, name); [] clears them."""
+        self._set("procs", index, "".join(f"{pid} {mib} {name}\n" for pid, mib, name in processes))
+
+    def reset(self) -> None:
+        """No box on the engine (containers, volumes, networks), every GPU idle, no processes."""
+        if self.engine:
+            self.engine.remove_containers()
+            self.engine.docker("network", "prune", "-f", timeout=60)
+        for gpu in self.gpus:
+            self.set_util(gpu.index, 0)
+            self.set_processes(gpu.index, [])
+
+    def stop(self) -> None:
+        """The host's sshd, then the engine with everything on it (its root goes too)."""
+        if self.host:
+            self.host.stop()
+        if self.engine:
+            self.engine.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _set(self, kind: str, index: int, text: str) -> None:
+        if not any(g.index == index for g in self.gpus):
+            raise ValueError(f"the bed has no GPU {index}")
+        _write_atomically(self.state / kind / str(index), text)
+        for data in self._box_data_dirs():
+            if any(FakeGpu.from_row(line).index == index for line in (data / "gpus").read_text().splitlines() if line):
+                _write_atomically(data / kind / str(index), text)
+
+    def _box_data_dirs(self) -> list[Path]:
+        """The planted data dirs of the engine's running boxes, seen from the host."""
+        ids = self.engine.docker("ps", "-q", timeout=60).stdout.split() if self.engine else []
+        if not ids:
+            return []
+        merged = self.engine.docker("inspect", "-f", "{{.GraphDriver.Data.MergedDir}}", *ids, timeout=60).stdout.split()
+        dirs = [(Path(m), Path(m) / BOX_GPU_DATA.lstrip("/")) for m in merged]
+        return [d for m, d in dirs if (d / "gpus").exists() and os.path.realpath(d).startswith(os.path.realpath(m) + os.sep)]
+
+    def set_box_util(self, container: str, index: int, pct: int) -> None:
+        """Inside `container`, as its user: GPU `index` (the box's numbering) at `pct` %."""
+        script = ('f=$1; { grep -v "^$2 " "$f" 2>/dev/null; echo "$2 $3"; } >"$f.part" && mv "$f.part" "$f"')
+        done = self.engine.docker("exec", container, "sh", "-c", script, "sh", BOX_UTIL_FILE, str(index), str(int(pct)), timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"set_box_util in {container}: {done.stderr.strip()}")
+
+    def box_smi(self, container: str, *args: str) -> subprocess.CompletedProcess:
+        """nvidia-smi inside `container`, as its user."""
+        return self.engine.docker("exec", container, "nvidia-smi", *args, timeout=60)
+
+    def visible_devices(self, container: str) -> str | None:
+        """NVIDIA_VISIBLE_DEVICES of running `container` (None: it has none), as its first
+        process got it. Docker puts it in the OCI spec's env, not in the container's config,
+        so `docker inspect` shows it nowhere: it gives the pid, /proc the environment."""
+        done = self.engine.docker("inspect", "-f", "{{.State.Pid}}", container, timeout=60)
+        if done.returncode != 0 or done.stdout.strip() in ("", "0"):
+            raise RuntimeError(f"{container} is not running: {done.stderr.strip()}")
+        environ = Path(f"/proc/{done.stdout.strip()}/environ").read_bytes().split(b"\0")
+        env = dict(e.decode().split("=", 1) for e in environ if b"=" in e)
+        return env.get("NVIDIA_VISIBLE_DEVICES")
+
+
+def free_address_pool() -> str:
+    """A 10.X.0.0/16 no route or address of this machine touches (random, so that
+    concurrent runs rarely meet), for an engine's box networks."""
+    import random
+
+    taken = _ip("-4", "route").stdout + _ip("-4", "addr").stdout
+    free = [x for x in range(100, 148) if f"10.{x}." not in taken]
+    if not free:
+        raise RuntimeError("no free 10.x.0.0/16 for the GPU host's networks")
+    return f"10.{random.choice(free)}.0.0/16"
+
+
+def start_gpu_bed(root: Path, seed_images: list[str], gpus: list[FakeGpu] | None = None) -> GpuBed:
+    """The GPUs' state and nvidia-smi, then an engine whose boxes get them (`--gpus`)."""
+    bed = GpuBed(root, gpus or h200_gpus(8))
+    root.chmod(0o755)
+    write_gpu_data(bed.state, bed.gpus, renumber=False)
+    write_smi(bed.smi_bin / "nvidia-smi", str(bed.state))
+    hook_dir = write_hook(root / "hook-bin", bed.state).parent
+    runc = shutil.which("runc") or "/usr/sbin/runc"
+    bed.engine = start_second_engine(root, [], free_address_pool(), kind=1,
+                                     extra_args=("--add-runtime", f"nvidia={runc}"), path_prefix=str(hook_dir))
+    try:
+        seed(bed.engine.docker_host, seed_images)
+        bed.reset()
+    except BaseException:
+        bed.stop()
+        raise
+    return bed
+
+
+def start_gpu_host(name: str, workdir: Path, authorized: Path, bed: GpuBed) -> FakeHost:
+    """A fake host whose user's `nvidia-smi` is the bed's and whose `docker` is its engine."""
+    bed.host = start_fake_host(name, 41, workdir, authorized,
+                               extra=f"SetEnv PATH={bed.smi_bin}:/usr/local/bin:/usr/bin:/bin DOCKER_HOST={bed.engine.docker_host}\n")
+    return bed.host
 
 
 # ---------------------------------------------------------------- hosts that are really separate
@@ -408,16 +756,6 @@ class NetnsEngine(SecondEngine):
         if self.docker("info").returncode != 0:
             raise RuntimeError(f"dockerd in {self.netns} did not start: {(self.root / 'dockerd.log').read_text()[-500:]}")
         seed(self.docker_host, seed_images)
-
-    def remove_containers(self, label: str | None = None) -> None:
-        """Remove this engine's containers (all, or those with `label`) and their volumes."""
-        filters = ["--filter", f"label={label}"] if label else []
-        ids = self.docker("ps", "-aq", *filters).stdout.split()
-        if ids:
-            self.docker("rm", "-f", *ids)
-        vols = self.docker("volume", "ls", "-q", *filters).stdout.split()
-        if vols:
-            self.docker("volume", "rm", "-f", *vols)
 
     def stop(self) -> None:
         if self.process is None and (self.root / "docker.pid").exists():  # a dead run's engine

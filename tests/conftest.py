@@ -83,15 +83,51 @@ def engine_host(testbed):
     engine.stop()
 
 
+def add_host(laptop: tb.Laptop, host: tb.FakeHost) -> None:
+    """Put one more host in the laptop's ssh config and known_hosts."""
+    known = laptop.home / ".ssh" / "known_hosts"
+    known.write_text(known.read_text() + host.host_key_line() + "\n")
+    laptop.ssh_config.write_text(laptop.ssh_config.read_text() + host.config_block(laptop.identity, known))
+
+
 @pytest.fixture
 def engine_laptop(laptop, testbed, engine_host):
     """The laptop, with the own-engine host added to its ssh config and known_hosts."""
     host, engine = engine_host
-    known = laptop.home / ".ssh" / "known_hosts"
-    known.write_text(known.read_text() + host.host_key_line() + "\n")
-    laptop.ssh_config.write_text(laptop.ssh_config.read_text() + host.config_block(laptop.identity, known))
+    add_host(laptop, host)
     laptop.engine_host, laptop.engine = host.name, engine
     yield laptop
+
+
+GPU8 = f"gpu8-host{SUFFIX}"
+
+
+@pytest.fixture(scope="session")
+def gpu8_host(testbed, box_image):
+    """A host with 8 GPUs to share (devbox/testbed.py, "A host with GPUs to share"): its
+    own dockerd, where `--gpus` works and each box gets a fake nvidia-smi of its GPUs,
+    seeded with the base and the box image. A tb.GpuBed: .name (the ssh alias), .host,
+    .engine, .gpus, .set_util(index, pct), .set_processes(index, [(pid, mib, name)]),
+    .set_box_util(container, index, pct), .visible_devices(container), .smi(*args),
+    .box_smi(container, *args), .reset(). Use it through `gpu8_laptop`."""
+    root = Path(tempfile.mkdtemp(prefix="devbox-gpu8-", dir="/var/lib"))
+    bed = tb.start_gpu_bed(root, [tb.BASE_IMAGE, box_image.tag])
+    try:
+        tb.start_gpu_host(GPU8, testbed.workdir, testbed.workdir / "authorized_keys", bed)
+        yield bed
+    finally:
+        bed.stop()
+
+
+@pytest.fixture
+def gpu8_laptop(laptop, gpu8_host):
+    """The laptop with the 8-GPU host in its ssh config (laptop.gpu8 is its name, laptop.gpus
+    the bed); the host starts and ends each test with no box and every GPU idle."""
+    add_host(laptop, gpu8_host.host)
+    laptop.gpu8, laptop.gpus = gpu8_host.name, gpu8_host
+    gpu8_host.reset()
+    yield laptop
+    gpu8_host.reset()
 
 
 @pytest.fixture(scope="session")
@@ -124,8 +160,10 @@ class DevboxCLI:
         self.env = {**os.environ, "HOME": str(laptop.home), "PYTHONUNBUFFERED": "1"}
         self.env.pop("DEVBOX_SSH_CONFIG", None)
 
+    argv = [sys.executable, "-m", "devbox.cli"]
+
     def __call__(self, *args: str, input: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "devbox.cli", *args], cwd=self.cwd, env=self.env,
+        return subprocess.run([*self.argv, *args], cwd=self.cwd, env=self.env,
                               capture_output=True, text=True, input=input, timeout=timeout)
 
     def json(self, *args: str, expect: int | None = 0):

@@ -192,3 +192,28 @@ def test_a_config_of_the_wrong_shape_is_a_config_error(tmp_path, text, needle):
         with pytest.raises(ConfigError) as err:
             load()
         assert str(cfg) in err.value.message and needle in err.value.message and err.value.remedy
+
+
+# ---------------------------------------------------------------- upgrading never re-creates a box (issue 20)
+
+
+def test_a_host_s_own_box_keeps_its_names_and_spec_hash_across_the_named_box_upgrade():
+    """Hashes computed by devbox at 2ad46cf (before named boxes, shared volumes, idle_stop and
+    ca_bundle): an unchanged config gives the same hash, so `up` after an upgrade changes nothing."""
+    from devbox.config import BoxSpec, Volume
+
+    tag = "devbox-ssh:0123456789abcdef"
+    specs = {
+        "998f12d2e6528e2f": BoxSpec("gpu-host-3"),
+        "b632520b5407bccf": BoxSpec("h2", gpus=(0, 1), volumes=(Volume("workspace", "/workspace"), Volume("/data", "/data", True)),
+                                    shm_size="16g", uid=1001, gid=1001, apt=("jq",)),
+        "4170cb753be08453": BoxSpec("h3", gpus="none", memory="", cpus="4", expose="all", refresh="2026-11-23"),
+    }
+    for expected, spec in specs.items():
+        assert spec.spec_hash(21234, tag) == expected
+    box = BoxSpec("gpu-host-3").box
+    assert (box.container, box.keys_volume, box.network, box.volume("home"), box.ssh_alias) == (
+        "devbox-gpu-host-3", "devbox-gpu-host-3.keys", "devbox-gpu-host-3.net", "devbox-gpu-host-3-home", "devbox-gpu-host-3")
+    named = BoxSpec("gpu-host-3", name="alice-3", owner="alice", admits=("alice",))
+    assert named.spec_hash(21234, tag) == specs["998f12d2e6528e2f"].spec_hash(21234, tag), "who it is for is not the container"
+    assert (named.box_name, named.keys_volume, named.box.ssh_alias) == ("devbox-alice-3", "devbox-alice-3.keys", "devbox-alice-3")

@@ -26,7 +26,7 @@ VENV_ENV = {**os.environ, "PATH": f"{sys.prefix}/bin:{os.environ['PATH']}"}  # d
 class RunningBox:
     """A box started with `docker run` and plan.run_args (what `devbox up` runs)."""
 
-    def __init__(self, image: str, name: str, workdir, uid: int = 1000, gid: int = 1000):
+    def __init__(self, image: str, name: str, workdir, uid: int = 1000, gid: int = 1000, extra: tuple[str, ...] = ()):
         self.spec = BoxSpec(name, gpus="none", uid=uid, gid=gid, base_image=tb.BASE_IMAGE,
                             volumes=())
         self.port = tb.free_port("127.0.0.1")
@@ -35,6 +35,7 @@ class RunningBox:
         self.workspace.chmod(0o777)
         self.image = image
         self.id = None
+        self.extra = list(extra)   # more `docker run` arguments (env, mounts), placed after devbox's own
         self.key = tb.keygen(workdir / "user_key", "tester")
         self.other_key = tb.keygen(workdir / "stranger_key", "stranger")
 
@@ -44,7 +45,7 @@ class RunningBox:
         subprocess.run(["docker", *keys_writer_argv(self.spec, self.image)], input=pub, text=True, check=True)
         engine = tb.local_facts(self.spec, ["memlock"])   # as `up`'s host check reads it: memlock=-1 fails here
         args = run_args(self.spec, engine, self.port, self.image, {"devbox.test": "image"})
-        args = args[:-1] + ["--mount", f"type=bind,source={self.workspace},target=/workspace", self.image]
+        args = args[:-1] + ["--mount", f"type=bind,source={self.workspace},target=/workspace", *self.extra, self.image]
         done = subprocess.run(["docker", *args], capture_output=True, text=True)
         if done.returncode != 0:   # created but not started: remove it (and the rest) before failing
             subprocess.run(["docker", "rm", "-f", self.spec.box_name], capture_output=True)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from devbox import sshconfig
 from devbox.box import inspect_box
 from devbox.config import BoxSpec
+from devbox.lock import HostLock
 from devbox.plan import shared_volume_names, volume_names
 from devbox.remote import Host
 from devbox.result import HostResult
@@ -37,7 +38,8 @@ def box_volumes(spec: BoxSpec, managed: dict[str, tuple[str, str]]) -> list[str]
 
 def down_host(spec: BoxSpec, result: DownResult, purge: bool = False) -> None:
     """Remove the box; report as removed or kept only what was really there."""
-    with Host(spec.host) as host:
+    with Host(spec.host) as host, HostLock(host) as lock:
+        lock.acquire(lambda message: None)     # not while an `up` or `keys sync` changes a box here
         if inspect_box(host, spec):
             host.docker("rm", "--force", spec.box_name)
             result.removed.append(f"container {spec.box_name}")

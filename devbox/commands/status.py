@@ -8,6 +8,7 @@ box is kept up (the watcher's last sample) or when and why it stopped itself.
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
@@ -106,20 +107,21 @@ def read_gpu_memory(result: BoxStatus, spec: BoxSpec, gpu_facts: Facts | None) -
     result.gpu_memory_used_mib = sum(gpu_facts.gpu_memory_used.get(g.index, 0) for g in mine)
 
 
-# Every devbox box of the engine (`docker inspect`), and what its idle watcher says: the last
-# sample for a running box, the stop line in its log for a stopped one (one exchange).
+# Every devbox box of the host (`docker inspect`; the team's devbox.toml names hosts alike, and
+# the `devbox.host` label keeps that name), and what its idle watcher says: the last sample for
+# a running box, the stop line in its log for a stopped one (one exchange).
 BOXES_SCRIPT = "\n".join([
     SECTION,
-    "names=$(docker ps -a --filter label=devbox.managed=true --filter label=devbox.spec-hash --format '{{.Names}}' 2>/dev/null"
-    " | grep -v -E '[.](next|old)$')",
+    "names=$(docker ps -a --filter label=devbox.managed=true --filter label=devbox.spec-hash --filter label=devbox.host={host} "
+    "--format '{{.Names}}' 2>/dev/null | grep -v -E '[.](next|old)$')",
     'sec inspect; [ -z "$names" ] || docker container inspect $names 2>/dev/null',
     'for n in $names; do',
-    '  s=$(docker container inspect --format \'{{.State.Running}} {{index .Config.Labels "devbox.idle-stop"}} '
-    '{{index .Config.Labels "devbox.user"}}\' "$n" 2>/dev/null) || continue',
-    '  case "$s" in *" ") continue;; esac',
+    '  set -- $(docker container inspect --format \'{{.State.Running}} {{index .Config.Labels "devbox.user"}} '
+    '{{index .Config.Labels "devbox.idle-stop"}}\' "$n" 2>/dev/null)',
+    '  [ -n "${3:-}" ] || continue',
     '  sec "idle $n"',
-    '  case "$s" in true*) docker exec "$n" cat "/home/${s##* }/.devbox/idle/state" 2>/dev/null;;',
-    "  *) docker logs --tail 20 \"$n\" 2>&1 | grep 'devbox-idle: stopped' | tail -n 1;; esac",
+    '  case "$1" in true) docker exec "$n" cat "/home/$2/.devbox/idle/state" 2>/dev/null;;',
+    "  *) docker logs --tail 20 \"$n\" 2>&1;; esac",
     "done", "true"]) + "\n"
 
 
@@ -131,7 +133,7 @@ def status_host(spec: BoxSpec, result: BoxStatus) -> None:
         facts = gather(host, spec, content_tag(spec.image), asked=asked)
         read_status(result, facts)
         read_gpu_memory(result, spec, facts if asked else None)
-        listed = host.run(BOXES_SCRIPT, check=False).stdout
+        listed = host.run(BOXES_SCRIPT.replace("{host}", shlex.quote(spec.host)), check=False).stdout
     read_boxes(result, spec, parse_sections(listed))
 
 
@@ -172,11 +174,14 @@ def other_row(box: dict, host: str, idle_text: str) -> BoxStatus:
 
 def read_idle(result: BoxStatus, box: dict, text: str) -> None:
     """Why a box with idle_stop is kept up, or when and why it stopped (pure)."""
-    from devbox.idle import IdleState, stopped_reason
-
     if not text:
         return
+    from devbox.idle import IdleState, stopped_reason
+
     if (box.get("State") or {}).get("Running"):
-        result.kept_up_by = IdleState.parse(text).reasons()
+        try:
+            result.kept_up_by = IdleState.parse(text).reasons() or ["nothing: idle, it stops at the end of its window"]
+        except ValueError:
+            result.kept_up_by = []        # not sampled yet (a box that just started)
     else:
         result.stopped_why = stopped_reason(text) or ""

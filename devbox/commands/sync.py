@@ -8,15 +8,17 @@ sure to run nothing a revoked person left behind.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from devbox.box import box_exec, running_box, write_authorized_keys
+from devbox.box import box_exec, box_sh, running_box, write_authorized_keys
 from devbox.commands.up import UpResult, up_host
 from devbox.config import BoxSpec
 from devbox.errors import DevboxError
 from devbox.facts import AUTHORIZED_KEYS_FILE
-from devbox.keyset import KeySource
+from devbox.keys import installed_keys
+from devbox.keyset import KeySet, KeySource
 from devbox.lock import HostLock
+from devbox.planted import changed_since, listing_script
 from devbox.remote import Host
 from devbox.result import HostResult
 
@@ -25,9 +27,14 @@ from devbox.result import HostResult
 class SyncResult(HostResult):
     keys: int = 0
     restarted: bool = False
+    removed: list[str] = field(default_factory=list)      # whose keys this sync took off the box
+    planted: list[str] = field(default_factory=list)      # start-up files changed in the home since they were added
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         return (f"{self.keys} key(s) " + ("installed" if self.changed else "already in place")
+                + (f"; removed {', '.join(self.removed)}" if self.removed else "")
+                + (f"; {len(self.planted)} start-up file(s) changed in the shared home since (listed below)" if self.planted else "")
                 + ("; box re-created (volumes and host key kept, every process in it ended)" if self.restarted else ""))
 
 
@@ -48,6 +55,26 @@ def sync_host(spec: BoxSpec, result: SyncResult, source: KeySource, restart: boo
         if current.strip() != keys.authorized_keys.strip():
             write_authorized_keys(host, spec, box["Config"]["Image"], keys.authorized_keys)
             result.changed = True
+            _list_planted(host, spec, result, keys, current)
         if restart:
             up_host(spec, UpResult.start(spec), source, force=True, restart=True, verify=False, host=host, lock=lock)
             result.restarted = result.changed = True
+
+
+def _list_planted(host: Host, spec: BoxSpec, result: SyncResult, keys: KeySet, before: str) -> None:
+    """A key left a shared home: list the start-up files changed since it was added
+    (devbox/planted.py), for whoever revoked it to read before anyone logs in."""
+    leaving = {fp: name for fp, name in installed_keys(before).items() if fp not in keys.fingerprints}
+    if not leaving:
+        return
+    result.removed = sorted(set(leaving.values()))
+    times = [keys.added_at(fp) for fp in leaving]
+    since = None if None in times else min(times)
+    listing = box_sh(host, spec, listing_script(), check=False).stdout
+    changed = changed_since(listing, since)
+    result.planted = [c.text() for c in changed]
+    if changed:
+        when = "since their key was added" if since is not None else "(their key's add time is unknown: all of them)"
+        result.warnings.append(f"{spec.host}: {', '.join(result.removed)} had the same login as everyone on this box; start-up "
+                               f"files in its home changed {when}: {', '.join(result.planted)}. Read them before the next "
+                               "login: they run as whoever logs in (README: trust model)")
