@@ -68,6 +68,7 @@ def preflight(spec: BoxSpec, facts: Facts) -> None:
         )
     refuse_other_owner(spec, facts.box_labels)
     _preflight_host_paths(spec, facts)
+    _preflight_sizes(spec, facts)
     if spec.wants_gpus and facts.host_checked:
         _preflight_gpus(spec, facts)
     _preflight_owner(spec, facts)
@@ -112,6 +113,18 @@ def _preflight_host_paths(spec: BoxSpec, facts: Facts) -> None:
         if real != source and gives_host_root(real):
             raise ConfigError(f"{spec.box.name}: host path {source} leads to {real}, which makes every key holder root on the host",
                               "mount a data folder instead; only if you mean it, set allow_host_root_mounts = true in devbox.toml")
+
+
+def _preflight_sizes(spec: BoxSpec, facts: Facts) -> None:
+    """A size no host memory can back is a typo (Docker takes shm_size = "100000g" without a word
+    and mounts a 98 TB /dev/shm whose writes then fail at random): refuse it against the host's."""
+    if not facts.host_memory:
+        return
+    host = f"{facts.host_memory / (1 << 30):.0f} GiB"
+    for key, value in (("shm_size", spec.shm_size), ("memory", spec.memory)):
+        if value not in ("auto", "") and size_bytes(value) > facts.host_memory:
+            raise ConfigError(f"{spec.box.name}: {key} = \"{value}\" is more than the host's memory ({host})",
+                              f'set {key} in devbox.toml to at most {facts.host_memory >> 30}g, or "auto"')
 
 
 def _preflight_owner(spec: BoxSpec, facts: Facts) -> None:
