@@ -212,8 +212,11 @@ PIP_STEP = 'delivery = "build"\napt = ["python3-pip"]\npip = ["six"]\n'
 
 def test_pip_behind_a_tls_intercepting_proxy_fails_naming_the_cause_and_the_ca_bundle_fix(laptop, machine_ca):
     set_config(laptop, PIP_STEP)
-    reports, _ = laptop.devbox.json("up", laptop.host1, expect=1)
+    reports, _ = laptop.devbox.json("up", laptop.host1, expect=None)
     error = reports[0]["error"]
+    if not error:   # a machine whose own CAs are there but whose way to PyPI intercepts nothing
+        pytest.skip("pip reached PyPI without this machine's CA: no TLS interception here")
+    assert reports[0]["exit_code"] == 1
     assert "(pip install of `pip`)" in error and "a TLS certificate check failed" in error and "set ca_bundle" in error, error
 
 
