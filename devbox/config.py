@@ -247,7 +247,10 @@ def find_config(explicit: Path | None = None) -> Path | None:
 
 def _read_toml(path: Path) -> dict:
     try:
-        return tomllib.loads(path.read_text())
+        # utf-8-sig: Windows editors start UTF-8 files with a BOM, which TOML reads as a stray statement
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})", "save the file as UTF-8") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}", "fix the syntax at the line shown") from exc
     except OSError as exc:

@@ -15,6 +15,7 @@ from typing import Callable
 
 from devbox.boxenv import READ_BOX_ENV, InBox, parse_box_env
 from devbox.config import BoxSpec
+from devbox.errors import CommandTimedOut, HostUnreachable
 
 MARK = "@@devbox@@"
 SECTION = f"sec() {{ echo; echo '{MARK}' \"$1\"; }}"
@@ -293,7 +294,7 @@ def state_script(spec: BoxSpec, image_tag: str) -> str:
     lines = [SECTION,
              f't=$(mktemp 2>/dev/null) && {{ {exec_inside} >"$t" & }}',
              *ask(spec, image_tag, ["docker", "images", "owner", "box", "ports", "path"]),
-             "wait",
+             "sec exec; wait",
              'case "$box" in *\'"Running": true\'*)',
              f'if [ -n "$t" ]; then cat "$t"; else {exec_inside}; fi;;',
              "esac", 'rm -f "$t"', "true"]
@@ -433,13 +434,50 @@ def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.split(".") if p.isdigit())
 
 
+# What runs in a section whose own line does not say (state_script waits there for its exec).
+HIDDEN_COMMANDS = {"exec": "docker exec into the box"}
+
+
+def hung_command(script: str, printed: str) -> tuple[str, str]:
+    """(section, command) of the question that was running when the script was stopped:
+    the last section it announced, and the first command of that section's line."""
+    sections = [line[len(MARK):].strip() for line in printed.splitlines() if line.startswith(MARK)]
+    section = sections[-1] if sections else ""
+    if not section:
+        return "", "the first question"
+    if section in HIDDEN_COMMANDS:
+        return section, HIDDEN_COMMANDS[section]
+    line = next((l for l in script.splitlines() if l.startswith(f"sec {section};")), "")
+    body = line.split(";", 1)[1] if ";" in line else ""
+    inner = re.search(r"\$\(([^)]*)\)", body)
+    command = inner.group(1) if inner else re.split(r";\s| \| ", body)[0]
+    command = re.sub(r"\s*2>(&1|/dev/null)", "", command).strip()
+    return section, _clip(command) if command else f"the `{section}` question"
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def ask_host(host, script: str) -> str:
+    """The answers to a question script, or, when it hangs, a HostUnreachable naming the
+    command that hung (the host ends the script, and all it started, at the same time)."""
+    try:
+        return host.ask(script).stdout
+    except CommandTimedOut as exc:
+        section, command = hung_command(script, exc.stdout)
+        raise HostUnreachable(f"{host.alias}: `{command}` gave no answer within {exc.seconds:g} s (host question "
+                              f"{section or 'start'}; devbox stopped it)",
+                              "run it by hand on the host to see why; DEVBOX_QUESTION_TIMEOUT=SECONDS allows longer") from exc
+
+
 def gather(host, spec: BoxSpec, image_tag: str, host_check: Callable[[Facts], bool] | None = None, asked: str = "") -> Facts:
     """The box's state in one exchange over `host` (a remote.Host); the host checks in a
     second one only when `host_check(facts)` says so (`up` about to create something).
     `asked`: answers an earlier exchange already got (gpu_script), not asked again."""
-    state = asked + host.run(state_script(spec, image_tag), check=False).stdout
+    state = asked + ask_host(host, state_script(spec, image_tag))
     facts = parse_facts(state, image_tag)
     if host_check is not None and host_check(facts):
         again = host_check_script(spec, frozenset(parse_sections(asked)))
-        facts = parse_facts(state + host.run(again, check=False).stdout, image_tag)
+        facts = parse_facts(state + ask_host(host, again), image_tag)
     return facts

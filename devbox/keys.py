@@ -241,6 +241,13 @@ def _parse_line(line: str) -> PublicKey:
     return PublicKey(key_type, base64.b64encode(blob).decode(), comment, bits)
 
 
+def _looks_like_key(line: str) -> bool:
+    """A line that starts as a key would (a type, a certificate, or options before one)."""
+    first = line.split(None, 1)[0]
+    return (first in KNOWN_TYPES or first in REFUSED_TYPES or first.endswith("-cert-v01@openssh.com")
+            or _looks_like_options(line))
+
+
 def _key_lines(text: str) -> list[str]:
     """Non-blank lines that are not `#` comments (a leading BOM is tolerated)."""
     stripped = (line.strip() for line in text.lstrip("\ufeff").splitlines())
@@ -260,6 +267,11 @@ def parse_public_keys(text: str, allow_many: bool = False) -> list[PublicKey]:
     lines = _key_lines(text)
     if not lines:
         _reject("no public key found")
+    stray = next((line for line in lines[1:] if not _looks_like_key(line)), None)
+    if stray is not None:
+        number = next(n for n, line in enumerate(text.lstrip("\ufeff").splitlines(), 1) if line.strip() == stray)
+        _reject(f"line {number} is not a key: a public key is one line, its comment included",
+                "join its comment onto the key's line (a wrapped or pasted comment broke it), or remove that line")
     if len(lines) > 1 and not allow_many:
         _reject("several keys in one file", "give one key per person, or pass --all to add them all")
     try:

@@ -81,12 +81,10 @@ class KeySource:
         """The box's keys as it installs them (forward_agent: refused unless one person's)."""
         return keys_for_box(spec, desired_keys(self.directory, self.identity, spec.admits, spec.box.name))
 
-    def notice(self) -> str:
-        """Said once per command: keys/ has no team keys, so boxes get only your own key."""
-        try:
-            return desired_keys(self.directory, self.identity).notice
-        except ConfigError:
-            return ""
+    def check(self) -> str:
+        """Read keys/ once before any host is touched: a broken folder is one line naming the
+        file, never a row per host. Returns what to say once (keys/ has no team keys)."""
+        return desired_keys(self.directory, self.identity).notice
 
 
 # ---------------------------------------------------------------- who a box admits

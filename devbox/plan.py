@@ -68,7 +68,9 @@ def preflight(spec: BoxSpec, facts: Facts) -> None:
             f"{h}: host path {facts.missing_paths[0]} to mount does not exist",
             "create it on the host or drop it from `volumes`",
         )
+    refuse_other_owner(spec, facts.box_labels)
     _preflight_host_paths(spec, facts)
+    _preflight_sizes(spec, facts)
     if spec.wants_gpus and facts.host_checked:
         _preflight_gpus(spec, facts)
     _preflight_owner(spec, facts)
@@ -93,6 +95,17 @@ def box_matches(facts: Facts, spec_hash: str) -> bool:
     return facts.box_labels.get("devbox.spec-hash") == spec_hash
 
 
+def refuse_other_owner(spec: BoxSpec, labels: dict) -> None:
+    """A box is its owner's: a config that names another owner for it (a typo, a copied table)
+    would hand her home and workspace to someone else's keys."""
+    held = labels.get("devbox.owner", "")
+    if labels and held != spec.owner:
+        raise ConfigError(f"{spec.box.name}: the box on {spec.host} is {held + chr(39) + 's' if held else 'the host' + chr(39) + 's own'} "
+                          f"(its label), the config says {'owner = ' + repr(spec.owner) if spec.owner else 'no owner'}",
+                          f"fix owner in devbox.toml; to hand the box over, `devbox down {spec.box.name} --purge` first "
+                          "(its volumes are the old owner's data)")
+
+
 def _preflight_host_paths(spec: BoxSpec, facts: Facts) -> None:
     """A host path that leads (through symlinks) to the Docker socket or a system folder is
     as dangerous as naming it: devbox.toml cannot see that, the host can."""
@@ -102,6 +115,18 @@ def _preflight_host_paths(spec: BoxSpec, facts: Facts) -> None:
         if real != source and gives_host_root(real):
             raise ConfigError(f"{spec.box.name}: host path {source} leads to {real}, which makes every key holder root on the host",
                               "mount a data folder instead; only if you mean it, set allow_host_root_mounts = true in devbox.toml")
+
+
+def _preflight_sizes(spec: BoxSpec, facts: Facts) -> None:
+    """A size no host memory can back is a typo (Docker takes shm_size = "100000g" without a word
+    and mounts a 98 TB /dev/shm whose writes then fail at random): refuse it against the host's."""
+    if not facts.host_memory:
+        return
+    host = f"{facts.host_memory / (1 << 30):.0f} GiB"
+    for key, value in (("shm_size", spec.shm_size), ("memory", spec.memory)):
+        if value not in ("auto", "") and size_bytes(value) > facts.host_memory:
+            raise ConfigError(f"{spec.box.name}: {key} = \"{value}\" is more than the host's memory ({host})",
+                              f'set {key} in devbox.toml to at most {facts.host_memory >> 30}g, or "auto"')
 
 
 def _preflight_owner(spec: BoxSpec, facts: Facts) -> None:

@@ -11,6 +11,7 @@ import json
 import shlex
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Callable
 
 from devbox.basetag import resolve_on
 from devbox.config import BoxSpec
@@ -155,14 +156,13 @@ def read_boxes(result: BoxStatus, spec: BoxSpec, sections: dict[str, list[str]])
             result.others.append(other_row(box, spec.host, idle.get(name, "")))
 
 
-def flatten(results: list[BoxStatus]) -> list[BoxStatus]:
-    """Each result, then the other boxes found on its host, each box once (a box asked for
-    by name is not listed again under its host)."""
-    asked = {(r.box_host, r.host) for r in results}
-    rows: list[BoxStatus] = []
-    for result in results:
-        rows += [result, *(o for o in result.others if (o.box_host, o.host) not in asked)]
-    return rows
+def rows_of(specs: list[BoxSpec]) -> Callable[[BoxStatus], list[BoxStatus]]:
+    """A result's rows: itself, then the other boxes found on its host, each box once (a box
+    asked for by name is not listed again under its host). One result at a time, so each
+    host's rows print as soon as that host answers."""
+    asked = {(spec.host, spec.box.name) for spec in specs}
+    return lambda result: [result, *(o for o in result.others if (o.box_host, o.host) not in asked)]
+
 
 
 def other_row(box: dict, host: str, idle_text: str) -> BoxStatus:
