@@ -265,8 +265,12 @@ def _smi(facts: Facts, answers: list[str], tag: str) -> None:
 # The most locked memory a box may get: `--ulimit memlock=-1` needs an engine that may raise
 # its hard limit (CAP_SYS_RESOURCE, bit 24 of CapEff) or one whose own limit is unlimited.
 # /proc/PID/limits and status are world-readable; without a visible dockerd, this shell's own.
-@question("memlock", lambda spec, tag: 'p=$(pidof dockerd 2>/dev/null | cut -d" " -f1); [ -n "$p" ] || p=$$; '
-          "awk '/^Max locked memory/ {print $5}' /proc/$p/limits; awk '/^CapEff/ {print $2}' /proc/$p/status")
+# Every dockerd is read (a host may run several, and one may end meanwhile): the box gets the
+# lowest limit any of them has, which each of them can give.
+@question("memlock", lambda spec, tag: 'ps=$(pidof dockerd 2>/dev/null); [ -n "$ps" ] || ps=$$; for p in $ps; do '
+          "l=$(awk '/^Max locked memory/ {print $5}' /proc/$p/limits 2>/dev/null); "
+          "c=$(awk '/^CapEff/ {print $2}' /proc/$p/status 2>/dev/null); "
+          '[ -n "$l" ] && [ -n "$c" ] && echo "$l $c"; done; true')
 def _memlock(facts: Facts, answers: list[str], tag: str) -> None:
     facts.memlock_max = parse_memlock(_last(answers))
 
@@ -409,13 +413,22 @@ def parse_gpu_csv(text: str) -> tuple[tuple[Gpu, ...], str]:
 
 
 def parse_memlock(text: str) -> int | None:
-    """`<hard limit bytes|unlimited>` and `<CapEff hex>` lines -> -1 (a box may have unlimited), bytes, or None."""
-    lines = text.split()
-    if len(lines) != 2 or not re.match(r"^[0-9a-fA-F]+$", lines[1]):
+    """`<hard limit bytes|unlimited> <CapEff hex>` per engine -> -1 (a box may have unlimited),
+    the lowest limit in bytes, or None (nothing readable)."""
+    words = text.split()
+    limits = [_memlock_of(limit, caps) for limit, caps in zip(words[::2], words[1::2])] if len(words) % 2 == 0 else []
+    if not limits or None in limits:
         return None
-    if lines[0] == "unlimited" or int(lines[1], 16) & (1 << 24):   # CAP_SYS_RESOURCE may raise any limit
+    finite = [limit for limit in limits if limit >= 0]
+    return min(finite) if finite else -1
+
+
+def _memlock_of(limit: str, caps: str) -> int | None:
+    if not re.match(r"^[0-9a-fA-F]+$", caps):
+        return None
+    if limit == "unlimited" or int(caps, 16) & (1 << 24):   # CAP_SYS_RESOURCE may raise any limit
         return -1
-    return int(lines[0]) if lines[0].isdigit() else None
+    return int(limit) if limit.isdigit() else None
 
 
 def parse_driver_cuda(text: str) -> str | None:
