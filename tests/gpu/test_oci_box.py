@@ -55,7 +55,7 @@ def test_the_hardening_flags_land_in_the_oci_config():
 def test_volumes_named_ones_in_their_folder_host_paths_bound_read_only_as_asked():
     box = oci_box.translate(argv(), IMAGE, MACHINE)
     assert box.named_volumes == [(SPEC.volume_name(v), v.target) for v in SPEC.all_volumes() if v.is_named] + [
-        (SPEC.keys_volume, "/etc/devbox/keys")]
+        (SPEC.keys_volume, "/etc/devbox/keys"), (SPEC.secrets_volume, "/etc/devbox/secrets")]
     assert mount(box.config, "/opt/devbox/venv") == {"destination": "/opt/devbox/venv", "type": "bind",
                                                      "source": "/opt/torch/.venv", "options": ["rbind", "rprivate", "ro"]}
     keys = mount(box.config, "/etc/devbox/keys")
