@@ -22,7 +22,7 @@ from pathlib import Path
 from devbox.config import AUTO_BASE as AUTO
 from devbox.config import BoxSpec
 from devbox.errors import HostUnreachable
-from devbox.facts import Facts, gpu_script, parse_facts, version_tuple
+from devbox.facts import Facts, ask_host, gpu_script, parse_facts, version_tuple
 
 TABLE = Path(__file__).resolve().parent / "data" / "pytorch_images.toml"
 TAG_RE = re.compile(r"^(?:docker\.io/)?pytorch/pytorch:(\d+(?:\.\d+)+)-cuda(\d+\.\d+)-cudnn\d+-(?:runtime|devel)\Z")
@@ -182,7 +182,7 @@ def resolve_on(host, spec: BoxSpec, memory: bool = False) -> tuple[BoxSpec, Base
     (or `memory`, for status), one exchange over `host` (a remote.Host) asks the GPUs, the
     driver's CUDA and the box's current base. The answers go on to `facts.gather`, which
     then does not ask them again."""
-    asked = host.run(gpu_script(spec, memory), check=False).stdout if spec.wants_gpus and (spec.base_image == AUTO or memory) else ""
+    asked = ask_host(host, gpu_script(spec, memory)) if spec.wants_gpus and (spec.base_image == AUTO or memory) else ""
     facts = parse_facts(asked) if asked else None
     choice = choose(spec, facts, facts.box_base if facts else "")
     return resolved(spec, choice), choice, asked

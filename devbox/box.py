@@ -8,6 +8,7 @@ from __future__ import annotations
 import shlex
 import time
 
+from devbox.boxenv import SECRETS_DIR, WRITE_SECRETS, BoxEnv
 from devbox.config import BoxSpec
 from devbox.errors import DevboxError, HostUnreachable, RemoteCommandFailed
 from devbox.facts import AUTHORIZED_KEYS_DIR
@@ -128,8 +129,17 @@ def _throwaway(spec: BoxSpec, volume: str, target: str = AUTHORIZED_KEYS_DIR) ->
             "--mount", f"type=volume,source={volume},target={target}"]
 
 
+def secrets_writer_argv(spec: BoxSpec, image: str) -> list[str]:
+    """The secrets volume's writer: the values come on its stdin, never in its argv."""
+    return throwaway_argv(spec, image, spec.secrets_volume, SECRETS_DIR, WRITE_SECRETS)
+
+
 def write_authorized_keys(host: Host, spec: BoxSpec, image: str, content: str) -> None:
     host.docker(*keys_writer_argv(spec, image), stdin=content.encode())
+
+
+def write_box_env(host: Host, spec: BoxSpec, image: str, env: BoxEnv) -> None:
+    host.docker(*secrets_writer_argv(spec, image), stdin=env.payload())
 
 
 def read_host_key(host: Host, spec: BoxSpec, wait_s: float = 20) -> str:

@@ -43,6 +43,11 @@ class BoxId:
         return f"{self.container}.keys"
 
     @property
+    def secrets_volume(self) -> str:
+        """The box's env, secrets and git settings: mounted read-only in the box, written from the host."""
+        return f"{self.container}.secrets"
+
+    @property
     def network(self) -> str:
         """The box's own bridge network: boxes on one host cannot reach each other."""
         return f"{self.container}.net"

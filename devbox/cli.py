@@ -23,6 +23,8 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Team public keys in keys/: add, list, revoke, sync to boxes.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+secrets_app = typer.Typer(help="The box's env, secrets and git settings from devbox.toml: sync them live.", no_args_is_help=True)
+app.add_typer(secrets_app, name="secrets")
 
 JSON = typer.Option(False, "--json", help="Print machine-readable JSON instead of text.")
 CONFIG = typer.Option(None, "--config", help="devbox.toml to use (default: ./devbox.toml, then ~/.config/devbox/devbox.toml).")
@@ -34,14 +36,18 @@ PARALLEL = typer.Option(16, "--parallel", "-P", min=1, max=256,
                              "waits out its ConnectTimeout (default 10 s) in its own slot.")
 
 
-def show(items, as_json: bool, note: str = "", one: bool = False, exit_code: int | None = None) -> None:
-    """The one place output is printed; exits with the worst host's code when asked."""
-    from devbox.result import render, worst_exit
+def show(items, as_json: bool, note: str = "", one: bool = False, exit_code: int | None = None, printed: bool = False) -> None:
+    """The one place output is printed; exits with the worst host's code when asked.
+    `printed`: the rows are already out (row_printer), only the note is left."""
+    from devbox.result import printable, render, worst_exit
 
     items = items if isinstance(items, list) else [items]
-    typer.echo(render(items, as_json, note, one))
+    if not printed:
+        typer.echo(render(items, as_json, note, one))
+    elif note:
+        typer.echo(note)
     for warning in (w for item in items for w in getattr(item, "warnings", [])):
-        typer.echo(warning, err=True)
+        typer.echo(printable(warning), err=True)
     if exit_code is not None or any(hasattr(item, "exit_code") for item in items):
         raise typer.Exit(exit_code if exit_code is not None else worst_exit(items))
 
@@ -62,6 +68,23 @@ def per_host(items, result_type, work, parallel: int = 16):
     from devbox.result import for_each_host
 
     return for_each_host(items, result_type.start, work, max_workers=parallel)
+
+
+def row_printer(items, as_json: bool, rows=None):
+    """Over several hosts in text, each row as soon as its host is done; else None (all at the end)."""
+    from devbox.result import RowPrinter
+
+    return RowPrinter(typer.echo, rows) if not as_json and len(items) > 1 else None
+
+
+def show_per_host(items, result_type, work, parallel: int, as_json: bool, rows=None) -> None:
+    """Run work on every host and show the rows, each as soon as it is ready;
+    `rows(result)`: the rows one result prints (default: itself)."""
+    from devbox.result import for_each_host
+
+    printer = row_printer(items, as_json, rows)
+    results = for_each_host(items, result_type.start, work, max_workers=parallel, on_done=printer)
+    show([row for result in results for row in (rows(result) if rows else [result])], as_json, printed=printer is not None)
 
 
 # ---------------------------------------------------------------- image
@@ -112,11 +135,11 @@ def up(
 
     boxes = specs(hosts, config, playbook)
     keys = KeySource(keys_dir)
-    if not as_json and (notice := keys.notice()):
+    if (notice := keys.check()) and not as_json:
         typer.echo(f"note: {notice}", err=True)
     progress = progress_printer(as_json)
-    show(per_host(boxes, UpResult, lambda spec, result: up_host(spec, result, keys, dry_run=dry_run, force=force, repin=repin,
-                                                               verify=verify, progress=progress), parallel), as_json)
+    show_per_host(boxes, UpResult, lambda spec, result: up_host(spec, result, keys, dry_run=dry_run, force=force, repin=repin,
+                                                               verify=verify, progress=progress), parallel, as_json)
 
 
 @app.command()
@@ -134,7 +157,8 @@ def verify(
 
     boxes = specs(hosts, config, playbook)
     keys = KeySource(keys_dir)
-    show(per_host(boxes, VerifyResult, lambda spec, result: verify_host(spec, result, keys), parallel), as_json)
+    keys.check()
+    show_per_host(boxes, VerifyResult, lambda spec, result: verify_host(spec, result, keys), parallel, as_json)
 
 
 @app.command()
@@ -149,9 +173,10 @@ def status(
     """Show each box: state, health, owner, image, uptime, port, GPUs, keys, jobs, and why it is kept up or stopped.
 
     For a HOST: its own box and every other devbox box on it (a box per person), read from the host's labels, not a local database."""
-    from devbox.commands.status import BoxStatus, flatten, status_host
+    from devbox.commands.status import BoxStatus, rows_of, status_host
 
-    show(flatten(per_host(specs(hosts, config, playbook, all_hosts), BoxStatus, status_host, parallel)), as_json)
+    boxes = specs(hosts, config, playbook, all_hosts)
+    show_per_host(boxes, BoxStatus, status_host, parallel, as_json, rows_of(boxes))
 
 
 @app.command()
@@ -172,7 +197,8 @@ def top(
 
     boxes = specs(hosts, config, None, all_hosts)
     if once:
-        show(top_once(boxes), as_json)
+        printer = row_printer(boxes, as_json)
+        show(top_once(boxes, printer), as_json, printed=printer is not None)
     raise typer.Exit(worst_exit(top_live(boxes, interval, typer.echo, as_json)))
 
 
@@ -280,12 +306,12 @@ def keys_revoke(
         show(revoke_key(keys_dir, name), as_json, SYNC_NOTE.format(what="remove it from") + " now")
         return
     from devbox.commands.sync import SyncResult, sync_host
-    from devbox.keyset import desired_keys
+    from devbox.keyset import KeySource
 
     boxes = specs(hosts, config, None, all_hosts)   # a bad host name stops before the revocation
     revoked = revoke_key(keys_dir, name)
-    keys = desired_keys(keys_dir)
-    show(per_host(boxes, SyncResult, lambda spec, result: sync_host(spec, result, keys), parallel), as_json,
+    keys, progress = KeySource(keys_dir), progress_printer(as_json)
+    show(per_host(boxes, SyncResult, lambda spec, result: sync_host(spec, result, keys, progress=progress), parallel), as_json,
          "; ".join(row.text() for row in revoked))
 
 
@@ -306,8 +332,26 @@ def keys_sync(
 
     boxes = specs(hosts, config, playbook, all_hosts)
     keys = KeySource(keys_dir)
+    keys.check()
     progress = progress_printer(as_json)
-    show(per_host(boxes, SyncResult, lambda spec, result: sync_host(spec, result, keys, restart, progress), parallel), as_json)
+    show_per_host(boxes, SyncResult, lambda spec, result: sync_host(spec, result, keys, restart, progress), parallel, as_json)
+
+
+@secrets_app.command("sync")
+def secrets_sync(
+    hosts: List[str] = typer.Argument(None, help="Hosts or boxes to update (or --all)."),
+    all_hosts: bool = ALL_HOSTS,
+    dotfiles: bool = typer.Option(False, "--dotfiles", help="Also copy the dotfiles folder into the box's home (files changed there are kept)."),
+    playbook: Optional[str] = PLAYBOOK,
+    config: Optional[Path] = CONFIG,
+    parallel: int = PARALLEL,
+    as_json: bool = JSON,
+):
+    """Push env, secrets and git settings to running boxes. Read here, written live; only names are shown."""
+    from devbox.commands.secrets import SecretsResult, sync_secrets_host
+
+    boxes = specs(hosts, config, playbook, all_hosts)
+    show(per_host(boxes, SecretsResult, lambda spec, result: sync_secrets_host(spec, result, dotfiles), parallel), as_json)
 
 
 # ---------------------------------------------------------------- jobs
@@ -454,7 +498,9 @@ def main() -> None:
     try:
         app()
     except DevboxError as exc:
-        typer.echo(f"devbox: error: {exc.one_line()}", err=True)
+        from devbox.result import printable
+
+        typer.echo(f"devbox: error: {printable(exc.one_line())}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         typer.echo("devbox: interrupted", err=True)
@@ -462,7 +508,9 @@ def main() -> None:
     except Exception as exc:  # a bug: one line that says so, never a traceback (unless asked)
         if os.environ.get("DEVBOX_DEBUG"):
             raise
-        typer.echo(f"devbox: internal error: {type(exc).__name__}: {exc} "
+        from devbox.result import printable
+
+        typer.echo(f"devbox: internal error: {type(exc).__name__}: {printable(str(exc))} "
                    "(please report; re-run with DEVBOX_DEBUG=1 for the traceback)", err=True)
         sys.exit(70)
 

@@ -84,7 +84,19 @@ ALLOWED_KEYS = {
                  "e.g. a TLS-intercepting proxy's: \"/usr/local/share/ca-certificates/proxy.crt\"",
     "build_stall": "seconds a build on the host may print nothing before it is stopped, 1..86400 (default 300)",
     "allow_host_root_mounts": "true to let volumes mount host paths that give root on the host (the Docker socket, /etc, /, …); every key holder becomes host root, and `up` warns each time",
+    "env": 'a table of plain (not secret) variables for every shell, job and notebook, e.g. { HF_HOME = "/workspace/hf" }',
+    "secrets": 'a table of variables read on this machine at `up`, e.g. { HF_TOKEN = "env:HF_TOKEN", WANDB_API_KEY = "file:~/.config/wandb/key" }',
+    "git_identity": 'who commits in the box, e.g. "Ada Lovelace <ada@lab.org>"',
+    "git_credentials": 'the token HTTPS git pushes use, read like a secret: "env:GH_TOKEN" (any host that asks), '
+                       'or per host: { "github.com" = "env:GH_TOKEN", "git.lab.org:8443" = "file:~/.config/lab-token" }',
+    "forward_agent": "true to let your ssh-agent reach the box (only on a box whose keys are one person's)",
+    "dotfiles": 'a folder on this machine copied into the box\'s home at first `up`, e.g. "~/dotfiles"',
 }
+# Variable names a shell can export; the sources a secret may name.
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+SECRET_SOURCE_RE = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]{0,127}|file:[^\n\r\0]{1,4096})\Z")
+# "Name <email>", written into a gitconfig as a quoted value: no quotes, backslashes or controls.
+GIT_IDENTITY_RE = re.compile(r'^([^<>"\\\x00-\x1f\x7f]{1,200}) <([^<>"\\\s]{1,200}@[^<>"\\\s]{1,200})>\Z')
 
 
 @dataclass(frozen=True)
@@ -130,6 +142,12 @@ class BoxSpec:
     identity: str = ""
     apt: tuple[str, ...] = ()
     pip: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()           # (NAME, value), sorted
+    secrets: tuple[tuple[str, str], ...] = ()       # (NAME, "env:X" | "file:PATH"): sources, never values
+    git_identity: str = ""
+    git_credentials: tuple[tuple[str, str], ...] = ()   # (HOST[:PORT] or "" for any, a secret's source)
+    forward_agent: bool = False
+    dotfiles: str = ""
     shared: bool = False
     idle_stop: int = 0                  # seconds; 0: never stops itself
     idle_gpu_util: int = 5
@@ -142,11 +160,14 @@ class BoxSpec:
     # Not part of the container: changing them must not re-create a box (and the
     # opt-in flag must not change the hash of configs written before it existed).
     # apt, pip and ca_bundle reach the hash through the image tag, which holds them; who gets in
-    # is the keys volume's business (synced live).
+    # is the keys volume's business (synced live), and so is the box's environment (env,
+    # secrets, git, dotfiles: its secrets volume and home).
     HASH_EXCLUDED = ("sources", "port", "host", "delivery", "allow_host_root_mounts", "identity", "apt", "pip",
-                     "ca_bundle", "build_stall", "name", "owner", "admits", "gpu_count", "registry")
+                     "ca_bundle", "build_stall", "name", "owner", "admits", "gpu_count",
+                     "env", "secrets", "git_identity", "git_credentials", "dotfiles", "registry")
     # Keys added after boxes existed: hashed only when set, so an upgrade re-creates nothing.
-    HASH_WHEN_SET = {"shared": False, "idle_stop": 0, "idle_gpu_util": 5}
+    # forward_agent is an sshd option of the container.
+    HASH_WHEN_SET = {"shared": False, "idle_stop": 0, "idle_gpu_util": 5, "forward_agent": False}
 
     @property
     def box(self) -> BoxId:
@@ -182,6 +203,10 @@ class BoxSpec:
     @property
     def keys_volume(self) -> str:
         return self.box.keys_volume
+
+    @property
+    def secrets_volume(self) -> str:
+        return self.box.secrets_volume
 
     @property
     def network(self) -> str:
@@ -226,7 +251,10 @@ def find_config(explicit: Path | None = None) -> Path | None:
 
 def _read_toml(path: Path) -> dict:
     try:
-        return tomllib.loads(path.read_text())
+        # utf-8-sig: Windows editors start UTF-8 files with a BOM, which TOML reads as a stray statement
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})", "save the file as UTF-8") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}", "fix the syntax at the line shown") from exc
     except OSError as exc:
@@ -392,15 +420,29 @@ def _build_spec(host: str, table: dict, table_name: str, document: dict, path: P
     origin: dict[str, str] = {}
     for where, layer in layers:
         fields = _validate_table(layer, where)
+        for key in MERGED_TABLES & fields.keys():   # [defaults] env plus the host's own
+            fields[key] = tuple(sorted({**dict(merged.get(key, ())), **dict(fields[key])}.items()))
         merged.update(fields)
         origin.update(dict.fromkeys(fields, where))
     merged.pop("playbook", None)
     spec = BoxSpec(host=host, sources=tuple(w for w, _ in layers), **merged)
     _check_mounts(spec, origin)
+    _check_env_names(spec, origin)
     if spec.delivery.startswith("registry") and not spec.registry:
         raise ConfigError(f"{origin['delivery']}: delivery = {spec.delivery!r} but no registry is set",
                           'add registry = "HOST[:PORT]/PATH" (e.g. "reg.lab:5000/devbox") to devbox.toml, or choose another delivery')
     return spec
+
+
+MERGED_TABLES = {"env", "secrets"}
+
+
+def _check_env_names(spec: BoxSpec, origin: dict[str, str]) -> None:
+    """A name is plain or secret, not both: which value would a shell see?"""
+    both = sorted(set(dict(spec.env)) & set(dict(spec.secrets)))
+    if both:
+        raise ConfigError(f"{origin.get('secrets', 'devbox.toml')}: {both[0]!r} is in both env and secrets",
+                          "keep it in one of them (secrets for anything you would not paste in a chat)")
 
 
 def _validate_table(table: dict, where: str) -> dict:
@@ -592,6 +634,63 @@ def _parse_packages(pattern: re.Pattern):
     return parse
 
 
+def _check_env_name(name) -> str:
+    if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+        raise ValueError(f"{name!r} is not a variable name (letters, digits and _, not starting with a digit)")
+    return name
+
+
+def _parse_env(value) -> tuple[tuple[str, str], ...]:
+    """NAME = "value": a value is one line of text (no NUL, no newline: a shell exports it as is)."""
+    if not isinstance(value, dict):
+        raise ValueError("not a table")
+    for name, item in value.items():
+        _check_env_name(name)
+        if not isinstance(item, str):
+            raise ValueError(f"{name}: the value must be a string")
+        if any(c in item for c in "\0\n\r"):
+            raise ValueError(f"{name}: the value holds a NUL or a line break")
+    return tuple(sorted(value.items()))
+
+
+def _parse_secret_source(value) -> str:
+    if isinstance(value, str) and SECRET_SOURCE_RE.match(value):
+        return value
+    # Never echoed: a token pasted here by mistake must not reach a terminal or a CI log.
+    raise ValueError("not env:NAME or file:PATH (the value itself never goes in devbox.toml)")
+
+
+def _parse_secrets(value) -> tuple[tuple[str, str], ...]:
+    """NAME = "env:VAR" | "file:PATH": where to read the value on this machine (never the value)."""
+    if not isinstance(value, dict):
+        raise ValueError("not a table")
+    parsed = []
+    for name, source in value.items():
+        try:
+            parsed.append((_check_env_name(name), _parse_secret_source(source)))
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}" if isinstance(name, str) and ENV_NAME_RE.match(name) else str(exc)) from None
+    return tuple(sorted(parsed))
+
+
+GIT_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})(:[0-9]{1,5})?\Z")
+
+
+def _parse_git_credentials(value) -> tuple[tuple[str, str], ...]:
+    """A source for every HTTPS host, or a table of HOST[:PORT] -> source (git asks only for those)."""
+    if isinstance(value, str):
+        return (("", _parse_secret_source(value)),)
+    if not isinstance(value, dict) or not value:
+        raise ValueError("not a source or a table of host = source")
+    parsed = []
+    for host, source in value.items():
+        if not isinstance(host, str) or not GIT_HOST_RE.match(host):
+            raise ValueError(f"{host!r} is not a host name (with an optional :port)")
+        try:
+            parsed.append((host, _parse_secret_source(source)))
+        except ValueError as exc:
+            raise ValueError(f"{host}: {exc}") from None
+    return tuple(sorted(parsed))
 def _parse_percent(value) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 100:
         return value
@@ -668,6 +767,12 @@ _PARSERS = {
     "identity": _parse_str(re.compile(r'^[^\n\r\0"]{1,4096}\Z')),  # written into an ssh config line
     "apt": _parse_packages(APT_RE),
     "pip": _parse_packages(PIP_RE),
+    "env": _parse_env,
+    "secrets": _parse_secrets,
+    "git_identity": _parse_str(GIT_IDENTITY_RE),
+    "git_credentials": _parse_git_credentials,
+    "forward_agent": _parse_bool,
+    "dotfiles": _parse_str(re.compile(r"^[^\n\r\0]{1,4096}\Z")),
     "shared": _parse_bool,
     "idle_stop": parse_duration,  # devbox/idle.py
     "idle_gpu_util": _parse_percent,

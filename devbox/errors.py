@@ -49,6 +49,14 @@ class RemoteCommandFailed(DevboxError):
     exit_code = EXIT_CHECK_FAILED
 
 
+class CommandTimedOut(RemoteCommandFailed):
+    """A command on the host gave no end within its time; `stdout` is what it printed."""
+
+    def __init__(self, message: str, remedy: str, stdout: str, seconds: float):
+        super().__init__(message, remedy)
+        self.stdout, self.seconds = stdout, seconds
+
+
 class CommandStalled(RemoteCommandFailed):
     """A command on the host printed nothing for its idle bound (a build stuck on a mirror)."""
 

@@ -13,7 +13,9 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Callable
 
+from devbox.boxenv import READ_BOX_ENV, InBox, parse_box_env
 from devbox.config import BoxSpec
+from devbox.errors import CommandTimedOut, HostUnreachable
 
 MARK = "@@devbox@@"
 SECTION = f"sec() {{ echo; echo '{MARK}' \"$1\"; }}"
@@ -62,6 +64,7 @@ class Facts:
     memlock_max: int | None = None         # bytes the engine may give a box (-1: unlimited), None: unknown
     box_base: str = ""                     # the base image the existing box was built on (its label)
     gpu_memory_used: dict[int, int] = field(default_factory=dict)   # GPU index -> MiB in use now
+    box_env: InBox | None = None           # the secrets volume as the running box sees it (digest, env, names)
     gpu_holders: tuple = ()                # placement.GpuHolder: the running boxes of the engine and their GPUs
     gpu_processes: tuple = ()              # placement.GpuProcess: compute processes and their containers
 
@@ -157,6 +160,11 @@ def _paths(facts: Facts, answers: list[str], tag: str) -> None:
 @question("keys", lambda spec, tag: f"cat {AUTHORIZED_KEYS_FILE} 2>/dev/null")
 def _keys(facts: Facts, answers: list[str], tag: str) -> None:
     facts.authorized_keys = answers[-1] if answers else None
+
+
+@question("boxenv", lambda spec, tag: READ_BOX_ENV)
+def _boxenv(facts: Facts, answers: list[str], tag: str) -> None:
+    facts.box_env = parse_box_env(answers[-1]) if answers else None
 
 
 @question("hostkey", lambda spec, tag: f'cat "$HOME/{BOX_STATE_DIR}/hostkeys/ssh_host_ed25519_key.pub" 2>/dev/null')
@@ -257,8 +265,12 @@ def _smi(facts: Facts, answers: list[str], tag: str) -> None:
 # The most locked memory a box may get: `--ulimit memlock=-1` needs an engine that may raise
 # its hard limit (CAP_SYS_RESOURCE, bit 24 of CapEff) or one whose own limit is unlimited.
 # /proc/PID/limits and status are world-readable; without a visible dockerd, this shell's own.
-@question("memlock", lambda spec, tag: 'p=$(pidof dockerd 2>/dev/null | cut -d" " -f1); [ -n "$p" ] || p=$$; '
-          "awk '/^Max locked memory/ {print $5}' /proc/$p/limits; awk '/^CapEff/ {print $2}' /proc/$p/status")
+# Every dockerd is read (a host may run several, and one may end meanwhile): the box gets the
+# lowest limit any of them has, which each of them can give.
+@question("memlock", lambda spec, tag: 'ps=$(pidof dockerd 2>/dev/null); [ -n "$ps" ] || ps=$$; for p in $ps; do '
+          "l=$(awk '/^Max locked memory/ {print $5}' /proc/$p/limits 2>/dev/null); "
+          "c=$(awk '/^CapEff/ {print $2}' /proc/$p/status 2>/dev/null); "
+          '[ -n "$l" ] && [ -n "$c" ] && echo "$l $c"; done; true')
 def _memlock(facts: Facts, answers: list[str], tag: str) -> None:
     facts.memlock_max = parse_memlock(_last(answers))
 
@@ -281,12 +293,12 @@ def state_script(spec: BoxSpec, image_tag: str) -> str:
     background, and its answer is printed only if the inspect says the box runs; where no
     temp file can be made it runs in turn. Every value is quoted.
     """
-    inside = "; ".join([SECTION, *ask(spec, image_tag, ["keys", "hostkey", "jobs"])])
+    inside = "; ".join([SECTION, *ask(spec, image_tag, ["keys", "boxenv", "hostkey", "jobs"])])
     exec_inside = f"docker exec -u {spec.uid}:{spec.gid} -e HOME={q(spec.home)} {q(spec.box_name)} sh -c {q(inside)} 2>/dev/null"
     lines = [SECTION,
              f't=$(mktemp 2>/dev/null) && {{ {exec_inside} >"$t" & }}',
              *ask(spec, image_tag, ["docker", "images", "owner", "box", "ports", "path"]),
-             "wait",
+             "sec exec; wait",
              'case "$box" in *\'"Running": true\'*)',
              f'if [ -n "$t" ]; then cat "$t"; else {exec_inside}; fi;;',
              "esac", 'rm -f "$t"', "true"]
@@ -401,13 +413,22 @@ def parse_gpu_csv(text: str) -> tuple[tuple[Gpu, ...], str]:
 
 
 def parse_memlock(text: str) -> int | None:
-    """`<hard limit bytes|unlimited>` and `<CapEff hex>` lines -> -1 (a box may have unlimited), bytes, or None."""
-    lines = text.split()
-    if len(lines) != 2 or not re.match(r"^[0-9a-fA-F]+$", lines[1]):
+    """`<hard limit bytes|unlimited> <CapEff hex>` per engine -> -1 (a box may have unlimited),
+    the lowest limit in bytes, or None (nothing readable)."""
+    words = text.split()
+    limits = [_memlock_of(limit, caps) for limit, caps in zip(words[::2], words[1::2])] if len(words) % 2 == 0 else []
+    if not limits or None in limits:
         return None
-    if lines[0] == "unlimited" or int(lines[1], 16) & (1 << 24):   # CAP_SYS_RESOURCE may raise any limit
+    finite = [limit for limit in limits if limit >= 0]
+    return min(finite) if finite else -1
+
+
+def _memlock_of(limit: str, caps: str) -> int | None:
+    if not re.match(r"^[0-9a-fA-F]+$", caps):
+        return None
+    if limit == "unlimited" or int(caps, 16) & (1 << 24):   # CAP_SYS_RESOURCE may raise any limit
         return -1
-    return int(lines[0]) if lines[0].isdigit() else None
+    return int(limit) if limit.isdigit() else None
 
 
 def parse_driver_cuda(text: str) -> str | None:
@@ -426,13 +447,50 @@ def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.split(".") if p.isdigit())
 
 
+# What runs in a section whose own line does not say (state_script waits there for its exec).
+HIDDEN_COMMANDS = {"exec": "docker exec into the box"}
+
+
+def hung_command(script: str, printed: str) -> tuple[str, str]:
+    """(section, command) of the question that was running when the script was stopped:
+    the last section it announced, and the first command of that section's line."""
+    sections = [line[len(MARK):].strip() for line in printed.splitlines() if line.startswith(MARK)]
+    section = sections[-1] if sections else ""
+    if not section:
+        return "", "the first question"
+    if section in HIDDEN_COMMANDS:
+        return section, HIDDEN_COMMANDS[section]
+    line = next((l for l in script.splitlines() if l.startswith(f"sec {section};")), "")
+    body = line.split(";", 1)[1] if ";" in line else ""
+    inner = re.search(r"\$\(([^)]*)\)", body)
+    command = inner.group(1) if inner else re.split(r";\s| \| ", body)[0]
+    command = re.sub(r"\s*2>(&1|/dev/null)", "", command).strip()
+    return section, _clip(command) if command else f"the `{section}` question"
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def ask_host(host, script: str) -> str:
+    """The answers to a question script, or, when it hangs, a HostUnreachable naming the
+    command that hung (the host ends the script, and all it started, at the same time)."""
+    try:
+        return host.ask(script).stdout
+    except CommandTimedOut as exc:
+        section, command = hung_command(script, exc.stdout)
+        raise HostUnreachable(f"{host.alias}: `{command}` gave no answer within {exc.seconds:g} s (host question "
+                              f"{section or 'start'}; devbox stopped it)",
+                              "run it by hand on the host to see why; DEVBOX_QUESTION_TIMEOUT=SECONDS allows longer") from exc
+
+
 def gather(host, spec: BoxSpec, image_tag: str, host_check: Callable[[Facts], bool] | None = None, asked: str = "") -> Facts:
     """The box's state in one exchange over `host` (a remote.Host); the host checks in a
     second one only when `host_check(facts)` says so (`up` about to create something).
     `asked`: answers an earlier exchange already got (gpu_script), not asked again."""
-    state = asked + host.run(state_script(spec, image_tag), check=False).stdout
+    state = asked + ask_host(host, state_script(spec, image_tag))
     facts = parse_facts(state, image_tag)
     if host_check is not None and host_check(facts):
         again = host_check_script(spec, frozenset(parse_sections(asked)))
-        facts = parse_facts(state + host.run(again, check=False).stdout, image_tag)
+        facts = parse_facts(state + ask_host(host, again), image_tag)
     return facts

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from devbox.errors import ConfigError, DevboxError, HostUnreachable
+from devbox.errors import ConfigError, HostUnreachable
 from devbox.resources import shipped_dir
 
 IMAGE_REPO = "devbox-ssh"

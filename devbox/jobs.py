@@ -8,6 +8,7 @@ re-creation (a job whose tmux died without an exit code is "lost").
 """
 from __future__ import annotations
 
+import codecs
 import re
 import shlex
 import signal
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from devbox.box import box_sh
+from devbox.boxenv import ENV_SCRIPT
 from devbox.config import BoxSpec
 from devbox.errors import ConfigError, DevboxError
 from devbox.remote import Host
@@ -27,6 +29,7 @@ ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 JOBS = "$HOME/.devbox/jobs"
 TAKEN_EXIT = 17
 NO_CWD_EXIT = 18
+LOST_EXIT = 19
 NOW = "date -u +%Y-%m-%dT%H:%M:%SZ"
 
 
@@ -79,6 +82,7 @@ def run_script(name: str, argv: list[str], cwd: str | None, env: list[str]) -> s
         f"d={_job_dir(name)}",
         f'cd {where} || {{ echo "devbox: cannot cd to "{where} >> "$d/log"; echo 1 > "$d/exit_code"; {NOW} > "$d/ended"; exit 1; }}',
     ]
+    lines.append(f"[ -r {ENV_SCRIPT} ] && . {ENV_SCRIPT}")   # devbox.toml's env and secrets (--env wins)
     lines += [f"export {item.split('=', 1)[0]}={shlex.quote(item.split('=', 1)[1])}" for item in env]
     lines += [
         f"{{ sh -c 'echo $$ > \"$0\"; exec \"$@\"' \"$d/pid\" {shlex.join(argv)}; echo $? > \"$d/exit_code.new\"; }} 2>&1 | tee -a \"$d/log\"",
@@ -94,9 +98,12 @@ def start_job(host: Host, spec: BoxSpec, name: str, argv: list[str], cwd: str | 
     if replace:
         stop_job(host, spec, name, missing_ok=True)
     q = shlex.quote(name)
+    # A lost job (its tmux gone, no exit code) has only its log to tell what happened: kept
+    # unless --replace says to start afresh.
+    lost_check = "" if replace else f'if [ -d "$d" ] && [ ! -s "$d/exit_code" ]; then exit {LOST_EXIT}; fi; '
     setup = (
         f"d={_job_dir(name)}; umask 077; "
-        f"if tmux has-session -t ={q} 2>/dev/null; then exit {TAKEN_EXIT}; fi; "
+        f"if tmux has-session -t ={q} 2>/dev/null; then exit {TAKEN_EXIT}; fi; {lost_check}"
         f"[ -d {_shell_path(cwd or '~')} ] || exit {NO_CWD_EXIT}; "
         f'rm -rf "$d"; mkdir -p "$d" && cat > "$d/run.sh" && printf "%s\\n" {shlex.quote(shlex.join(argv))} > "$d/command" && '
         f'{NOW} > "$d/started" && : > "$d/log" && '
@@ -105,6 +112,9 @@ def start_job(host: Host, spec: BoxSpec, name: str, argv: list[str], cwd: str | 
     result = box_sh(host, spec, setup, stdin=script.encode(), check=False)
     if result.exit_code == TAKEN_EXIT:
         raise ConfigError(f"a job named {name!r} is already running on {spec.box.name}", "pick another --name, or pass --replace to stop it first")
+    if result.exit_code == LOST_EXIT:
+        raise ConfigError(f"job {name!r} on {spec.box.name} was lost (its tmux ended without an exit code) and its log is kept",
+                          f"read it with `devbox logs {spec.box.name} {name}`, then pick another --name, or pass --replace to discard it")
     if result.exit_code == NO_CWD_EXIT:
         raise ConfigError(f"--cwd {cwd!r}: no such directory in the box on {spec.box.name}", "create it first (devbox ssh HOST -- mkdir -p DIR) or pick another")
     if not result.ok:
@@ -179,13 +189,23 @@ def _require_job(host: Host, spec: BoxSpec, name: str) -> None:
         raise ConfigError(f"no job named {name!r} on {spec.box.name}", f"known jobs: {known}")
 
 
+def _printer(write):
+    """on_stdout for a log: each chunk decoded and written as it comes (a character split
+    across two chunks is kept for the next), so no more than a chunk is ever held here."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    return lambda chunk: write(decoder.decode(chunk), end="", flush=True)
+
+
 def logs(host: Host, spec: BoxSpec, name: str, tail: int = 100, follow: bool = False, write=print) -> None:
-    """Print the log; with follow, stream until the job ends (or Ctrl-C)."""
+    """Print the log; with follow, stream until the job ends (or Ctrl-C).
+
+    Both stream: memory stays within the SSH window (2 MiB) plus a 64 KiB chunk and the
+    64 KiB tail Host.run keeps, whatever the log's size (tests/test_logs_memory.py measures it)."""
     _require_job(host, spec, name)
     q = shlex.quote(name)
     log = f"{_job_dir(name)}/log"
     if not follow:
-        write(box_sh(host, spec, f"tail -n {max(0, int(tail))} {log}").stdout, end="")
+        box_sh(host, spec, f"tail -n {max(0, int(tail))} {log}", timeout=None, on_stdout=_printer(write))
         return
     # tail --pid ends the stream (after printing what is left) once the job's pane process
     # exits. The watcher ends it when devbox goes away (Ctrl-C, dropped link): our stdin,
@@ -197,8 +217,22 @@ def logs(host: Host, spec: BoxSpec, name: str, tail: int = 100, follow: bool = F
               # a background job's stdin is /dev/null in sh: hand it ours as fd 3
               'exec 3<&0; (cat <&3 >/dev/null; kill "$t" 2>/dev/null) & w=$!; '
               'wait "$t"; kill "$w" 2>/dev/null; exit 0')
-    box_sh(host, spec, script, timeout=None, keep_stdin_open=True,
-           on_stdout=lambda chunk: write(chunk.decode(errors="replace"), end="", flush=True))
+    box_sh(host, spec, script, timeout=None, keep_stdin_open=True, on_stdout=_printer(write))
+
+
+def attach_script(host: str, name: str, read_only: bool) -> str:
+    """What `attach` runs in the box: tmux attach when the job's session is there, else one
+    line saying why it is not (ended, lost, unknown) and what to run instead."""
+    q, h = shlex.quote(name), shlex.quote(host)
+    logs_hint = 'read its log: devbox logs "$h" "$n"'
+    return (
+        f"n={q}; h={h}; d={_job_dir(name)}; "
+        f'if tmux has-session -t "=$n" 2>/dev/null; then exec tmux attach-session{" -r" if read_only else ""} -t "=$n"; fi; '
+        f'if [ -s "$d/exit_code" ]; then echo "devbox: job $n has ended (exit $(cat "$d/exit_code")): {logs_hint}" >&2; '
+        f'elif [ -d "$d" ]; then echo "devbox: job $n is lost: its tmux session is gone (the box was re-created or tmux '
+        f'was killed) and it left no exit code; {logs_hint}, start it again with devbox run --replace" >&2; '
+        f'else echo "devbox: no job named $n in the box on $h (devbox ps $h lists them)" >&2; fi; exit 1'
+    )
 
 
 def signal_number(sig: str) -> tuple[int, str]:

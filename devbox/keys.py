@@ -25,6 +25,7 @@ from devbox.errors import KeyRejected
 # a pty (shells, tmux) and port forwarding (VS Code Remote-SSH uses -L; the box's
 # sshd_config narrows it to local forwards with AllowTcpForwarding local).
 AUTHORIZED_KEY_OPTIONS = "restrict,port-forwarding,pty"
+AGENT_OPTION = "agent-forwarding"   # forward_agent = true, only on a box of one person's keys
 HEADER = "# managed by devbox: do not edit, changes are overwritten by `devbox keys sync`\n"
 
 MIN_RSA_BITS = 3072
@@ -240,6 +241,13 @@ def _parse_line(line: str) -> PublicKey:
     return PublicKey(key_type, base64.b64encode(blob).decode(), comment, bits)
 
 
+def _looks_like_key(line: str) -> bool:
+    """A line that starts as a key would (a type, a certificate, or options before one)."""
+    first = line.split(None, 1)[0]
+    return (first in KNOWN_TYPES or first in REFUSED_TYPES or first.endswith("-cert-v01@openssh.com")
+            or _looks_like_options(line))
+
+
 def _key_lines(text: str) -> list[str]:
     """Non-blank lines that are not `#` comments (a leading BOM is tolerated)."""
     stripped = (line.strip() for line in text.lstrip("\ufeff").splitlines())
@@ -259,6 +267,11 @@ def parse_public_keys(text: str, allow_many: bool = False) -> list[PublicKey]:
     lines = _key_lines(text)
     if not lines:
         _reject("no public key found")
+    stray = next((line for line in lines[1:] if not _looks_like_key(line)), None)
+    if stray is not None:
+        number = next(n for n, line in enumerate(text.lstrip("\ufeff").splitlines(), 1) if line.strip() == stray)
+        _reject(f"line {number} is not a key: a public key is one line, its comment included",
+                "join its comment onto the key's line (a wrapped or pasted comment broke it), or remove that line")
     if len(lines) > 1 and not allow_many:
         _reject("several keys in one file", "give one key per person, or pass --all to add them all")
     try:
@@ -277,7 +290,7 @@ def parse_public_key(text: str) -> PublicKey:
 # ---------------------------------------------------------------- rendering
 
 
-def render_authorized_keys(keys: Iterable[PublicKey]) -> str:
+def render_authorized_keys(keys: Iterable[PublicKey], agent: bool = False) -> str:
     """The box's authorized_keys: restricted options on every key, one line per distinct blob.
 
     Sorted by fingerprint (and the line, for duplicates) so the same set always renders
@@ -286,7 +299,8 @@ def render_authorized_keys(keys: Iterable[PublicKey]) -> str:
     unique: dict[str, PublicKey] = {}
     for key in sorted(keys, key=lambda k: (k.fingerprint, k.line())):
         unique.setdefault(key.blob, key)
-    return HEADER + "".join(f"{AUTHORIZED_KEY_OPTIONS} {k.line()}\n" for k in unique.values())
+    options = AUTHORIZED_KEY_OPTIONS + (f",{AGENT_OPTION}" if agent else "")
+    return HEADER + "".join(f"{options} {k.line()}\n" for k in unique.values())
 
 
 def installed_keys(authorized_keys: str) -> dict[str, str]:
@@ -294,7 +308,7 @@ def installed_keys(authorized_keys: str) -> dict[str, str]:
     found: dict[str, str] = {}
     for line in authorized_keys.splitlines():
         words = line.split()
-        if words[:1] == [AUTHORIZED_KEY_OPTIONS]:
+        if words and words[0].startswith(AUTHORIZED_KEY_OPTIONS):   # with forward_agent: ",agent-forwarding" too
             words = words[1:]
         if len(words) < 2 or line.startswith("#"):
             continue
@@ -458,8 +472,12 @@ class KeyStore:
 
     def active_keys(self, names: tuple[str, ...] = ()) -> list[PublicKey]:
         """Every stored key whose fingerprint is not revoked (only those of `names`, when given)."""
+        return [key for _, key in self.active(names)]
+
+    def active(self, names: tuple[str, ...] = ()) -> list[tuple[str, PublicKey]]:
+        """(name, key) for every stored key whose fingerprint is not revoked (only of `names`, when given)."""
         revoked = self.revoked_fingerprints()
-        return [key for name, key in self.list() if key.fingerprint not in revoked and (not names or name in names)]
+        return [(name, key) for name, key in self.list() if key.fingerprint not in revoked and (not names or name in names)]
 
 
 def _lines(path: Path) -> list[str]:

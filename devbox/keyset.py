@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from devbox.errors import ConfigError
@@ -37,6 +37,8 @@ class KeySet:
     notice: str = ""
     fingerprints: tuple[str, ...] = ()   # each key's SHA256:…, to find the identity that gets in
     added: tuple[tuple[str, int], ...] = ()   # (fingerprint, epoch) of every key keys/ recorded adding
+    people: tuple[str, ...] = ()         # whose keys they are (keys/NAME.pub; "you" for your own key), sorted
+    keys: tuple = field(default=(), repr=False, compare=False)   # the PublicKeys, to render again (forward_agent)
 
     def added_at(self, fingerprint: str) -> int | None:
         return dict(self.added).get(fingerprint)
@@ -49,20 +51,22 @@ def desired_keys(directory: Path | None = None, identity: Path | None = None, ad
     from devbox.keys import KeyStore, keyset_fingerprint, parse_public_key, render_authorized_keys
 
     store = KeyStore(keys_dir(directory))
-    keys = store.active_keys(admits) if store.directory.is_dir() else []
+    named = store.active(admits) if store.directory.is_dir() else []
     notice = ""
-    if admits and not keys:
+    if admits and not named:
         raise ConfigError(f"{box}: none of {', '.join(admits)} (the box's owner and admins) has a key in {store.directory}",
                           "add the owner's key with `devbox keys add NAME FILE`")
-    if not keys:
+    if not named:
         pub = Path(str(identity or default_identity()) + ".pub")
         if not pub.is_file():
             raise ConfigError(f"keys/ is empty and {pub} does not exist", "add team keys with `devbox keys add NAME FILE`")
-        keys = [parse_public_key(pub.read_text())]
+        named = [("you", parse_public_key(pub.read_text()))]
         notice = f"keys/ has no team keys: installing only your own {pub}"
+    keys = [key for _, key in named]
     prints = tuple(sorted({k.fingerprint for k in keys}))
     added = tuple(sorted(store.added_times().items())) if store.directory.is_dir() else ()
-    return KeySet(render_authorized_keys(keys), keyset_fingerprint(keys), len(keys), notice, prints, added)
+    return KeySet(render_authorized_keys(keys), keyset_fingerprint(keys), len(keys), notice, prints, added,
+                  tuple(sorted({name for name, _ in named})), tuple(keys))
 
 
 @dataclass(frozen=True)
@@ -74,14 +78,49 @@ class KeySource:
     identity: Path | None = None
 
     def for_box(self, spec) -> KeySet:
-        return desired_keys(self.directory, self.identity, spec.admits, spec.box.name)
+        """The box's keys as it installs them (forward_agent: refused unless one person's)."""
+        return keys_for_box(spec, desired_keys(self.directory, self.identity, spec.admits, spec.box.name))
 
-    def notice(self) -> str:
-        """Said once per command: keys/ has no team keys, so boxes get only your own key."""
-        try:
-            return desired_keys(self.directory, self.identity).notice
-        except ConfigError:
-            return ""
+    def check(self) -> str:
+        """Read keys/ once before any host is touched: a broken folder is one line naming the
+        file, never a row per host. Returns what to say once (keys/ has no team keys)."""
+        return desired_keys(self.directory, self.identity).notice
+
+
+# ---------------------------------------------------------------- who a box admits
+
+
+def admitted_people(spec, keys: KeySet) -> tuple[str, ...]:
+    """The people whose keys this box lets in (secrets and a forwarded agent are theirs to
+    use): a host's own box admits every team key (or only your own when keys/ is empty), a
+    named box its owner and admins (KeySource.for_box reads only theirs)."""
+    return keys.people
+
+
+def keys_for_box(spec, keys: KeySet) -> KeySet:
+    """The keys as this box installs them: with `forward_agent`, each key line also allows
+    agent forwarding, which only a box of one person may have (anyone the box admits could
+    use the forwarded socket to log in wherever that person's agent can)."""
+    if not spec.forward_agent:
+        return keys
+    people = admitted_people(spec, keys)
+    if len(people) != 1:
+        raise ConfigError(f"{spec.box.name}: forward_agent = true, but the box admits the keys of {len(people)} people "
+                          f"({', '.join(people)}): each of them could use your forwarded agent",
+                          "set forward_agent = false (use git_credentials for pushes), or give the box one person's keys only "
+                          "(a named box of yours, or keys/ of one person)")
+    from devbox.keys import render_authorized_keys
+
+    return replace(keys, authorized_keys=render_authorized_keys(keys.keys, agent=True))
+
+
+def shared_secrets_warning(spec, keys: KeySet) -> str:
+    """Said on `up`: secrets on a box several people enter are theirs to read too."""
+    people = admitted_people(spec, keys)
+    if not (spec.secrets or spec.git_credentials) or len(people) < 2:
+        return ""
+    return (f"note: {spec.box.name}: the box's secrets are readable by everyone it admits ({', '.join(people)}): "
+            "they all log in as the same user")
 
 
 # ---------------------------------------------------------------- the identity that gets in

@@ -15,7 +15,9 @@ from devbox import __version__
 from devbox.config import BoxSpec, gives_host_root, shares_into_home
 from devbox.errors import ConfigError, DevboxError, HostUnreachable
 from devbox.basetag import refuse_unworkable
-from devbox.box import home_folders_argv, keys_writer_argv, volume_owner_argv
+from devbox.box import home_folders_argv, keys_writer_argv, secrets_writer_argv, volume_owner_argv
+from devbox.boxenv import SECRETS_DIR, BoxEnv
+from devbox.dotfiles import CopyDotfiles, Dotfiles
 from devbox.facts import AUTHORIZED_KEYS_DIR, Facts, image_cuda, version_tuple
 from devbox.placement import as_before, place_gpus
 from devbox.steps import BuildImage, DockerStep, PullImage, ShellStep, Step, StreamImage, SwapBox, WriteKeys
@@ -66,7 +68,9 @@ def preflight(spec: BoxSpec, facts: Facts) -> None:
             f"{h}: host path {facts.missing_paths[0]} to mount does not exist",
             "create it on the host or drop it from `volumes`",
         )
+    refuse_other_owner(spec, facts.box_labels)
     _preflight_host_paths(spec, facts)
+    _preflight_sizes(spec, facts)
     if spec.wants_gpus and facts.host_checked:
         _preflight_gpus(spec, facts)
     _preflight_owner(spec, facts)
@@ -91,6 +95,17 @@ def box_matches(facts: Facts, spec_hash: str) -> bool:
     return facts.box_labels.get("devbox.spec-hash") == spec_hash
 
 
+def refuse_other_owner(spec: BoxSpec, labels: dict) -> None:
+    """A box is its owner's: a config that names another owner for it (a typo, a copied table)
+    would hand her home and workspace to someone else's keys."""
+    held = labels.get("devbox.owner", "")
+    if labels and held != spec.owner:
+        raise ConfigError(f"{spec.box.name}: the box on {spec.host} is {held + chr(39) + 's' if held else 'the host' + chr(39) + 's own'} "
+                          f"(its label), the config says {'owner = ' + repr(spec.owner) if spec.owner else 'no owner'}",
+                          f"fix owner in devbox.toml; to hand the box over, `devbox down {spec.box.name} --purge` first "
+                          "(its volumes are the old owner's data)")
+
+
 def _preflight_host_paths(spec: BoxSpec, facts: Facts) -> None:
     """A host path that leads (through symlinks) to the Docker socket or a system folder is
     as dangerous as naming it: devbox.toml cannot see that, the host can."""
@@ -100,6 +115,18 @@ def _preflight_host_paths(spec: BoxSpec, facts: Facts) -> None:
         if real != source and gives_host_root(real):
             raise ConfigError(f"{spec.box.name}: host path {source} leads to {real}, which makes every key holder root on the host",
                               "mount a data folder instead; only if you mean it, set allow_host_root_mounts = true in devbox.toml")
+
+
+def _preflight_sizes(spec: BoxSpec, facts: Facts) -> None:
+    """A size no host memory can back is a typo (Docker takes shm_size = "100000g" without a word
+    and mounts a 98 TB /dev/shm whose writes then fail at random): refuse it against the host's."""
+    if not facts.host_memory:
+        return
+    host = f"{facts.host_memory / (1 << 30):.0f} GiB"
+    for key, value in (("shm_size", spec.shm_size), ("memory", spec.memory)):
+        if value not in ("auto", "") and size_bytes(value) > facts.host_memory:
+            raise ConfigError(f"{spec.box.name}: {key} = \"{value}\" is more than the host's memory ({host})",
+                              f'set {key} in devbox.toml to at most {facts.host_memory >> 30}g, or "auto"')
 
 
 def _preflight_owner(spec: BoxSpec, facts: Facts) -> None:
@@ -324,10 +351,11 @@ def run_args(spec: BoxSpec, facts: Facts, port: int, image_tag: str, labels: dic
         mount = f"type={kind},source={source},target={volume.target}" + (",readonly" if volume.read_only else "")
         args += ["--mount", mount]
     args += ["--mount", f"type=volume,source={spec.keys_volume},target={AUTHORIZED_KEYS_DIR},readonly"]
+    args += ["--mount", f"type=volume,source={spec.secrets_volume},target={SECRETS_DIR},readonly"]
     args += gpu_args(spec, facts)
     for key, value in labels.items():
         args += ["--label", f"{key}={value}"]
-    return args + [image_tag]
+    return args + [image_tag] + (["-o", "AllowAgentForwarding=yes"] if spec.forward_agent else [])
 
 
 def volume_step(spec: BoxSpec, name: str, image_tag: str, shared: bool = False) -> ShellStep:
@@ -354,8 +382,8 @@ def network_step(spec: BoxSpec) -> ShellStep:
 
 
 def volume_names(spec: BoxSpec) -> list[str]:
-    """Every volume that is the box's own: home, the named `volumes`, the keys (never a shared one)."""
-    return [spec.volume_name(v) for v in spec.all_volumes() if v.is_named and not v.shared] + [spec.keys_volume]
+    """Every volume that is the box's own: home, the named `volumes`, the keys, the secrets (never a shared one)."""
+    return [spec.volume_name(v) for v in spec.all_volumes() if v.is_named and not v.shared] + [spec.keys_volume, spec.secrets_volume]
 
 
 def home_folders(spec: BoxSpec) -> list[str]:
@@ -366,6 +394,18 @@ def home_folders(spec: BoxSpec) -> list[str]:
 
 def shared_volume_names(spec: BoxSpec) -> list[str]:
     return [spec.volume_name(v) for v in spec.volumes if v.shared]
+
+
+def env_differs(facts: Facts, box_env: BoxEnv) -> bool:
+    """The running box's secrets volume holds other values (compared by digest only)."""
+    return facts.box_env is None or facts.box_env.digest != box_env.digest
+
+
+def secrets_step(spec: BoxSpec, image_tag: str, box_env: BoxEnv) -> DockerStep:
+    """Rewrite the secrets volume live: the values go on the writer's stdin, never its argv."""
+    return DockerStep("sync_secrets", f"write {box_env.describe()} to {spec.secrets_volume} (read-only in the box)",
+                      tuple(secrets_writer_argv(spec, image_tag)), box_env.payload(), "env and secrets, by name: "
+                      + (", ".join(name for name, _ in (*box_env.env, *box_env.secrets)) or "none"))
 
 
 def delivery_step(spec: BoxSpec, facts: Facts, image_tag: str, local_image: bool) -> Step | None:
@@ -407,8 +447,11 @@ def plan_up(
     local_image: bool = False,
     restart: bool = False,
     read_keys: Callable[[], str] | None = None,
+    box_env: BoxEnv | None = None,
+    dotfiles: Dotfiles | None = None,
 ) -> Plan:
-    """Every step needed to bring the host to `spec`; none when it already matches."""
+    """Every step needed to bring the host to `spec`; none when it already matches.
+    `box_env`: the env and secrets read on this machine; `dotfiles`: copied into a new box."""
     if needs_host_check(spec, facts, image_tag) and not facts.host_checked:
         raise ValueError("plan_up needs the host checks (facts.host_checked) to create anything")
     preflight(spec, facts)
@@ -438,6 +481,8 @@ def plan_up(
     if box is None or recreate or not facts.box_running or facts.authorized_keys != authorized_keys.strip():
         steps.append(WriteKeys("sync_keys", f"install {authorized_keys.count(chr(10)) - 1} team key(s) in {spec.keys_volume} "
                                "(read-only in the box)", tuple(keys_writer_argv(spec, image_tag)), authorized_keys, read_keys))
+    if box_env is not None and (box is None or recreate or not facts.box_running or env_differs(facts, box_env)):
+        steps.append(secrets_step(spec, image_tag, box_env))
     if box is None or recreate:
         ports = choose_ports(spec, facts)
 
@@ -453,6 +498,9 @@ def plan_up(
                              spec, tuple(ports), argv_for, recreate))
     elif not facts.box_running:
         steps.append(DockerStep("start_box", f"start the stopped box {spec.box_name}", ("start", spec.box_name)))
+    if dotfiles is not None and box is None:
+        steps.append(CopyDotfiles("copy_dotfiles", f"copy dotfiles from {dotfiles.folder} into {spec.home} "
+                                  "(files changed in the box are kept)", spec, dotfiles))
     warnings = [f"{spec.box.name}: {warning}"] if (warning := memlock_ulimit(facts)[1]) and (box is None or recreate) else []
     warnings += gpu_warnings
     if not steps:

@@ -12,6 +12,8 @@ import threading
 import time
 from typing import Callable, TextIO
 
+from devbox.result import printable
+
 LINE_STEP = 0.10        # plain lines: one per tenth of the transfer
 UNKNOWN_STEP = 256e6    # ... or per 256 MB when the total is not known
 
@@ -110,6 +112,7 @@ class Reporter:
     def __call__(self, message: str) -> None:
         if self.mode == "quiet":
             return
+        message = printable(message)   # build output and other host text
         if self.mode == "bar" and "tqdm" in sys.modules:
             sys.modules["tqdm"].tqdm.write(f"  … {message}", file=self.stream)
         else:

@@ -26,10 +26,22 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Sequence
 
 from devbox import known_hosts
-from devbox.errors import CommandStalled, ConfigError, DevboxError, HostUnreachable, RemoteCommandFailed
+from devbox.errors import CommandStalled, CommandTimedOut, ConfigError, DevboxError, HostUnreachable, RemoteCommandFailed
 from devbox.sshconfig import expand_tokens
 
 DEFAULT_CONNECT_TIMEOUT = 10   # seconds; a Host block's ConnectTimeout overrides it, as for OpenSSH
+# A read-only question (facts, top) answers in well under a second on a healthy host; one
+# that hangs (a wedged nvidia-smi or dockerd) must not hold the command for run()'s 600 s.
+DEFAULT_QUESTION_TIMEOUT = 30
+TIMEOUT_EXITS = (124, 137)     # coreutils `timeout`: TERM sent (124), or KILL after -k (137)
+STREAMED_TAIL = 64 << 10       # bytes of a streamed stdout kept for the error message
+# The question ($2) in its own process group under `timeout` ($1 s; it signals the whole group).
+# A background job's stdin is /dev/null in sh, so the watcher gets ours as fd 3: it reaches EOF
+# when devbox goes, and stops the question then. The watcher holds no output pipe, so the
+# channel ends as soon as the question does.
+ASK_WRAPPER = ('timeout -k 2 "$1" sh -c "$2" </dev/null & q=$!; exec 3<&0; '
+               '( cat <&3; kill -TERM "$q" ) >/dev/null 2>&1 </dev/null & w=$!; '
+               'wait "$q"; s=$?; kill "$w" 2>/dev/null; exit "$s"')
 
 
 @dataclass
@@ -360,13 +372,29 @@ class Host:
         try:
             channel = transport.open_session(timeout=self.connect_timeout)
         except Exception as exc:
+            if not transport.is_active():
+                raise stopped_answering(self.alias, exc) from exc
             raise HostUnreachable(f"{self.alias}: SSH session failed ({exc})", f"check `ssh {self.alias}`") from exc
-        result = _exchange(channel, command, stdin, timeout, on_stdout, on_stdin, keep_stdin_open, idle_timeout)
+        result = _exchange(channel, command, stdin, timeout, on_stdout, on_stdin, keep_stdin_open, idle_timeout, self.alias)
         if check and not result.ok:
             raise RemoteCommandFailed(
                 f"{self.alias}: `{_short(command)}` exited {result.exit_code}: {why_failed(result)}",
                 "see the message above; re-run with the same command after fixing it",
             )
+        return result
+
+    def ask(self, script: str, timeout: float | None = None) -> Result:
+        """Run a read-only question script under the host's own `timeout`, which ends its whole
+        process group: nothing it started outlives it, and a watcher on our open stdin ends it
+        at once when devbox goes (Ctrl-C, closed connection). A question that does not answer
+        in time is a CommandTimedOut carrying what it printed so far."""
+        limit = timeout or question_timeout()
+        wrapped = shlex.join(["sh", "-c", ASK_WRAPPER, "sh", f"{limit:g}", script])
+        # our own deadline a little later: the host's timeout ends the script first, and we
+        # read what it printed; ours is for a host too wedged to run even that
+        result = self.run(wrapped, check=False, timeout=limit + 5, keep_stdin_open=True)
+        if result.exit_code in TIMEOUT_EXITS:
+            raise CommandTimedOut(f"{self.alias}: a host question did not answer within {limit:g} s", "", result.stdout, limit)
         return result
 
     def docker(self, *args: str, stdin: bytes | None = None, check: bool = True, **kw) -> Result:
@@ -476,6 +504,25 @@ def _write_all(pipe, source: BinaryIO, on_sent: Callable[[int], None] | None) ->
             pass
 
 
+def stopped_answering(name: str, exc: Exception, during: str = "") -> HostUnreachable:
+    """The one message for an SSH connection that died mid-session (paramiko says "No existing
+    session" or "SSH session not active", which name neither the host nor a remedy)."""
+    return HostUnreachable(f"{name}: stopped answering mid-session{during}: the SSH connection is gone ({exc})",
+                           f"check that {name} is up and reachable, then re-run: every devbox step is safe to repeat")
+
+
+def question_timeout() -> float:
+    """DEVBOX_QUESTION_TIMEOUT seconds (a slow fleet may need more), else the default."""
+    value = os.environ.get("DEVBOX_QUESTION_TIMEOUT", "")
+    try:
+        seconds = float(value) if value else DEFAULT_QUESTION_TIMEOUT
+    except ValueError:
+        raise ConfigError(f"DEVBOX_QUESTION_TIMEOUT={value!r} is not a number of seconds", "set it to e.g. 60, or unset it") from None
+    if not 0 < seconds <= 600:
+        raise ConfigError(f"DEVBOX_QUESTION_TIMEOUT={value!r} is out of range", "set it between 1 and 600 seconds, or unset it")
+    return seconds
+
+
 def _connect_timeout(lookup: dict) -> int:
     """The host's ConnectTimeout (seconds, as OpenSSH reads it), else ours: a host that
     drops packets costs this long, in its own worker, while the others go on."""
@@ -494,7 +541,8 @@ def _short(command: str, limit: int = 80) -> str:
     return command if len(command) <= limit else command[: limit - 1] + "…"
 
 
-def _exchange(channel, command: str, stdin, timeout, on_stdout, on_stdin=None, keep_stdin_open=False, idle_timeout=None) -> Result:
+def _exchange(channel, command: str, stdin, timeout, on_stdout, on_stdin=None, keep_stdin_open=False, idle_timeout=None,
+              alias: str = "") -> Result:
     """Send stdin, read stdout/stderr until exit; bounded by `timeout` seconds.
 
     A link that drops mid-command is a HostUnreachable (one line, per host), never a traceback.
@@ -505,8 +553,7 @@ def _exchange(channel, command: str, stdin, timeout, on_stdout, on_stdin=None, k
         return _exchange_on(channel, command, stdin, timeout, on_stdout, on_stdin, keep_stdin_open, idle_timeout)
     except (OSError, EOFError, paramiko.SSHException) as exc:
         close_channel(channel)
-        raise HostUnreachable(f"SSH connection lost during `{_short(command)}` ({exc.__class__.__name__}: {exc})",
-                              "check the link and re-run: every devbox step is safe to repeat") from exc
+        raise stopped_answering(alias or "the host", exc, f" (SSH connection lost during `{_short(command)}`)") from exc
 
 
 def close_channel(channel) -> None:
@@ -527,7 +574,9 @@ def _exchange_on(channel, command: str, stdin, timeout, on_stdout, on_stdin, kee
         _send_all(channel, stdin, on_stdin)
     if not keep_stdin_open:  # open: the remote side learns we left when the channel closes
         channel.shutdown_write()
-    out, err = bytearray(), bytearray()
+    # Streamed stdout (on_stdout) is handed on and only its tail kept: a `logs -f` of a
+    # 1 GB log holds the SSH window (2 MiB) and this tail, not the log.
+    out, err = _Buffer(STREAMED_TAIL if on_stdout else None), bytearray()
     channel.settimeout(0.2)
     heard = time.monotonic()
     while True:
@@ -552,17 +601,31 @@ def _exchange_on(channel, command: str, stdin, timeout, on_stdout, on_stdin, kee
         if finished:
             break
         if deadline is not None and time.monotonic() > deadline:
-            channel.close()
-            raise RemoteCommandFailed(f"`{_short(command)}` timed out after {timeout:.0f} s", "retry, or check the host is not overloaded")
+            close_channel(channel)
+            raise CommandTimedOut(f"`{_short(command)}` timed out after {timeout:.0f} s", "retry, or check the host is not overloaded",
+                                  bytes(out.data).decode(errors="replace"), timeout)
         heard = time.monotonic() if progressed else heard
         if idle_timeout is not None and time.monotonic() - heard > idle_timeout:
-            channel.close()
+            close_channel(channel)
             raise CommandStalled(f"`{_short(command)}` printed nothing for {idle_timeout:g} s", "retry, or check what it waits for")
         if not progressed:  # status_event stays set once the status came: then sleep
             time.sleep(0.01) if channel.exit_status_ready() else channel.status_event.wait(0.05)
     code = channel.recv_exit_status()
     channel.close()
-    return Result(command, code, out.decode(errors="replace"), err.decode(errors="replace"))
+    return Result(command, code, bytes(out.data).decode(errors="replace"), err.decode(errors="replace"))
+
+
+class _Buffer:
+    """Collected output, or only its last `keep` bytes when a callback already took it all."""
+
+    def __init__(self, keep: int | None):
+        self.keep, self.data = keep, bytearray()
+
+    def __iadd__(self, chunk: bytes) -> "_Buffer":
+        self.data += chunk
+        if self.keep is not None and len(self.data) > 2 * self.keep:   # trim now and then, not per chunk
+            del self.data[:-self.keep]
+        return self
 
 
 def _send_all(channel, data, on_sent=None, chunk: int = 1 << 16) -> None:

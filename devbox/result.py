@@ -8,11 +8,25 @@ result; `render` is the one place results become text or JSON.
 from __future__ import annotations
 
 import json
+import re
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Iterable, TypeVar
 
 from devbox.errors import DevboxError
+
+
+# Escape sequences (CSI, OSC, DCS…, any other ESC pair) and control characters but tab and
+# newline: text a host sends (nvidia-smi, docker, a job) could otherwise retitle, recolour or
+# rewrite the user's terminal. JSON needs none of this: json.dumps escapes them all.
+CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]?|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[PX^_][^\x1b]*(?:\x1b\\)?"
+                     r"|\x1b.?|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` without anything a terminal would act on; tabs and newlines stay."""
+    return CONTROL.sub("", text)
 
 
 def _plain(value):
@@ -58,8 +72,10 @@ class HostResult:
 R = TypeVar("R", bound=HostResult)
 
 
-def for_each_host(items: list, start: Callable[[object], R], work: Callable[[object, R], None], max_workers: int = 16) -> list[R]:
-    """Run work(item, result) for every item, `max_workers` at a time, results in the given order.
+def for_each_host(items: list, start: Callable[[object], R], work: Callable[[object, R], None], max_workers: int = 16,
+                  on_done: Callable[[R], None] | None = None) -> list[R]:
+    """Run work(item, result) for every item, `max_workers` at a time, results in the given order;
+    `on_done(result)` is called (in this thread) as each host finishes, in the order they do.
 
     Like a Fabric ThreadingGroup over a whole workflow: a failing host becomes its own
     result (the one `except DevboxError` of the per-host commands) and never stops the rest;
@@ -76,12 +92,36 @@ def for_each_host(items: list, start: Callable[[object], R], work: Callable[[obj
             result.seconds = round(time.monotonic() - began, 3)
         return result
 
+    def done(result: R) -> R:
+        if on_done:
+            on_done(result)
+        return result
+
     if len(items) == 1 or max_workers == 1:
-        return [one(item) for item in items]
-    from concurrent.futures import ThreadPoolExecutor  # here: one host (the common case) needs no pool
+        return [done(one(item)) for item in items]
+    from concurrent.futures import ThreadPoolExecutor, as_completed  # here: one host (the common case) needs no pool
 
     with ThreadPoolExecutor(max_workers=min(max_workers, len(items) or 1)) as pool:
-        return list(pool.map(one, items))
+        futures = [pool.submit(one, item) for item in items]
+        for future in as_completed(futures):
+            done(future.result())
+        return [future.result() for future in futures]
+
+
+class RowPrinter:
+    """Prints each host's text as soon as it is done (its table's header first), so a slow
+    or hung host holds back its own row only; `for_each_host(on_done=...)` calls it."""
+
+    def __init__(self, write: Callable[[str], None], rows: Callable[[object], list] | None = None):
+        self.write, self.rows, self.started, self.lock = write, rows, False, threading.Lock()
+
+    def __call__(self, result) -> None:
+        with self.lock:
+            if not self.started and getattr(result, "HEADER", ""):
+                self.write(result.HEADER)
+            self.started = True
+            for row in self.rows(result) if self.rows else [result]:
+                self.write(printable(row.text()))
 
 
 def render(items: Iterable, as_json: bool, note: str = "", one: bool = False) -> str:
@@ -92,7 +132,7 @@ def render(items: Iterable, as_json: bool, note: str = "", one: bool = False) ->
         return json.dumps(data[0] if one else data, indent=2, default=str)
     header = getattr(items[0], "HEADER", "") if items else ""
     lines = ([header] if header else []) + [item.text() for item in items]
-    return "\n".join(lines + ([note] if note else []))
+    return printable("\n".join(lines + ([note] if note else [])))
 
 
 def worst_exit(results: Iterable[HostResult]) -> int:

@@ -149,6 +149,7 @@ class BoxEntry:
     user: str
     identity_file: str | None   # None: a key only ssh-agent holds
     name: str = ""              # the box's name ("": the host's own box, named after it)
+    forward_agent: bool = False  # devbox.toml's forward_agent (a box of one person's keys only)
 
     @property
     def alias(self) -> str:
@@ -167,7 +168,7 @@ class BoxEntry:
             f"    HostKeyAlias {self.alias}\n"
             f"    StrictHostKeyChecking yes\n"
             f"    UserKnownHostsFile {known_hosts}\n"
-            f"    ForwardAgent no\n"
+            f"    ForwardAgent {'yes' if self.forward_agent else 'no'}\n"
             f"    ForwardX11 no\n"
             f"    ServerAliveInterval 30\n"
             # A user's `Host *` ControlMaster would share one socket between boxes on different

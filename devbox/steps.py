@@ -8,7 +8,7 @@ few rich ones (build, stream, swap a box) are small classes of their own.
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from devbox.config import BoxSpec
@@ -35,16 +35,18 @@ class Step:
 
 @dataclass(frozen=True)
 class DockerStep(Step):
-    """One docker command; `stdin` for the few that read it (the keys writer)."""
+    """One docker command; `stdin` for the few that read it (the keys and secrets writers),
+    named by `stdin_note` and never shown (no repr: it may hold secrets)."""
 
     argv: tuple[str, ...] = ()
-    stdin: str | None = None
+    stdin: str | bytes | None = field(default=None, repr=False)
+    stdin_note: str = "team keys"
 
     def commands(self) -> list[str]:
-        return [shlex.join(["docker", *self.argv]) + (" < (team keys)" if self.stdin is not None else "")]
+        return [shlex.join(["docker", *self.argv]) + (f" < ({self.stdin_note})" if self.stdin is not None else "")]
 
     def apply(self, host: Host, progress: Progress) -> dict:
-        host.docker(*self.argv, stdin=None if self.stdin is None else self.stdin.encode())
+        host.docker(*self.argv, stdin=self.stdin.encode() if isinstance(self.stdin, str) else self.stdin)
         return {}
 
 
@@ -118,13 +120,13 @@ class BuildImage(Step):
         except CommandStalled:
             if log.pid:
                 host.run(["kill", log.pid], check=False)
-            stalled = log.stalled(self.spec.host, self.spec.build_stall, self._unreachable(host, log), self._remedy())
+            stalled = log.stalled(self.spec.box.name, self.spec.build_stall, self._unreachable(host, log), self._remedy())
             if self.fallback is None:
                 raise stalled from None
             progress(f"{stalled.message}: sending the image from this machine instead")
             return self.fallback.apply(host, progress)
         if not done.ok:
-            raise log.failure(self.spec.host, done.exit_code)
+            raise log.failure(self.spec.box.name, done.exit_code)
         return {"delivery": "build-on-host", "bytes_sent": len(context)}
 
     def _unreachable(self, host: Host, log: BuildLog) -> list[str]:
@@ -139,7 +141,7 @@ class BuildImage(Step):
         return apt_mirrors(sources.stdout)
 
     def _remedy(self) -> str:
-        return (f'set delivery = "stream" in devbox.toml and run `devbox up {self.spec.host}` from a machine that has the '
+        return (f'set delivery = "stream" in devbox.toml and run `devbox up {self.spec.box.name}` from a machine that has the '
                 f"image (`{self.spec.image.build_command()}` makes it), or let the host reach its mirror; if the build is "
                 f"only slow, raise build_stall (now {self.spec.build_stall:g} s)")
 
@@ -232,10 +234,11 @@ class SwapBox(Step):
     """Make the new box beside the old one and swap only once it is proven.
 
     `docker create` under a temporary name checks the whole spec (mounts, devices)
-    while the old box runs on; the old one is then stopped (it holds the port), the new
-    one started, and kept only when its sshd answers. Any failure removes the new one and
-    starts the old one again. A port another program took since the gather is retried
-    with the next free one (never a configured `port`).
+    while the old box runs on; on the same port the old one is then stopped (it holds the
+    port), on another it runs on until the new one is proven (a taken port then fails with
+    the old box untouched). The new one is kept only when its sshd answers; any failure
+    removes it and leaves (or starts) the old one. A port another program took since the
+    gather is retried with the next free one (never a configured `port`).
     """
 
     spec: BoxSpec | None = None
@@ -259,24 +262,39 @@ class SwapBox(Step):
     def apply(self, host: Host, progress: Progress) -> dict:
         box, new, old = self.names
         host.docker("rm", "--force", new, old, check=False)   # ours: left by an interrupted `up`
+        held = self._held_port(host, box) if self.replace else None
+        stopped = False
         for attempt, port in enumerate(self.ports):
             self._create(host, new, port)
-            if self.replace and attempt == 0:
+            if self.replace and port == held and not stopped:
                 host.docker("rename", box, old)
                 host.docker("stop", "--time", "10", old)
+                stopped = True
             started = host.docker("start", new, check=False)
             if started.ok and self._proven(host, new):
                 break
             logs = host.docker("logs", "--tail", "3", new, check=False)
             host.docker("rm", "--force", new, check=False)
-            if not started.ok and any(t in started.stderr for t in PORT_TAKEN) and attempt + 1 < len(self.ports):
+            taken = not started.ok and any(t in started.stderr for t in PORT_TAKEN)
+            if taken and attempt + 1 < len(self.ports):
                 progress(f"{self.spec.box.name}: port {port} was taken meanwhile, trying {self.ports[attempt + 1]}")
                 continue
-            self._fail(host, why_failed(started) if not started.ok else f"its sshd did not answer: {why_failed(logs) or 'no log'}")
+            if taken:
+                self._fail_taken(host, port, stopped)
+            self._fail(host, why_failed(started) if not started.ok else f"its sshd did not answer: {why_failed(logs) or 'no log'}",
+                       stopped)
+        if self.replace and not stopped:
+            host.docker("rename", box, old)
         host.docker("rename", new, box)
         if self.replace:
             host.docker("rm", "--force", old)
         return {"port": port}
+
+    @staticmethod
+    def _held_port(host: Host, box: str) -> int | None:
+        """The host port the running box publishes (its label), which only it can free."""
+        label = host.docker("container", "inspect", "-f", '{{index .Config.Labels "devbox.port"}}', box, check=False).stdout.strip()
+        return int(label) if label.isdigit() else None
 
     def _create(self, host: Host, new: str, port: int) -> None:
         created = host.docker(*self.argv_for(port, new), check=False)
@@ -288,13 +306,26 @@ class SwapBox(Step):
     def _proven(self, host: Host, new: str) -> bool:
         return host.run(WAIT_HEALTHY.format(tries=int(self.wait_s / 0.4), name=shlex.quote(new)), check=False).ok
 
-    def _fail(self, host: Host, why: str) -> None:
+    def _restore(self, host: Host, stopped: bool) -> str:
+        """The old box back under its name and running; what to tell the user of it."""
         box, new, old = self.names
-        if self.replace:
+        if stopped:
             host.docker("rename", old, box)
             host.docker("start", box)
+            return "the old box is running again; "
+        return "the running box was not touched; " if self.replace else ""
+
+    def _fail_taken(self, host: Host, port: int, stopped: bool) -> None:
+        kept = self._restore(host, stopped)
+        configured = " (`port` in devbox.toml)" if self.spec.port else ""
+        raise DevboxError(f"{self.spec.box.name}: port {port}{configured} is taken on the host by another program",
+                          f"{kept}free it (`ss -ltnp` on the host shows who holds it), or set another `port`, "
+                          "or remove it to let devbox pick a free one", exit_code=2)
+
+    def _fail(self, host: Host, why: str, stopped: bool) -> None:
+        kept = self._restore(host, stopped)
         raise DevboxError(f"{self.spec.box.name}: the new box did not start ({why})",
-                          ("the old box is running again; " if self.replace else "") + "fix devbox.toml or the host, then re-run `devbox up`")
+                          kept + "fix devbox.toml or the host, then re-run `devbox up`")
 
 
 def apply(host: Host, steps: list[Step], label: str, progress: Progress) -> dict:

@@ -104,7 +104,9 @@ def fake_driver(hostdir: Path) -> str:
     then has a "driver" but Docker has no NVIDIA runtime, which preflight must refuse.
 
     `-q -x` replays hostdir/smi-q.xml when a test wrote one (the recording with a real
-    process's PID in it), else the recording itself; each query answers as recorded."""
+    process's PID in it), else the recording itself; each query answers as recorded.
+    A test makes the driver misbehave (hang, print escapes) with an executable
+    hostdir/nvidia-smi-override, which then answers every call instead."""
     bindir = hostdir / "bin"
     bindir.mkdir(mode=0o755)
     script = bindir / "nvidia-smi"
@@ -112,7 +114,8 @@ def fake_driver(hostdir: Path) -> str:
                "*--query-gpu*": "nvidia-smi-query-h100.csv"}
     cases = "".join(f"{pattern}) exec cat {FIXTURES / name};; " for pattern, name in answers.items())
     script.write_text(
-        f'#!/bin/sh\ncase "$*" in {cases}'
+        f'#!/bin/sh\n[ -x {hostdir / "nvidia-smi-override"} ] && exec {hostdir / "nvidia-smi-override"} "$@"\n'
+        f'case "$*" in {cases}'
         f'"-q -x") f={hostdir / "smi-q.xml"}; [ -f "$f" ] || f={FIXTURES / "nvidia-smi-q-h100.xml"}; exec cat "$f";; '
         f'*) exec cat {FIXTURES / "nvidia-smi-h100.txt"};; esac\n'
     )

@@ -62,9 +62,10 @@ def listening(port: int) -> bool:
     return False
 
 
-def require_free(port: int) -> int:
+def require_free(port: int, remedy: str = "pick another local port (e.g. PORT:LOCAL)") -> int:
+    """`port`, if nothing on this machine listens on it; `remedy` in the flag's own syntax."""
     if listening(port):
-        raise ConfigError(f"local port {port} is already in use on this machine", "pick another local port (e.g. PORT:LOCAL)")
+        raise ConfigError(f"local port {port} is already in use on this machine", remedy)
     return port
 
 

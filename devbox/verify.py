@@ -17,6 +17,7 @@ from typing import Callable
 
 from devbox.errors import DevboxError, HostKeyMismatch, HostUnreachable
 from devbox.facts import parse_gpu_csv
+from devbox.remote import stopped_answering
 
 OK, FAIL, SKIPPED = "ok", "fail", "skipped"
 GPU_PROBE = (Path(__file__).parent / "gpu_probe.py").read_text
@@ -115,6 +116,9 @@ class BoxSession:
                 break
             except paramiko.AuthenticationException:
                 continue
+            except (paramiko.SSHException, EOFError, OSError) as exc:   # the link died before the login ended
+                transport.close()
+                raise stopped_answering(self.label, exc, " (during the key login)") from exc
         if not transport.is_authenticated():
             transport.close()
             offered = ", ".join(k.fingerprint for k in self.keys)
@@ -125,9 +129,15 @@ class BoxSession:
         self.transport = transport
 
     def run(self, command: str, stdin: bytes | None = None, timeout: float = 120) -> tuple[int, str, str]:
+        import paramiko
+
         from devbox.remote import _exchange
 
-        result = _exchange(self.transport.open_session(timeout=15), command, stdin, timeout, None)
+        try:
+            channel = self.transport.open_session(timeout=15)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise stopped_answering(self.label, exc) from exc
+        result = _exchange(channel, command, stdin, timeout, None, alias=self.label)
         return result.exit_code, result.stdout, result.stderr
 
     def close(self) -> None:

@@ -35,14 +35,14 @@ def workdir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_the_box_under_runc_from_devbox_run_args_passes_every_verify_check(testbed, box_image, workdir):
+def _run_box_gpu(box_image, workdir: Path, host: str, settings: str = "") -> dict:
+    """box_gpu.py with a devbox.toml for `host` (no GPU, a read-only host folder, `settings`); its report."""
     _require(None if shutil.which("runc") and os.path.exists(TINI) else "runc and tini-static (Docker's) not found")
-    host = f"runcbox{SUFFIX}"
     shared = workdir / "data"
     shared.mkdir()
     (workdir / "devbox.toml").write_text(
         f'[hosts.{host}]\nbase_image = "{tb.BASE_IMAGE}"\ngpus = "none"\n'
-        f'volumes = ["workspace:/workspace", "{shared}:/data:ro"]\n')
+        f'volumes = ["workspace:/workspace", "{shared}:/data:ro"]\n{settings}')
     carry = workdir / "carry"
     carry.mkdir()
     image = json.loads(subprocess.run(["docker", "image", "inspect", box_image.tag, "--format", "{{json .Config}}"],
@@ -59,16 +59,37 @@ def test_the_box_under_runc_from_devbox_run_args_passes_every_verify_check(testb
     done = subprocess.run([sys.executable, str(REPO / "tests/gpu/box_gpu.py"), "--carry", str(carry), "--work", str(workdir / "w"),
                            "--out", str(out), "--runc", shutil.which("runc"), "--init", TINI, "--config", str(workdir / "devbox.toml"),
                            "--host", host], capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((out / "box-verify.json").read_text())
+    report.update(stdout=done.stdout, returncode=done.returncode, config=json.loads((out / "box-config.json").read_text()))
+    assert subprocess.run(["runc", "state", f"devbox-{host}"], capture_output=True).returncode != 0   # deleted after the run
+    return report
+
+
+def test_the_box_under_runc_from_devbox_run_args_passes_every_verify_check(testbed, box_image, workdir):
+    report = _run_box_gpu(box_image, workdir, f"runcbox{SUFFIX}")
+    assert report["returncode"] == 0, report["stdout"][-3000:]
     status = {c["name"]: c["status"] for c in report["checks"]}
     assert {n for n, s in status.items() if s != "ok"} == GPU_CHECKS, report["lines"]
     for name in ("no capabilities", "no new privileges", "no root process", "memlock (ulimit -l)", "/dev/shm size",
                  "mount /data read-only", "mount /workspace writable", "VS Code Remote-SSH", "openssh client path"):
         assert status[name] == "ok", report["lines"]
-    config = json.loads((out / "box-config.json").read_text())
+    config = report["config"]
     assert config["root"]["readonly"] and config["process"]["noNewPrivileges"] and config["process"]["user"]["uid"] != 0
-    assert subprocess.run(["runc", "state", f"devbox-{host}"], capture_output=True).returncode != 0   # deleted after the run
+
+
+def test_with_idle_stop_the_box_under_runc_stops_itself_after_verify_and_says_why(testbed, box_image, workdir):
+    """The GPU run's idle checks (tests/gpu/box_idle.py) without a GPU: the loop is skipped, the
+    rest must hold: verify's SSH sessions (through the proxy, from the gateway) kept the box up,
+    then it stopped itself with exit 0 within the window and a few samples."""
+    report = _run_box_gpu(box_image, workdir, f"runcidle{SUFFIX}", 'idle_stop = "6s"\n')
+    assert report["returncode"] == 0, report["stdout"][-3000:]
+    status = {c["name"]: c["status"] for c in report["checks"]}
+    assert {n for n, s in status.items() if s != "ok"} == GPU_CHECKS | {"idle: GPU busy under a matmul loop"}, report["lines"]
+    assert {"idle: watcher", "idle: GPU idle after the loop", "idle: box stopped itself", "idle: stop line"} <= set(status)
+    assert "DEVBOX_IDLE_STOP=6" in report["config"]["process"]["env"]
+    detail = {c["name"]: c["detail"] for c in report["checks"]}
+    assert detail["idle: box stopped itself"].startswith("init exit 0, runc state stopped")
+    assert detail["idle: stop line"].startswith("devbox-idle: stopped idle 6s since ")
 
 
 def _options(mount: dict) -> set[str]:

@@ -203,3 +203,18 @@ def test_a_key_revoked_and_synced_while_up_waits_to_write_keys_stays_revoked(lap
     refused = ssh_as(as_mallory, laptop.host1, "true")
     assert refused.returncode == 255 and "Permission denied" in refused.stderr
     assert laptop.ssh(f"devbox-{laptop.host1}", "true").returncode == 0
+
+
+def test_a_config_that_names_another_owner_for_a_box_touches_nothing(laptop, people):
+    """A copied table or a typo (`owner = "bob"` for alice's box) would give her data to bob's keys."""
+    toml = laptop.work / "devbox.toml"
+    toml.write_text(toml.read_text().replace(f'[boxes.{ALICE}]\nhost = "{laptop.host1}"\nowner = "alice"',
+                                             f'[boxes.{ALICE}]\nhost = "{laptop.host1}"\nowner = "bob"'))
+    before = inspect(f"devbox-{ALICE}")["Id"]
+    for args in (("up", ALICE), ("keys", "sync", ALICE)):
+        done = laptop.devbox(*args)
+        assert done.returncode == 2 and "is alice's (its label), the config says owner = 'bob'" in done.stdout, done.stdout
+    assert inspect(f"devbox-{ALICE}")["Id"] == before
+    keys = subprocess.run(["docker", "exec", f"devbox-{ALICE}", "cat", "/etc/devbox/keys/authorized_keys"],
+                          capture_output=True, text=True).stdout
+    assert " bob" not in keys and " alice" in keys

@@ -74,9 +74,9 @@ def test_a_login_user_the_build_cannot_make_is_refused_in_one_line(tmp_path, nam
 # ---------------------------------------------------------------- 6: a failed build says where and why
 
 
-@pytest.mark.parametrize("apt, says", [
-    ("no-such-package-devbox", "E: Unable to locate package no-such-package-devbox"),
-    ("tmux=9.9-devbox", "E: Version '9.9-devbox' for 'tmux' was not found"),
+@pytest.mark.parametrize("apt, says", [   # this run's own names: leftovers of other runs cannot match
+    (f"no-such-package{SUFFIX}", f"E: Unable to locate package no-such-package{SUFFIX}"),
+    (f"tmux=9.9{SUFFIX}", f"E: Version '9.9{SUFFIX}' for 'tmux' was not found"),
 ])
 def test_a_failing_apt_step_names_the_step_and_apts_own_words(laptop, apt, says):
     """Was: "exited 100: DEPRECATED: The legacy builder is deprecated… (see the message above)", nothing above."""
@@ -212,8 +212,11 @@ PIP_STEP = 'delivery = "build"\napt = ["python3-pip"]\npip = ["six"]\n'
 
 def test_pip_behind_a_tls_intercepting_proxy_fails_naming_the_cause_and_the_ca_bundle_fix(laptop, machine_ca):
     set_config(laptop, PIP_STEP)
-    reports, _ = laptop.devbox.json("up", laptop.host1, expect=1)
+    reports, _ = laptop.devbox.json("up", laptop.host1, expect=None)
     error = reports[0]["error"]
+    if not error:   # a machine whose own CAs are there but whose way to PyPI intercepts nothing
+        pytest.skip("pip reached PyPI without this machine's CA: no TLS interception here")
+    assert reports[0]["exit_code"] == 1
     assert "(pip install of `pip`)" in error and "a TLS certificate check failed" in error and "set ca_bundle" in error, error
 
 

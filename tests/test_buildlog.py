@@ -78,3 +78,30 @@ def test_changed_since_keeps_files_changed_after_the_add_less_the_clock_skew_and
 def test_installed_keys_reads_back_what_render_wrote():
     key = parse_public_key("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl x").with_comment("mallory")
     assert installed_keys(render_authorized_keys([key])) == {key.fingerprint: "mallory"}
+
+
+def test_a_ca_bundle_is_in_the_image_tag_by_its_certificates_not_its_comments_and_not_in_the_spec_hash(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    import datetime
+
+    from devbox.config import BoxSpec
+    from devbox.image import content_tag
+
+    def cert(name: str) -> str:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, name)])
+        now = datetime.datetime(2026, 1, 1)
+        built = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+                 .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+        return built.public_bytes(serialization.Encoding.PEM).decode()
+
+    one, two = cert("proxy-ca"), cert("other-ca")
+    paths = {}
+    for label, text in (("plain", one), ("commented", f"# our proxy\n{one}\n\n"), ("other", two)):
+        paths[label] = tmp_path / f"{label}.pem"
+        paths[label].write_text(text)
+    tag = {label: content_tag(BoxSpec("h", base_image="b", ca_bundle=str(path)).image) for label, path in paths.items()}
+    assert tag["plain"] == tag["commented"] != tag["other"] != content_tag(BoxSpec("h", base_image="b").image)
+    assert BoxSpec("h", ca_bundle=str(paths["plain"])).spec_hash(2200, "t") == BoxSpec("h").spec_hash(2200, "t")

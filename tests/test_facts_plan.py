@@ -99,10 +99,11 @@ def test_missing_host_path_volume_exits_3():
 
 def test_fresh_host_gets_build_volumes_box_and_keys():
     plan = plan_up(CPU, facts(image_present=False), TAG, KEYS, "k")
-    assert [s.action for s in plan.steps] == ["build_image", "create_volume", "create_volume", "create_volume", "create_network",
-                                              "sync_keys", "create_box"]
+    assert [s.action for s in plan.steps] == ["build_image", "create_volume", "create_volume", "create_volume", "create_volume",
+                                              "create_network", "sync_keys", "create_box"]
     assert plan.steps[3].description.startswith("ensure volume devbox-gpu-host-1.keys ")
-    for step in plan.steps[1:4]:  # each volume is made the box user's by a create that never starts, with no capability
+    assert plan.steps[4].description.startswith("ensure volume devbox-gpu-host-1.secrets ")
+    for step in plan.steps[1:5]:  # each volume is made the box user's by a create that never starts, with no capability
         owner = step.commands()[0].split("c=$(", 1)[1]
         assert owner.startswith("docker create ") and "--cap-drop ALL" in owner and "--cap-add" not in owner
         assert f"--user {CPU.uid}:{CPU.gid}" in owner and "type=volume,source=devbox-gpu-host-1" in owner

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import HOST1, HOST2, SUFFIX, _require
 import testbed as tb
+from devbox.boxid import BoxId
 from devbox.errors import HostUnreachable
 from devbox.result import HostResult, for_each_host
 
@@ -21,8 +22,11 @@ DEAD_TIMEOUT = 4   # the dead hosts' ConnectTimeout (s)
 
 
 class Item:
+    """What for_each_host needs of a spec: its host and its box's name."""
+
     def __init__(self, host: str):
         self.host = host
+        self.box = BoxId.default(host)
 
 
 def test_for_each_host_runs_at_most_max_workers_at_once_in_the_given_order():

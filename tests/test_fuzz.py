@@ -22,8 +22,11 @@ from devbox.jobs import run_script
 # Values a careless or hostile user would write, beside random ones.
 NEAR_MISSES = ["all", "none", "auto", "", "16g", "-1g", "default", "cpu", "/dev/zero", "../x", "x.toml", "dev", "root",
                "loopback", "stream", "workspace:/workspace", "/data:/data:ro", "w:/home/dev", "w:/workspace/x", "w://etc",
-               "/var/run/docker.sock:/s", "/:/host", "home:/x", "/a,source=/:/x", "w:/x:rw:ro", "w:/x/../etc"]
-KEYS = st.sampled_from(sorted(ALLOWED_KEYS) + ["defaults", "hosts", "h", "gpu-host-3"]) | st.text(max_size=12)
+               "/var/run/docker.sock:/s", "/:/host", "home:/x", "/a,source=/:/x", "w:/x:rw:ro", "w:/x/../etc",
+               "shared:c:/x", "shared:/etc:/x", "shared:c:/home/dev/.cache/c", "shared:c:/home/dev/.devbox/x", "h", "b",
+               "alice", "2h", "20s", "0s"]
+KEYS = st.sampled_from(sorted(ALLOWED_KEYS) + ["defaults", "hosts", "boxes", "admins", "host", "owner", "h", "b",
+                                               "gpu-host-3"]) | st.text(max_size=12)
 
 scalars = (
     st.integers(min_value=-(2**63), max_value=2**63 - 1)
@@ -39,7 +42,7 @@ values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.di
 tables = st.dictionaries(KEYS, values, max_size=6)
 documents = st.dictionaries(
     KEYS,
-    values | tables | st.fixed_dictionaries({}, optional={"h": tables, "gpu-host-3": tables, "x": values}),
+    values | tables | st.fixed_dictionaries({}, optional={"h": tables, "gpu-host-3": tables, "b": tables, "x": values}),
     max_size=4,
 )
 
@@ -71,7 +74,7 @@ def test_any_config_document_gives_a_spec_or_a_config_error(document, playbook):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "devbox.toml"
         path.write_text(text)
-        for host in ("h", "gpu-host-3"):
+        for host in ("h", "gpu-host-3", "b"):
             try:
                 spec = load_spec(host, path, playbook)
             except ConfigError as exc:
@@ -105,3 +108,20 @@ def test_any_job_argv_gives_a_script_or_a_config_error(name, argv, cwd, env):
         assert exc.exit_code == 2 and exc.message and exc.remedy
         return
     assert isinstance(script, str) and script.encode("utf-8")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tables, values)
+def test_any_box_table_gives_a_spec_or_a_config_error(table, admins):
+    """[boxes.b] with a host and an owner (the shape that gets past the first checks), plus random keys."""
+    document = {"admins": admins, "boxes": {"b": {"host": "h", "owner": "alice", **table}}}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "devbox.toml"
+        path.write_text(toml_document(document))
+        try:
+            spec = load_spec("b", path)
+        except ConfigError as exc:
+            assert exc.exit_code == 2 and exc.message and exc.remedy
+            return
+        assert spec.box.name == "b" and spec.box.container == "devbox-b" and "alice" in spec.admits
+        spec.spec_hash(20000, "img:1"), spec.all_volumes(), spec.image

@@ -204,6 +204,9 @@ def test_memlock_falls_back_to_the_engine_limit_with_a_warning():
     arg, warning = memlock_ulimit(Facts(memlock_max=8388608))
     assert arg == "memlock=8388608:8388608" and "8192 KiB" in warning and "LimitMEMLOCK" in warning
     assert parse_memlock("") is None and parse_memlock("x y") is None
+    # several engines (one may end meanwhile): the lowest limit any of them has
+    assert parse_memlock("unlimited 0000000000000000\n8388608 000001fffeffffff\n") == 8388608
+    assert parse_memlock("unlimited 0000000000000000\n16777216 000001ffffffffff\n") == -1
 
 
 def test_shm_is_half_the_box_memory_unless_set():

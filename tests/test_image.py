@@ -74,7 +74,8 @@ class RunningBox:
             self.id = None
 
     def volume_remove(self) -> None:
-        subprocess.run(["docker", "volume", "rm", "-f", self.spec.volume_name(self.spec.all_volumes()[0]), self.spec.keys_volume],
+        subprocess.run(["docker", "volume", "rm", "-f", self.spec.volume_name(self.spec.all_volumes()[0]), self.spec.keys_volume,
+                        self.spec.secrets_volume],
                        capture_output=True)
         subprocess.run(["docker", "network", "rm", self.spec.network], capture_output=True)
 

@@ -265,8 +265,10 @@ def test_forced_recreation_marks_the_job_lost_and_keeps_its_log(jobs):
     assert len(ticks) >= 2 and ticks == list(range(1, len(ticks) + 1))
     text = jobs.laptop.devbox("ps", jobs.host).stdout
     assert re.search(r"^doomed\s+lost\s", text, re.M), text
-    # The name is free again once its job is lost.
-    jobs.run("doomed", ["sh", "-c", "echo again"])
+    # Its name is not taken over silently (issue 23.8): the lost job's log is all that is left of it.
+    refused = jobs.run("doomed", ["sh", "-c", "echo again"], expect=2)
+    assert "was lost" in refused.stderr and "--replace" in refused.stderr
+    jobs.run("doomed", ["sh", "-c", "echo again"], "--replace")
     jobs.wait_state("doomed", "exited 0")
 
 

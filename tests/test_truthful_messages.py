@@ -92,7 +92,8 @@ def test_down_claims_to_keep_only_volumes_that_exist(laptop):
     assert existing
     report, _ = laptop.devbox.json("down", laptop.host1)
     kept_volumes = {k for k in report["kept"] if k.startswith("volume ")}
-    assert kept_volumes == existing, (report, existing)
+    secrets = f"volume devbox-{laptop.host1}.secrets"   # no box, no secrets on the host: removed
+    assert kept_volumes == existing - {secrets} and secrets in existing and secrets in report["removed"], (report, existing)
     assert f"ssh entry devbox-{laptop.host1}" in report["kept"] and "pinned host key" in report["kept"]
 
     report, _ = laptop.devbox.json("down", laptop.host1, "--purge", "--yes")

@@ -1,10 +1,12 @@
 """`devbox ssh / attach / code`: the argv that hands the terminal to OpenSSH or VS Code."""
 from __future__ import annotations
 
+import shlex
+
 from devbox import sshconfig
 from devbox.config import validate_host
 from devbox.errors import ConfigError
-from devbox.jobs import validate_name
+from devbox.jobs import attach_script, validate_name
 
 
 def box_ssh(host: str, *options: str) -> list[str]:
@@ -15,7 +17,8 @@ def box_ssh(host: str, *options: str) -> list[str]:
 
 def attach(host: str, name: str, read_only: bool) -> list[str]:
     validate_name(name)
-    return [*box_ssh(host, "-t"), "tmux", "attach-session", *(["-r"] if read_only else []), "-t", f"={name}"]
+    # one word for ssh, which joins its command words with spaces for the box's shell
+    return [*box_ssh(host, "-t"), shlex.join(["sh", "-c", attach_script(host, name, read_only)])]
 
 
 def vscode(host: str, path: str) -> list[str]:

@@ -21,6 +21,21 @@ class DownResult(HostResult):
         return "removed " + (", ".join(self.removed) or "nothing") + ("; kept " + ", ".join(self.kept) if self.kept else "")
 
 
+def managed_volumes(host: Host) -> dict[str, tuple[str, str]]:
+    """Every devbox volume on the host: name -> (its devbox.host, its devbox.box label)."""
+    listed = host.docker("volume", "ls", "--filter", "label=devbox.managed=true", "--format",
+                         '{{.Name}}\t{{.Label "devbox.host"}}\t{{.Label "devbox.box"}}').stdout
+    return {row[0]: (row[1], row[2]) for row in (line.split("\t") for line in listed.splitlines()) if len(row) == 3}
+
+
+def box_volumes(spec: BoxSpec, managed: dict[str, tuple[str, str]]) -> list[str]:
+    """The box's own volumes: the current config's, then those its labels say are the box's
+    (a `volumes` entry since removed or renamed), never a shared one."""
+    current = [name for name in volume_names(spec) if name in managed]
+    earlier = sorted(name for name, owner in managed.items() if owner == (spec.host, spec.box.name) and name not in current)
+    return current + earlier
+
+
 def down_host(spec: BoxSpec, result: DownResult, purge: bool = False) -> None:
     """Remove the box; report as removed or kept only what was really there."""
     with Host(spec.host) as host, HostLock(host) as lock:
@@ -31,8 +46,12 @@ def down_host(spec: BoxSpec, result: DownResult, purge: bool = False) -> None:
         host.docker("rm", "--force", f"{spec.box_name}.next", f"{spec.box_name}.old", check=False)  # an interrupted up's
         if host.docker("network", "rm", spec.network, check=False).ok:   # not data: `up` makes it again
             result.removed.append(f"network {spec.network}")
-        existing = set(host.docker("volume", "ls", "-q", "--filter", "label=devbox.managed=true").stdout.split())
-        volumes = [name for name in volume_names(spec) if name in existing]
+        existing = managed_volumes(host)
+        volumes = box_volumes(spec, existing)
+        if spec.secrets_volume in volumes and not purge:   # no box, no secrets left on the host; `up` sends them again
+            host.docker("volume", "rm", spec.secrets_volume)
+            volumes.remove(spec.secrets_volume)
+            result.removed.append(f"volume {spec.secrets_volume}")
         if purge:
             for name in volumes:
                 host.docker("volume", "rm", name)

@@ -99,7 +99,8 @@ def answers(url: str) -> bool:
 def open_jupyter(spec: BoxSpec, local_port: int | None, announce: Callable[[JupyterSession], None],
                  say: Callable[[str], None]) -> None:
     """Server up, tunnel open, URL announced once it answers; then hold the tunnel until Ctrl-C."""
-    port = require_free(port_number(str(local_port), "--port")) if local_port is not None else free_port()
+    port = (require_free(port_number(str(local_port), "--port"), "pass another --port, or leave --port out to get a free one")
+            if local_port is not None else free_port())
     require_entry(spec.box.name)
     with Host(spec.host) as host:
         token = start_server(host, spec)

@@ -11,6 +11,7 @@ import json
 import shlex
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Callable
 
 from devbox.basetag import resolve_on
 from devbox.config import BoxSpec
@@ -41,6 +42,8 @@ class BoxStatus(HostResult):
     gpu_memory_total_mib: int | None = None
     base_image: str = ""           # what `up` would build on now, and why (base_image = "auto")
     base_why: str = ""
+    env: dict[str, str] = field(default_factory=dict)    # the box's plain variables (not secret)
+    secrets: list[str] = field(default_factory=list)     # the names of its secrets, never values
     kept_up_by: list[str] = field(default_factory=list)   # idle_stop: why the running box stays up
     stopped_why: str = ""          # idle_stop: when and why it stopped itself
     others: list["BoxStatus"] = field(default_factory=list)   # the host's other boxes (printed as rows of their own)
@@ -93,6 +96,8 @@ def read_status(result: BoxStatus, facts: Facts) -> None:
     if facts.authorized_keys is not None:
         result.keys = sum(1 for line in facts.authorized_keys.splitlines() if line and not line.startswith("#"))
     result.jobs = facts.job_count if facts.box_running else None
+    if facts.box_env is not None:
+        result.env, result.secrets = dict(facts.box_env.env), list(facts.box_env.secrets)
 
 
 def read_gpu_memory(result: BoxStatus, spec: BoxSpec, gpu_facts: Facts | None) -> None:
@@ -151,14 +156,13 @@ def read_boxes(result: BoxStatus, spec: BoxSpec, sections: dict[str, list[str]])
             result.others.append(other_row(box, spec.host, idle.get(name, "")))
 
 
-def flatten(results: list[BoxStatus]) -> list[BoxStatus]:
-    """Each result, then the other boxes found on its host, each box once (a box asked for
-    by name is not listed again under its host)."""
-    asked = {(r.box_host, r.host) for r in results}
-    rows: list[BoxStatus] = []
-    for result in results:
-        rows += [result, *(o for o in result.others if (o.box_host, o.host) not in asked)]
-    return rows
+def rows_of(specs: list[BoxSpec]) -> Callable[[BoxStatus], list[BoxStatus]]:
+    """A result's rows: itself, then the other boxes found on its host, each box once (a box
+    asked for by name is not listed again under its host). One result at a time, so each
+    host's rows print as soon as that host answers."""
+    asked = {(spec.host, spec.box.name) for spec in specs}
+    return lambda result: [result, *(o for o in result.others if (o.box_host, o.host) not in asked)]
+
 
 
 def other_row(box: dict, host: str, idle_text: str) -> BoxStatus:

@@ -18,6 +18,7 @@ from devbox.facts import AUTHORIZED_KEYS_FILE
 from devbox.keys import installed_keys
 from devbox.keyset import KeySet, KeySource
 from devbox.lock import HostLock
+from devbox.plan import refuse_other_owner
 from devbox.planted import changed_since, listing_script
 from devbox.remote import Host
 from devbox.result import HostResult
@@ -48,6 +49,7 @@ def sync_host(spec: BoxSpec, result: SyncResult, source: KeySource, restart: boo
         keys = source.for_box(spec)
         result.keys = keys.count
         box = running_box(host, spec, "sync")
+        refuse_other_owner(spec, box["Config"].get("Labels") or {})
         if not any(m.get("Name") == spec.keys_volume for m in box.get("Mounts") or []):
             raise DevboxError(f"{spec.box.name}: this box keeps its keys where its user can write them (made by an older devbox)",
                               f"run `devbox up {spec.box.name}` to re-create it with read-only keys (volumes are kept)", exit_code=2)
@@ -75,6 +77,6 @@ def _list_planted(host: Host, spec: BoxSpec, result: SyncResult, keys: KeySet, b
     result.planted = [c.text() for c in changed]
     if changed:
         when = "since their key was added" if since is not None else "(their key's add time is unknown: all of them)"
-        result.warnings.append(f"{spec.host}: {', '.join(result.removed)} had the same login as everyone on this box; start-up "
+        result.warnings.append(f"{spec.box.name}: {', '.join(result.removed)} had the same login as everyone on this box; start-up "
                                f"files in its home changed {when}: {', '.join(result.planted)}. Read them before the next "
                                "login: they run as whoever logs in (README: trust model)")

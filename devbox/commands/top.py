@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from devbox.config import BoxSpec
-from devbox.errors import DevboxError, HostUnreachable
-from devbox.facts import HOLDERS, MARK, parse_sections
+from devbox.errors import EXIT_UNREACHABLE, DevboxError, HostUnreachable
+from devbox.facts import HOLDERS, MARK, ask_host, parse_sections
 from devbox.placement import gpu_indices, parse_holders
 from devbox.remote import Host
 from devbox.result import HostResult, for_each_host, render
@@ -72,10 +72,20 @@ class TopResult(HostResult):
 
     gpus: list[GpuHealth] = field(default_factory=list)
     seconds: float = 0.0
+    waiting: bool = False          # live: the host has not answered its first question yet
+
+    @classmethod
+    def unanswered(cls, spec) -> "TopResult":
+        """A row for a host still asked its first question (live top)."""
+        result = cls.start(spec)
+        result.waiting, result.exit_code = True, EXIT_UNREACHABLE
+        return result
 
     def text(self) -> str:
         if self.error:
             return f"{self.host:<16} FAILED: {self.error.removeprefix(self.host + ': ')}"
+        if self.waiting:
+            return f"{self.host:<16} waiting for its first answer"
         return "\n".join(self.row(g) for g in self.gpus) or f"{self.host:<16} no GPUs"
 
     def row(self, g: GpuHealth) -> str:
@@ -152,20 +162,26 @@ def parse_top(text: str) -> list[GpuHealth]:
 
 def sample(host: Host, result: TopResult) -> None:
     began = time.monotonic()
-    result.gpus = parse_top(host.run(TOP_SCRIPT, check=False).stdout)
+    result.gpus = parse_top(ask_host(host, TOP_SCRIPT))
     result.seconds = round(time.monotonic() - began, 3)
 
 
-def top_once(specs: list[BoxSpec]) -> list[TopResult]:
+def top_once(specs: list[BoxSpec], on_done: Callable[[TopResult], None] | None = None) -> list[TopResult]:
     def one(spec: BoxSpec, result: TopResult) -> None:
         with Host(spec.host) as host:
             sample(host, result)
-    return for_each_host(specs, TopResult.start, one)
+    return for_each_host(specs, TopResult.start, one, on_done=on_done)
 
 
 def top_live(specs: list[BoxSpec], interval: float, write: Callable[[str], None], as_json: bool = False,
              rounds: int | None = None) -> list[TopResult]:
-    """Refresh every `interval` seconds over one open connection per host until Ctrl-C."""
+    """Refresh every `interval` seconds over one open connection per host until Ctrl-C.
+
+    Each host is asked in a thread of its own, one sample at a time, and a frame shows every
+    host's latest answer: a host that hangs (until its question timeout) holds back its own
+    row, never the others' refreshes."""
+    from concurrent.futures import ThreadPoolExecutor, wait
+
     hosts: dict[str, Host] = {}
 
     def one(spec: BoxSpec, result: TopResult) -> None:
@@ -173,18 +189,29 @@ def top_live(specs: list[BoxSpec], interval: float, write: Callable[[str], None]
             hosts[spec.host] = Host(spec.host).__enter__()
         sample(hosts[spec.host], result)
 
+    latest: dict[int, TopResult] = {}
+    asking: dict[int, object] = {}
+    pool = ThreadPoolExecutor(max_workers=min(16, len(specs)) or 1)
     results: list[TopResult] = []
     try:
         done = 0
         while rounds is None or done < rounds:
-            results = for_each_host(specs, TopResult.start, one)
+            began = time.monotonic()
+            for i, spec in enumerate(specs):
+                if i not in asking:
+                    asking[i] = pool.submit(for_each_host, [spec], TopResult.start, one)
+            wait(list(asking.values()), timeout=interval)
+            for i in [i for i, future in asking.items() if future.done()]:
+                latest[i] = asking.pop(i).result()[0]
+            results = [latest.get(i) or TopResult.unanswered(spec) for i, spec in enumerate(specs)]
             write(render(results, as_json) if as_json else "\033[H\033[2J" + render(results, False, f"every {interval:g} s; Ctrl-C to leave"))
             done += 1
             if rounds is None or done < rounds:
-                time.sleep(interval)
+                time.sleep(max(0.0, interval - (time.monotonic() - began)))
     except KeyboardInterrupt:
         pass
     finally:
-        for host in hosts.values():
+        pool.shutdown(wait=False, cancel_futures=True)
+        for host in hosts.values():   # ends a question still in flight: its thread returns at once
             host.__exit__(None, None, None)
     return results

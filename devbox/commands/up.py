@@ -14,7 +14,9 @@ from devbox.commands.verify import VerifyResult, check_lines, identity_for, veri
 from devbox.config import BoxSpec
 from devbox.facts import Facts, gather
 from devbox.image import content_tag, local_has_image
-from devbox.keyset import Identity, KeySet, KeySource
+from devbox.boxenv import BoxEnv, read_box_env
+from devbox.dotfiles import Dotfiles, read_dotfiles
+from devbox.keyset import Identity, KeySet, KeySource, shared_secrets_warning
 from devbox.lock import HostLock
 from devbox.plan import Plan, needs_host_check, plan_up
 from devbox.remote import Host
@@ -53,12 +55,25 @@ class UpResult(VerifyResult):
         return "\n".join(lines)
 
 
-def plan_host(host: Host, spec: BoxSpec, keys: KeySet, image_tag: str, force: bool, restart: bool, asked: str = "",
-              read_keys: Callable[[], str] | None = None) -> tuple[Facts, Plan]:
+@dataclass(frozen=True)
+class LaptopSide:
+    """What `up` reads on this machine before touching the host, besides the keys: the
+    box's env and secrets and its dotfiles. A missing secret stops it here."""
+
+    box_env: BoxEnv
+    dotfiles: Dotfiles | None
+
+    @classmethod
+    def read(cls, spec: BoxSpec) -> "LaptopSide":
+        return cls(read_box_env(spec), read_dotfiles(spec))
+
+
+def plan_host(host: Host, spec: BoxSpec, keys: KeySet, side: LaptopSide, image_tag: str, force: bool, restart: bool,
+              asked: str = "", read_keys: Callable[[], str] | None = None) -> tuple[Facts, Plan]:
     facts = gather(host, spec, image_tag, lambda found: restart or needs_host_check(spec, found, image_tag), asked)
     local_image = not facts.image_present and spec.delivery != "build" and local_has_image(image_tag)
     plan = plan_up(spec, facts, image_tag, keys.authorized_keys, keys.fingerprint, force=force, local_image=local_image,
-                   restart=restart, read_keys=read_keys)
+                   restart=restart, read_keys=read_keys, box_env=side.box_env, dotfiles=side.dotfiles)
     return facts, plan
 
 
@@ -69,27 +84,28 @@ def up_host(spec: BoxSpec, result: UpResult, keys: KeySource, *, dry_run: bool =
     nothing a revoked key holder left running in it survives. `host`, `lock`: a connection
     the caller already has open and the engine lock it holds (keys sync --restart)."""
     result.dry_run = dry_run
+    side = LaptopSide.read(spec)
     with (host or Host(spec.host)) as connected:
         with (lock or HostLock(connected)) as held:
-            _up(connected, held, spec, result, keys, dry_run, force, repin, verify, progress, restart)
+            _up(connected, held, spec, result, keys, side, dry_run, force, repin, verify, progress, restart)
 
 
-def _up(host: Host, lock: HostLock, spec: BoxSpec, result: UpResult, source: KeySource, dry_run: bool, force: bool, repin: bool,
-        verify: bool | None, progress: Progress, restart: bool) -> None:
-    keys = source.for_box(spec)
+def _up(host: Host, lock: HostLock, spec: BoxSpec, result: UpResult, source: KeySource, side: LaptopSide, dry_run: bool,
+        force: bool, repin: bool, verify: bool | None, progress: Progress, restart: bool) -> None:
+    keys = source.for_box(spec)   # forward_agent on a box of several people is refused here
     identity = identity_for(host, spec, keys)  # refused here, before the host is touched
-    result.warnings = mount_warnings(spec)
+    result.warnings = mount_warnings(spec) + [w for w in [shared_secrets_warning(spec, keys)] if w]
     spec, choice, asked = resolve_on(host, spec)
     result.base_image, result.base_why = choice.tag, choice.why
     image_tag = content_tag(spec.image)
-    facts, plan = plan_host(host, spec, keys, image_tag, force, restart, asked)
+    facts, plan = plan_host(host, spec, keys, side, image_tag, force, restart, asked)
     if plan.steps and not dry_run:
         # Under the engine lock: another box may have taken GPUs or a port, or keys/ changed,
         # since the first look; the keys step reads keys/ again when it writes them.
         lock.acquire(progress)
         keys = source.for_box(spec)
         read_keys = lambda: source.for_box(spec).authorized_keys  # noqa: E731
-        facts, plan = plan_host(host, spec, keys, image_tag, force, restart, asked, read_keys)
+        facts, plan = plan_host(host, spec, keys, side, image_tag, force, restart, asked, read_keys)
     result.port = plan.port
     result.steps = [s.description for s in plan.steps]
     result.warnings += plan.warnings
@@ -124,7 +140,7 @@ def connect(host: Host, plan: Plan, port: int, identity: Identity, repin: bool, 
     box = plan.spec.box
     changed = sshconfig.pin_host_key(box.name, key, replace=repin)
     path = identity.path or (sshconfig.write_agent_identity(box.name, identity.public_key) if identity.public_key else None)
-    entry = sshconfig.BoxEntry(box.host, port, plan.spec.user, str(path) if path else None, box.name)
+    entry = sshconfig.BoxEntry(box.host, port, plan.spec.user, str(path) if path else None, box.name, plan.spec.forward_agent)
     changed |= sshconfig.write_entry(entry)
     changed |= sshconfig.ensure_include()
     if changed:

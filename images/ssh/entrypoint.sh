@@ -12,7 +12,8 @@ key="$state/hostkeys/ssh_host_ed25519_key"
 if [ ! -s "$key" ]; then
     ssh-keygen -q -t ed25519 -N '' -C "devbox-host-key" -f "$key"
 fi
-set -- /usr/sbin/sshd -D -e -f /etc/ssh/sshd_config -h "$key"
+# Arguments are sshd options devbox adds (`-o AllowAgentForwarding=yes` for forward_agent).
+set -- /usr/sbin/sshd -D -e -f /etc/ssh/sshd_config -h "$key" "$@"
 
 # DEVBOX_IDLE_STOP=SECONDS (devbox.toml idle_stop), DEVBOX_IDLE_GPU_UTIL=PERCENT (default 5).
 # Unset or 0: no watcher, and sshd is the box's process as it always was.

@@ -12,13 +12,15 @@ and OpenSSH); without a GPU, `--gpus none` runs the same path (the GPU checks th
 
     python3 tests/gpu/box_gpu.py --carry DIR --work DIR --out DIR [--gpus all|none|1,2]
 
-More checks (an idle watcher, say) go in EXTRA_CHECKS: each is called with (host, spec, port,
-box name, runc) after verify and returns devbox.verify.Check objects for the same report.
+More checks go in EXTRA_CHECKS: each is called with (host, spec, port, box name, runc) after
+verify and returns devbox.verify.Check objects for the same report. When devbox.toml sets
+`idle_stop` (box-device-idle.toml), box_idle.py's checks follow: the watcher on the real GPU.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import glob
 import json
 import os
@@ -34,6 +36,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import box_idle  # noqa: E402
 import oci_box  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parent / "box-device.toml"
@@ -140,13 +143,42 @@ def session_env_ok(laptop, alias: str) -> tuple[bool, str]:
     return all(v in got for v in NVLS_OFF), " ".join(sorted(got)) or (done.stderr.strip()[-200:])
 
 
+GATEWAY = "172.18.0.1"   # where docker-proxy's connections come from: the box network's gateway
+SIOCSIFADDR = 0x8916
+
+
+def in_netns(netns: str) -> bool:
+    """Move the calling thread (only it: setns(2) on a thread moves that thread) into `netns`."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open(netns) as ns:
+        return libc.setns(ns.fileno(), 0x40000000) == 0   # CLONE_NEWNET
+
+
 class Publish:
-    """docker-proxy for a box in its own network namespace: host address:port -> the box's port."""
+    """docker-proxy for a box in its own network namespace: host address:port -> the box's port.
+
+    Under Docker the box sees its SSH sessions come from the gateway, never from loopback (the
+    idle watcher counts only those: the health check connects over 127.0.0.1). The namespace has
+    only lo here, so the gateway's address is put on lo and the proxy connects from it."""
 
     def __init__(self, pid: int, address: str, port: int, box_port: int):
         self.netns, self.box_port = f"/proc/{pid}/ns/net", box_port
+        added = threading.Thread(target=self.add_gateway)
+        added.start()
+        added.join()
         self.listener = socket.create_server((address, port))
         threading.Thread(target=self.serve, daemon=True).start()
+
+    def add_gateway(self) -> None:
+        import fcntl
+        import struct
+
+        if not in_netns(self.netns):
+            raise OSError(f"setns {self.netns} failed")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:   # `ip addr add GATEWAY/16 dev lo` without ip
+            fcntl.ioctl(s, SIOCSIFADDR, struct.pack("16sH2s4s8s", b"lo:gw", socket.AF_INET, b"", socket.inet_aton(GATEWAY), b""))
 
     def serve(self) -> None:
         while True:
@@ -154,15 +186,11 @@ class Publish:
             threading.Thread(target=self.forward, args=(client,), daemon=True).start()
 
     def forward(self, client: socket.socket) -> None:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        with open(self.netns) as ns:   # this thread only: setns(2) on a thread moves that thread
-            if libc.setns(ns.fileno(), 0x40000000) != 0:   # CLONE_NEWNET
-                client.close()
-                return
+        if not in_netns(self.netns):
+            client.close()
+            return
         try:
-            box = socket.create_connection(("127.0.0.1", self.box_port), timeout=10)
+            box = socket.create_connection((GATEWAY, self.box_port), timeout=10, source_address=(GATEWAY, 0))
         except OSError:
             client.close()
             return
@@ -233,6 +261,7 @@ def start_box(a: argparse.Namespace, work: Path, box: oci_box.Box, spec, authori
     keep_multicast_off(spec, work / "volumes")
     (work / "bundle" / "config.json").write_text(json.dumps(box.config, indent=1))
     shutil.copy(work / "bundle" / "config.json", a.out / f"box-config{a.tag}.json")
+    become_subreaper()
     with open(a.out / f"box-sshd{a.tag}.log", "w") as log:
         started = subprocess.run([a.runc, "run", "-d", "--pid-file", str(work / "box.pid"), box.name], cwd=work / "bundle",
                                  stdout=log, stderr=log)
@@ -249,13 +278,22 @@ def start_box(a: argparse.Namespace, work: Path, box: oci_box.Box, spec, authori
     return host_key
 
 
+def become_subreaper() -> None:
+    """`runc run -d` leaves the box's init to the nearest subreaper: be it, as containerd's shim is
+    under Docker, so the init's exit code (the box's, `docker inspect`'s ExitCode) can be read."""
+    import ctypes
+
+    if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) != 0:   # PR_SET_CHILD_SUBREAPER
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
 INSIDE = ("id; ulimit -l; df -k /dev/shm | tail -1; grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; "
           "ls -l /opt/devbox/venv/bin/python3 /opt/devbox/venv/bin/python 2>&1; command -v python3; nvidia-smi -L 2>&1; "
           "cat /proc/1/cmdline | tr '\\0' ' '; echo; ps -eo user,pid,args 2>/dev/null || true")
 
 
 def verify_through_host(a: argparse.Namespace, spec, port: int, keys, laptop, argv: list[str], box: oci_box.Box,
-                        host_key: Path, gpus: int, report: dict) -> list:
+                        host_key: Path, gpus: int, report: dict, extras: list) -> list:
     """devbox's own connect (pin, entry), the session's environment, then verify_box and EXTRA_CHECKS."""
     from devbox.commands.up import connect
     from devbox.commands.verify import identity_for, verify_box
@@ -275,7 +313,7 @@ def verify_through_host(a: argparse.Namespace, spec, port: int, keys, laptop, ar
             raise RuntimeError("NVLink multicast is not off in the box's sessions: NCCL is not run")
         checks = verify_box(host, spec, port, identity, keys.fingerprints, oci_box.inspect_view(argv))
         report["verify_seconds"] = round(time.monotonic() - started, 2)
-        for extra in EXTRA_CHECKS:
+        for extra in extras:
             checks += extra(host, spec, port, box.name, a.runc)
     return checks
 
@@ -299,8 +337,13 @@ def run_box(a: argparse.Namespace, work: Path, image: dict, laptop, keys_dir: Pa
         inside = sh(a.runc, "exec", box.name, "sh", "-c", INSIDE)
         report["inside_runc_exec"] = inside.stdout + inside.stderr
         print(report["inside_runc_exec"], flush=True)
+        extras = list(EXTRA_CHECKS)
+        if spec.idle_stop:
+            home = work / "volumes" / spec.volume_name(spec.all_volumes()[0])
+            extras.append(functools.partial(box_idle.idle_checks, home=home, box_log=a.out / f"box-sshd{a.tag}.log",
+                                            pid=int((work / "box.pid").read_text())))
         print("== devbox's connect (pin, ssh entry) and verify_box, through the host", flush=True)
-        return verify_through_host(a, spec, port, keys, laptop, argv, box, host_key, len(machine.gpus), report)
+        return verify_through_host(a, spec, port, keys, laptop, argv, box, host_key, len(machine.gpus), report, extras)
     finally:
         sh(a.runc, "delete", "-f", box.name)
 

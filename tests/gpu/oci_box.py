@@ -203,6 +203,11 @@ def translate(argv: list[str], image: dict, machine: Machine, seccomp: dict | No
         elif flag == "--label":
             key, _, val = value.partition("=")
             labels[key] = val
+        elif flag in ("--env", "-e"):
+            key, sep, val = value.partition("=")
+            if not sep:   # `--env NAME` copies the docker client's own variable: nothing run_args gives
+                raise UnknownFlag(f"--env {value}: only NAME=VALUE is translated")
+            env[key] = val
         else:
             raise UnknownFlag(f"{flag} {value or ''}".strip())
     if not caps_dropped:

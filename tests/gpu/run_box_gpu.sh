@@ -4,7 +4,7 @@
 #
 # Run as root, from a checkout, on a GPU machine without Docker, sshd or network, with the folder
 # tests/gpu/prepare_box_gpu.sh made (CARRY, default .gpucarry). Arguments go to box_gpu.py
-# (e.g. --gpus 1 --tag -gpu1). Results in $OUT: box-gpu.log, box-verify.json, box-config.json,
+# (e.g. --gpus 1 --tag=-gpu1). Results in $OUT: box-gpu.log, box-verify.json, box-config.json,
 # box-sshd.log. Nothing is unpacked into /: the debs go to $T, and only the users devbox-ops,
 # devbox-nodocker and sshd (OpenSSH's privilege separation) and the group docker are added.
 set -uo pipefail

@@ -55,7 +55,7 @@ def test_the_hardening_flags_land_in_the_oci_config():
 def test_volumes_named_ones_in_their_folder_host_paths_bound_read_only_as_asked():
     box = oci_box.translate(argv(), IMAGE, MACHINE)
     assert box.named_volumes == [(SPEC.volume_name(v), v.target) for v in SPEC.all_volumes() if v.is_named] + [
-        (SPEC.keys_volume, "/etc/devbox/keys")]
+        (SPEC.keys_volume, "/etc/devbox/keys"), (SPEC.secrets_volume, "/etc/devbox/secrets")]
     assert mount(box.config, "/opt/devbox/venv") == {"destination": "/opt/devbox/venv", "type": "bind",
                                                      "source": "/opt/torch/.venv", "options": ["rbind", "rprivate", "ro"]}
     keys = mount(box.config, "/etc/devbox/keys")
@@ -87,3 +87,15 @@ def test_verify_expects_the_limits_the_argv_gave():
     expect = expectations(SPEC, oci_box.inspect_view(argv()))
     assert expect.memlock is None   # memlock=-1: unlimited
     assert expect.shm_kib == oci_box.size_bytes(argv()[argv().index("--shm-size") + 1]) // 1024
+
+
+def test_idle_stop_reaches_the_box_as_its_environment_and_the_restart_policy_is_noted():
+    idle = dataclasses.replace(SPEC, idle_stop=20, idle_gpu_util=7)
+    box = oci_box.translate(argv(idle), IMAGE, MACHINE)
+    env = box.config["process"]["env"]
+    assert "DEVBOX_IDLE_STOP=20" in env and "DEVBOX_IDLE_GPU_UTIL=7" in env
+    assert env[0] == IMAGE["Env"][0]   # the image's own environment stays
+    assert any(note.startswith("--restart on-failure") for note in box.notes)
+    args = argv()
+    with pytest.raises(oci_box.UnknownFlag):   # `--env NAME` would copy the client's variable
+        oci_box.translate(args[:1] + ["--env", "HOME"] + args[1:], IMAGE, MACHINE)
