@@ -409,7 +409,7 @@ class Host:
             return self.run(command, stdin=source, timeout=None, on_stdin=on_sent, check=False)
         with self._lock:
             if self._master is None:
-                self._master = OpenSshMaster(self.alias)
+                self._master = OpenSshMaster(self.alias, self.connect_timeout)
         return self._master.run(command, source, on_sent)
 
     def open_tunnel(self, port: int, address: str = "127.0.0.1"):
@@ -447,7 +447,7 @@ class OpenSshMaster:
     folder (ControlPersist is a safety net: it ends 60 s after devbox if devbox is killed).
     The user's config decides everything else (User, IdentityFile, ProxyJump, known_hosts)."""
 
-    def __init__(self, alias: str):
+    def __init__(self, alias: str, connect_timeout: int = DEFAULT_CONNECT_TIMEOUT):
         import tempfile
 
         from devbox.sshconfig import user_config_path
@@ -458,7 +458,9 @@ class OpenSshMaster:
         self.base = ["ssh", "-F", str(config) if config.is_file() else os.devnull, "-T", "-a", "-x",
                      "-o", "BatchMode=yes", "-o", "ClearAllForwardings=yes", "-o", "RemoteCommand=none",
                      "-o", "LogLevel=ERROR", "-o", "ControlMaster=auto", "-o", f"ControlPath={self.folder}/m",
-                     "-o", "ControlPersist=60"]
+                     "-o", "ControlPersist=60", "-o", f"ConnectTimeout={connect_timeout}",
+                     # a link that drops packets mid-stream ends in about a minute, not TCP's ~15
+                     "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]
 
     def run(self, command: str, source: BinaryIO, on_sent: Callable[[int], None] | None = None) -> Result:
         import tempfile
