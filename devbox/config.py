@@ -324,7 +324,7 @@ def _read_config(path: Path) -> dict:
             if not isinstance(table, dict):
                 raise ConfigError(f"{path}: {kind}.{name} must be a table", f"write it as [{kind}.{name}]")
             if not NAME_RE.match(name):
-                raise ConfigError(f"{path}: [{kind}.{name!r}] is not a valid {kind[:-1]} name",
+                raise ConfigError(f"{path}: [{kind}.{name!r}] is not a valid {'host' if kind == 'hosts' else 'box'} name",
                                   "use the Host name from your ~/.ssh/config" if kind == "hosts" else
                                   "use letters, digits, . _ - (it becomes `ssh devbox-NAME`)")
     return document
