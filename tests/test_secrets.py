@@ -51,7 +51,9 @@ class ProcSampler:
                     if any(n in line for n in self.needles):
                         self.hits.add(line)
                     if any(n in environ for n in self.needles):
-                        self.environ_hits.add((self._read(entry.name, "cgroup"), environ))
+                        cgroup = self._read(entry.name, "cgroup")
+                        if cgroup:   # empty: the process ended between the two reads, so where it ran is unknown
+                            self.environ_hits.add((cgroup, environ))
             self.samples += 1
 
     def environ_outside(self, box_id: str, laptop_marker: bytes) -> list[bytes]:
