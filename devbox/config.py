@@ -588,16 +588,13 @@ def _parse_user(value) -> str:
     return name
 
 
-def _parse_id(value) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65534:
-        return value
-    raise ValueError(repr(value))
-
-
-def _parse_port(value) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and 1024 <= value <= 65535:
-        return value
-    raise ValueError(repr(value))
+def _parse_int(low: int, high: int):
+    """A whole number in low..high (a TOML bool is not one)."""
+    def parse(value) -> int:
+        if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+            return value
+        raise ValueError(repr(value))
+    return parse
 
 
 def _parse_bool(value) -> bool:
@@ -691,10 +688,6 @@ def _parse_git_credentials(value) -> tuple[tuple[str, str], ...]:
         except ValueError as exc:
             raise ValueError(f"{host}: {exc}") from None
     return tuple(sorted(parsed))
-def _parse_percent(value) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 100:
-        return value
-    raise ValueError(repr(value))
 
 
 def _parse_ca_bundle(value) -> str:
@@ -706,12 +699,6 @@ def _parse_ca_bundle(value) -> str:
     path = str(Path(value).expanduser())
     read_ca_bundle(path)
     return path
-
-
-def _parse_seconds(value) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 86400:
-        return value
-    raise ValueError(repr(value))
 
 
 # A registry reference as Docker reads one: a host Docker takes for a registry (a dot, a port
@@ -755,10 +742,10 @@ _PARSERS = {
     "memory": _parse_auto_size,
     "cpus": _parse_cpus,
     "user": _parse_user,
-    "uid": _parse_id,
-    "gid": _parse_id,
+    "uid": _parse_int(1, 65534),
+    "gid": _parse_int(1, 65534),
     "expose": _parse_choice("loopback", "all"),
-    "port": _parse_port,
+    "port": _parse_int(1024, 65535),
     "playbook": _parse_str(re.compile(r"^[A-Za-z0-9._/-]+\Z")),
     "delivery": _parse_choice("auto", "build", "stream", "registry", "registry,stream"),
     "registry": parse_registry,
@@ -775,7 +762,7 @@ _PARSERS = {
     "dotfiles": _parse_str(re.compile(r"^[^\n\r\0]{1,4096}\Z")),
     "shared": _parse_bool,
     "idle_stop": parse_duration,  # devbox/idle.py
-    "idle_gpu_util": _parse_percent,
+    "idle_gpu_util": _parse_int(0, 100),
     "ca_bundle": _parse_ca_bundle,
-    "build_stall": _parse_seconds,
+    "build_stall": _parse_int(1, 86400),
 }
