@@ -126,7 +126,16 @@ def _throwaway(spec: BoxSpec, volume: str, target: str = AUTHORIZED_KEYS_DIR) ->
     network, no capabilities, a read-only root, labelled as ours, with `volume` at `target`."""
     return ["--pull", "never", "--network", "none", "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--read-only",
             "--user", f"{spec.uid}:{spec.gid}", "--label", "devbox.managed=true", "--label", f"devbox.host={spec.host}",
-            "--mount", f"type=volume,source={volume},target={target}"]
+            "--mount", f"type={'bind' if volume.startswith('/') else 'volume'},source={volume},target={target}"]
+
+
+def seed_home_argv(spec: BoxSpec, image: str, folder: str) -> list[str]:
+    """Copy the image's home (its dotfiles, the folders the box expects) into a new home
+    folder on shared storage: what Docker's copy-up does for a new home volume."""
+    return throwaway_argv(spec, image, folder, SEED_TARGET, f"cp -a {shlex.quote(spec.home)}/. {SEED_TARGET}/")
+
+
+SEED_TARGET = "/mnt/devbox-home"
 
 
 def secrets_writer_argv(spec: BoxSpec, image: str) -> list[str]:

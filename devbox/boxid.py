@@ -61,6 +61,17 @@ class BoxId:
         """A volume every box of the host may mount on purpose (`shared:NAME:/path`)."""
         return SHARED_PREFIX + source
 
+    @staticmethod
+    def shared_folder(data_root: str, source: str) -> str:
+        """`shared:NAME` of a box on shared storage: one folder beside the boxes' own (no box
+        name starts with a dot)."""
+        return f"{data_root.rsplit('/', 1)[0]}/.shared/{source}"
+
+    @property
+    def node_alias(self) -> str:
+        """A Slurm box's node, as devbox's ssh config names it (laptop -> login -> node)."""
+        return f"{PREFIX}node.{self.name}"
+
     @property
     def ssh_alias(self) -> str:
         """`ssh devbox-NAME` and the pinned known_hosts key (HostKeyAlias)."""

@@ -126,20 +126,33 @@ def up(
     repin: bool = typer.Option(False, "--repin", help="Accept a new box host key (only after re-making the box on purpose)."),
     verify: Optional[bool] = typer.Option(None, "--verify/--no-verify",
                                           help="Verify over SSH (default: only when up changed something; `devbox verify` re-checks any time)."),
+    wait: str = typer.Option("10m", "--wait", help="A Slurm box: how long to wait while its job is queued (e.g. 30s, 10m, 2h); "
+                             "the job stays queued after that (exit 3)."),
+    no_wait: bool = typer.Option(False, "--no-wait", help="A Slurm box: submit (or find) its job and return at once; "
+                                 "state `queued`, exit 0. Run `devbox up` again once it runs."),
     parallel: int = PARALLEL,
     as_json: bool = JSON,
 ):
-    """Provision the box on each host. Checks the host, delivers the image, starts the box, pins its key, writes `ssh devbox-HOST`, verifies."""
-    from devbox.commands.up import UpResult, up_host
+    """Provision the box on each host. Checks the host, delivers the image, starts the box, pins its key, writes `ssh devbox-HOST`, verifies.
+
+    A Slurm box ([boxes.NAME] with slurm = {…}) first gets its batch job: queued is a state (the job id, Slurm's reason and
+    the position are shown while it waits; Ctrl-C leaves it queued), then the box starts on the job's node with its GPUs."""
+    from devbox.commands.up import UpResult, up_box
+    from devbox.idle import parse_duration
     from devbox.keyset import KeySource
 
+    try:
+        wait_s = parse_duration(wait)
+    except ValueError as exc:
+        raise ConfigError(f"bad value for --wait: {exc}", "give a duration like 30s, 10m or 2h") from None
     boxes = specs(hosts, config, playbook)
     keys = KeySource(keys_dir)
     if (notice := keys.check()) and not as_json:
         typer.echo(f"note: {notice}", err=True)
     progress = progress_printer(as_json)
-    show_per_host(boxes, UpResult, lambda spec, result: up_host(spec, result, keys, dry_run=dry_run, force=force, repin=repin,
-                                                               verify=verify, progress=progress), parallel, as_json)
+    show_per_host(boxes, UpResult, lambda spec, result: up_box(spec, result, keys, wait_s=wait_s, no_wait=no_wait, dry_run=dry_run,
+                                                              force=force, repin=repin, verify=verify, progress=progress),
+                  parallel, as_json)
 
 
 @app.command()

@@ -21,6 +21,7 @@ from devbox.errors import ConfigError
 from devbox.idle import parse_duration
 from devbox.image import ImageSpec
 from devbox.resources import shipped_dir
+from devbox.slurm import SlurmSpec, parse_slurm_table
 
 PLAYBOOK_DIR = shipped_dir("playbooks")
 HOME_MOUNT = "/home/{user}"
@@ -155,6 +156,9 @@ class BoxSpec:
     ca_bundle: str = ""
     build_stall: int = 300
     registry: str = ""                  # devbox/registry.py: push once from here, hosts pull
+    slurm: SlurmSpec | None = None      # a Slurm box (devbox/slurm.py): the scheduler picks its host
+    data_root: str = ""                 # named volumes are folders here (shared storage), not Docker volumes
+    slurm_job: str = ""                 # the Slurm job the box lives in (set by placement)
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     # Not part of the container: changing them must not re-create a box (and the
@@ -164,10 +168,11 @@ class BoxSpec:
     # secrets, git, dotfiles: its secrets volume and home).
     HASH_EXCLUDED = ("sources", "port", "host", "delivery", "allow_host_root_mounts", "identity", "apt", "pip",
                      "ca_bundle", "build_stall", "name", "owner", "admits", "gpu_count",
-                     "env", "secrets", "git_identity", "git_credentials", "dotfiles", "registry")
+                     "env", "secrets", "git_identity", "git_credentials", "dotfiles", "registry", "slurm")
     # Keys added after boxes existed: hashed only when set, so an upgrade re-creates nothing.
     # forward_agent is an sshd option of the container.
-    HASH_WHEN_SET = {"shared": False, "idle_stop": 0, "idle_gpu_util": 5, "forward_agent": False}
+    # slurm_job: a box from an earlier job (left by a job killed uncleanly) is never taken for this job's.
+    HASH_WHEN_SET = {"shared": False, "idle_stop": 0, "idle_gpu_util": 5, "forward_agent": False, "data_root": "", "slurm_job": ""}
 
     @property
     def box(self) -> BoxId:
@@ -213,7 +218,16 @@ class BoxSpec:
         return self.box.network
 
     def volume_name(self, volume: Volume) -> str:
+        """The Docker volume, or with a data_root the folder on shared storage, that holds `volume`."""
+        if self.data_root:
+            return self.box.shared_folder(self.data_root, volume.source) if volume.shared else f"{self.data_root}/{volume.source}"
         return self.box.shared_volume(volume.source) if volume.shared else self.box.volume(volume.source)
+
+    def mount(self, volume: Volume) -> str:
+        """`docker run --mount` text for one of the box's volumes."""
+        source = self.volume_name(volume) if volume.is_named else volume.source
+        kind = "volume" if volume.is_named and not self.data_root else "bind"
+        return f"type={kind},source={source},target={volume.target}" + (",readonly" if volume.read_only else "")
 
     def all_volumes(self) -> tuple[Volume, ...]:
         """The configured mounts plus the home volume (it holds the host key and jobs)."""
@@ -305,6 +319,8 @@ def configured_hosts(config_file: Path | None = None) -> list[str]:
 TOP_LEVEL = {"defaults": "a table", "hosts": "[hosts.NAME] tables", "boxes": "[boxes.NAME] tables",
              "admins": 'a list of names in keys/, e.g. admins = ["ops"]'}
 BOX_ONLY_KEYS = {"host": "the Host from your ~/.ssh/config the box runs on",
+                 "slurm": 'instead of host, on a Slurm cluster: { login = "hpc-login", partition = "gpu", gpus = 2, '
+                          'time = "8:00:00", shared_dir = "/shared/devbox" }',
                  "owner": "the person the box is for: a name in keys/ (their keys, plus admins, get in)"}
 
 
@@ -368,6 +384,14 @@ def _load_box(name: str, table: dict, document: dict, path: Path, playbook: str 
     if name in document.get("hosts", {}) or _is_ssh_host(name):
         raise ConfigError(f"{where}: box name {name!r} is also a host name", "rename the box: `ssh devbox-NAME` must name one box")
     host, owner = table.get("host"), table.get("owner")
+    slurm = None
+    if "slurm" in table:
+        if host is not None:
+            raise ConfigError(f"{where}: a Slurm box has no 'host': the scheduler picks the node", "remove host, or remove slurm")
+        slurm = parse_slurm_table(table["slurm"], where)
+        host = slurm.login
+        if not NAME_RE.match(host) or host in document.get("boxes", {}):
+            raise ConfigError(f"{where}: slurm.login {host!r} is not a host", "set slurm.login to the login node's Host in ~/.ssh/config")
     if not isinstance(host, str) or not NAME_RE.match(host):
         raise ConfigError(f"{where}: 'host' must be {BOX_ONLY_KEYS['host']}", f'add host = "gpu-host-3" to [boxes.{name}]')
     if host in document.get("boxes", {}):
@@ -383,7 +407,17 @@ def _load_box(name: str, table: dict, document: dict, path: Path, playbook: str 
     admins = _parse_admins(path, document.get("admins", []))
     rest = {k: v for k, v in table.items() if k not in BOX_ONLY_KEYS}
     spec = _build_spec(host, rest, f"[boxes.{name}]", document, path, playbook)
-    return _replace(spec, name=name, owner=owner, admits=tuple(sorted({owner, *admins})))
+    spec = _replace(spec, name=name, owner=owner, admits=tuple(sorted({owner, *admins})))
+    return _slurm_box(spec, slurm, where) if slurm else spec
+
+
+def _slurm_box(spec: BoxSpec, slurm: SlurmSpec, where: str) -> BoxSpec:
+    """A Slurm box: its GPUs are the job's, its data lives in shared_dir/NAME on every node."""
+    if spec.gpus != "all":
+        raise ConfigError(f"{where}: a Slurm box's GPUs are its job's", f"remove gpus and set slurm.gpus (now {slurm.gpus})")
+    if spec.expose != "loopback":
+        raise ConfigError(f"{where}: a Slurm box is published on its node's 127.0.0.1 only", 'remove expose (or set "loopback")')
+    return _replace(spec, slurm=slurm, data_root=f"{slurm.shared_dir}/{spec.name}")
 
 
 def _replace(spec: BoxSpec, **changes) -> BoxSpec:

@@ -15,7 +15,7 @@ from devbox import __version__
 from devbox.config import BoxSpec, gives_host_root, shares_into_home
 from devbox.errors import ConfigError, DevboxError, HostUnreachable
 from devbox.basetag import refuse_unworkable
-from devbox.box import home_folders_argv, keys_writer_argv, secrets_writer_argv, volume_owner_argv
+from devbox.box import home_folders_argv, keys_writer_argv, secrets_writer_argv, seed_home_argv, volume_owner_argv
 from devbox.boxenv import SECRETS_DIR, BoxEnv
 from devbox.dotfiles import CopyDotfiles, Dotfiles
 from devbox.facts import AUTHORIZED_KEYS_DIR, Facts, image_cuda, version_tuple
@@ -220,6 +220,7 @@ def box_labels(spec: BoxSpec, port: int, image_tag: str, spec_hash: str, keyset:
         **({"devbox.gpu-count": str(spec.gpu_count)} if spec.gpu_count else {}),
         **({"devbox.shared": "true"} if spec.shared else {}),
         **({"devbox.idle-stop": str(spec.idle_stop)} if spec.idle_stop else {}),
+        **({"devbox.slurm.job": spec.slurm_job} if spec.slurm_job else {}),
     }
 
 
@@ -346,10 +347,7 @@ def run_args(spec: BoxSpec, facts: Facts, port: int, image_tag: str, labels: dic
     if cpus := cpu_limit(spec, facts):
         args += ["--cpus", cpus]
     for volume in spec.all_volumes():
-        source = spec.volume_name(volume) if volume.is_named else volume.source
-        kind = "volume" if volume.is_named else "bind"
-        mount = f"type={kind},source={source},target={volume.target}" + (",readonly" if volume.read_only else "")
-        args += ["--mount", mount]
+        args += ["--mount", spec.mount(volume)]
     args += ["--mount", f"type=volume,source={spec.keys_volume},target={AUTHORIZED_KEYS_DIR},readonly"]
     args += ["--mount", f"type=volume,source={spec.secrets_volume},target={SECRETS_DIR},readonly"]
     args += gpu_args(spec, facts)
@@ -382,8 +380,23 @@ def network_step(spec: BoxSpec) -> ShellStep:
 
 
 def volume_names(spec: BoxSpec) -> list[str]:
-    """Every volume that is the box's own: home, the named `volumes`, the keys, the secrets (never a shared one)."""
-    return [spec.volume_name(v) for v in spec.all_volumes() if v.is_named and not v.shared] + [spec.keys_volume, spec.secrets_volume]
+    """Every Docker volume that is the box's own: home, the named `volumes` (unless they are
+    folders on shared storage), the keys, the secrets (never a shared one)."""
+    named = [] if spec.data_root else [spec.volume_name(v) for v in spec.all_volumes() if v.is_named and not v.shared]
+    return named + [spec.keys_volume, spec.secrets_volume]
+
+
+def data_folders_step(spec: BoxSpec, image_tag: str) -> ShellStep:
+    """A box on shared storage (a Slurm box): its data_root (only its user may enter), a
+    folder per named volume, and a new home seeded with the image's, as a new home volume is."""
+    q = shlex.quote
+    home = spec.volume_name(spec.all_volumes()[0])
+    folders = [spec.volume_name(v) for v in spec.all_volumes() if v.is_named]
+    seed = shlex.join(["docker", *seed_home_argv(spec, image_tag, home)])
+    script = (f"mkdir -p {q(spec.data_root)} && chmod 700 {q(spec.data_root)} && mkdir -p {' '.join(map(q, folders))} && "
+              f'if [ ! -e {q(home + "/.devbox")} ]; then {seed} >/dev/null; fi')
+    return ShellStep("data_folders", f"ensure {', '.join(folders)} on shared storage (the box user's; kept across jobs and nodes)",
+                     script, f"check that {spec.data_root} can be made by your cluster user on the node (shared storage mounted?)")
 
 
 def home_folders(spec: BoxSpec) -> list[str]:
@@ -393,7 +406,7 @@ def home_folders(spec: BoxSpec) -> list[str]:
 
 
 def shared_volume_names(spec: BoxSpec) -> list[str]:
-    return [spec.volume_name(v) for v in spec.volumes if v.shared]
+    return [] if spec.data_root else [spec.volume_name(v) for v in spec.volumes if v.shared]
 
 
 def env_differs(facts: Facts, box_env: BoxEnv) -> bool:
@@ -472,6 +485,8 @@ def plan_up(
                 "wait for them, stop them with `devbox stop`, or pass --force (their logs are kept)",
             )
     if box is None or recreate:
+        if spec.data_root:
+            steps.append(data_folders_step(spec, image_tag))
         steps += [volume_step(spec, name, image_tag) for name in volume_names(spec)]
         steps += [volume_step(spec, name, image_tag, shared=True) for name in shared_volume_names(spec)]
         if folders := home_folders(spec):

@@ -187,6 +187,35 @@ class BoxEntry:
         return f"    IdentityFile {path}\n    IdentitiesOnly yes\n"
 
 
+@dataclass(frozen=True)
+class NodeEntry:
+    """A Slurm box's node, as its job found it: reached through the login node at the
+    address Slurm knows it by, as the login's own user and key. Its host key must already
+    be known (clusters publish their nodes' keys): no trust on first use here either."""
+
+    alias: str
+    address: str
+    login: str
+    user: str | None
+    identity_files: tuple[str, ...] = ()
+    known_hosts: str | None = None
+
+    def render(self, known_hosts: Path) -> str:
+        lines = [f"Host {self.alias}", f"    HostName {self.address}", f"    ProxyJump {self.login}"]
+        lines += [f"    User {self.user}"] if self.user else []
+        lines += [f'    IdentityFile "{path}"' for path in self.identity_files]
+        lines += [f"    UserKnownHostsFile {self.known_hosts}"] if self.known_hosts else []
+        lines += ["    StrictHostKeyChecking yes", "    ControlMaster no", "    ControlPath none"]
+        return "\n".join(lines) + "\n"
+
+
+def node_entry(alias: str, address: str, login: str) -> NodeEntry:
+    """The node entry for a box whose job runs at `address`, borrowing the login's user, keys and known_hosts."""
+    found = load_user_config().lookup(login)
+    known = found.get("userknownhostsfile")
+    return NodeEntry(alias, address, login, found.get("user"), tuple(found.get("identityfile", ())), known)
+
+
 _EDITING = threading.Lock()
 
 
@@ -240,8 +269,17 @@ def write_entry(entry: BoxEntry) -> bool:
 @_serialized
 def remove_entry(host: str) -> bool:
     agent_identity_path(host).unlink(missing_ok=True)
+    return _remove_block(BOX_PREFIX + host)
+
+
+@_serialized
+def remove_alias(alias: str) -> bool:
+    return _remove_block(alias)
+
+
+def _remove_block(alias: str) -> bool:
     blocks = read_entries()
-    if blocks.pop(BOX_PREFIX + host, None) is None:
+    if blocks.pop(alias, None) is None:
         return False
     _write_blocks(blocks)
     return True

@@ -38,11 +38,20 @@ class UpResult(VerifyResult):
     bytes_sent: int = 0
     base_image: str = ""                                # the base the box is (to be) built on
     base_why: str = ""                                  # why that one (base_image = "auto")
+    slurm: dict = field(default_factory=dict)           # a Slurm box's job: id, state, reason, position, node, gpus
+    state: str = ""                                     # "queued" while a Slurm box's job waits
 
     def text(self) -> str:
         head = f"{self.host}: "
         if self.error:
             return head + "FAILED: " + self.error.removeprefix(head)
+        if self.state == "queued":
+            job = self.slurm
+            where = f"{job.get('reason') or 'waiting'}" + (f", position {job['position']}" if job.get("position") else "")
+            return (f"{head}queued: job {job['id']} ({where}); it stays queued: `devbox up {self.host}` waits for it, "
+                    f"`devbox status {self.host}` shows it, `devbox down {self.host}` cancels it")
+        if self.dry_run and self.slurm.get("state") == "WOULD-SUBMIT":
+            return f"{head}would submit a Slurm job for the box, then start it on the node the job gets"
         if self.dry_run:
             base = [f"  base image {self.base_image}: {self.base_why}"] if self.base_image else []
             lines = [head + "would run:", *base] + [f"  - {s}" for s in self.steps]
@@ -75,6 +84,29 @@ def plan_host(host: Host, spec: BoxSpec, keys: KeySet, side: LaptopSide, image_t
     plan = plan_up(spec, facts, image_tag, keys.authorized_keys, keys.fingerprint, force=force, local_image=local_image,
                    restart=restart, read_keys=read_keys, box_env=side.box_env, dotfiles=side.dotfiles)
     return facts, plan
+
+
+def up_box(spec: BoxSpec, result: UpResult, keys: KeySource, *, wait_s: float = 600, no_wait: bool = False, **options) -> None:
+    """`devbox up NAME`: a box on a host as it is; a Slurm box once its job runs, on the job's node."""
+    if spec.slurm is None:
+        return up_host(spec, result, keys, **options)
+    from devbox.scheduler import Cluster, schedule
+
+    progress = options.get("progress", lambda m: None)
+    with Host(spec.slurm.login) as login:
+        scheduled = schedule(Cluster(login, spec), progress, 0 if no_wait else wait_s, options.get("dry_run", False))
+    job = scheduled.job
+    result.slurm = {"id": job.id, "state": job.state, "reason": job.reason, "position": scheduled.position, "node": job.node,
+                    "submitted": scheduled.submitted}
+    if scheduled.spec is None:
+        result.dry_run = options.get("dry_run", False)
+        if job.queued:
+            result.state = "queued"
+            result.changed = scheduled.submitted
+            result.exit_code = 0 if no_wait else 3      # --wait ran out: not ready (the job stays queued)
+        return None
+    result.slurm["gpus"] = list(scheduled.spec.gpus)
+    up_host(scheduled.spec, result, keys, **options)
 
 
 def up_host(spec: BoxSpec, result: UpResult, keys: KeySource, *, dry_run: bool = False, force: bool = False, repin: bool = False,
