@@ -171,7 +171,9 @@ def verify(
     boxes = specs(hosts, config, playbook)
     keys = KeySource(keys_dir)
     keys.check()
-    show_per_host(boxes, VerifyResult, lambda spec, result: verify_host(spec, result, keys), parallel, as_json)
+    from devbox.scheduler import locate
+
+    show_per_host(boxes, VerifyResult, lambda spec, result: verify_host(locate(spec), result, keys), parallel, as_json)
 
 
 @app.command()
@@ -208,7 +210,9 @@ def top(
     from devbox.commands.top import top_live, top_once
     from devbox.result import worst_exit
 
-    boxes = specs(hosts, config, None, all_hosts)
+    from devbox.scheduler import locate
+
+    boxes = [locate(spec) for spec in specs(hosts, config, None, all_hosts)]   # a Slurm box: its job's node
     if once:
         printer = row_printer(boxes, as_json)
         show(top_once(boxes, printer), as_json, printed=printer is not None)
@@ -364,7 +368,9 @@ def secrets_sync(
     from devbox.commands.secrets import SecretsResult, sync_secrets_host
 
     boxes = specs(hosts, config, playbook, all_hosts)
-    show(per_host(boxes, SecretsResult, lambda spec, result: sync_secrets_host(spec, result, dotfiles), parallel), as_json)
+    from devbox.scheduler import locate
+
+    show(per_host(boxes, SecretsResult, lambda spec, result: sync_secrets_host(locate(spec), result, dotfiles), parallel), as_json)
 
 
 # ---------------------------------------------------------------- jobs
@@ -373,7 +379,9 @@ def secrets_sync(
 def _job_host(name: str, config, playbook):
     from devbox.remote import Host
 
-    spec = specs([name], config, playbook)[0]
+    from devbox.scheduler import locate
+
+    spec = locate(specs([name], config, playbook)[0])
     return spec, Host(spec.host)
 
 
@@ -483,7 +491,9 @@ def jupyter(
     """
     from devbox.commands.jupyter import open_jupyter, stop_jupyter
 
-    spec = specs([host], config, playbook)[0]
+    from devbox.scheduler import locate
+
+    spec = locate(specs([host], config, playbook)[0])
     if stop_server:
         show(stop_jupyter(spec), as_json, one=True)
         return

@@ -195,14 +195,56 @@ def on_node(cluster: Cluster, job: Job) -> BoxSpec:
     return replace(cluster.spec, host=box.node_alias, gpus=gpus, uid=uid, gid=gid, slurm_job=job.id)
 
 
-def locate(spec: BoxSpec) -> BoxSpec:
-    """A Slurm box's spec on the node its running job holds; other boxes as they are."""
+def locate(spec: BoxSpec, missing_ok: bool = False) -> BoxSpec | None:
+    """A Slurm box's spec on the node its running job holds (None, with missing_ok, when no
+    job runs); other boxes as they are."""
     if spec.slurm is None:
         return spec
     with Host(spec.slurm.login) as login:
         cluster = Cluster(login, spec)
         job = cluster.find_job()
         if job is None or not job.running:
+            if missing_ok:
+                return None
             state = f"its job {job.id} is queued ({job.reason})" if job else "it has no job (not up, or its job ended)"
             raise NotRunning(f"{spec.box.name}: the box is not running: {state}", f"run `devbox up {spec.box.name}`")
         return on_node(cluster, job)
+
+
+# ---------------------------------------------------------------- status and down
+
+
+def job_status(spec: BoxSpec) -> tuple[dict, BoxSpec | None]:
+    """What `status` says of a Slurm box's job, and the box on its node when the job runs."""
+    with Host(spec.slurm.login) as login:
+        cluster = Cluster(login, spec)
+        job = cluster.find_job()
+        if job is None:
+            return {"state": "none", "ended": cluster.why_ended()}, None
+        info = {"id": job.id, "state": job.state, "reason": job.reason, "node": job.node, "time_left": job.time_left}
+        if not job.running:
+            info["position"] = cluster.position(job)
+            return info, None
+        placed = on_node(cluster, job)
+        info["gpus"] = list(placed.gpus)
+        return info, placed
+
+
+def end_job(spec: BoxSpec, remove_box: Callable[[BoxSpec], None], purge: bool) -> list[str]:
+    """`down` of a Slurm box: the box off its node (by `remove_box`, as any box), then its job
+    cancelled, its GPUs back to the scheduler. Its folder on shared storage stays unless purge."""
+    done = []
+    with Host(spec.slurm.login) as login:
+        cluster = Cluster(login, spec)
+        job = cluster.find_job()
+        if job is not None and job.running:
+            remove_box(on_node(cluster, job))
+        if job is not None:
+            cluster.cancel(job)
+            done.append(f"Slurm job {job.id} ({job.state.lower()}: GPUs back to the scheduler)")
+        if purge:
+            gone = login.run(["rm", "-rf", "--", spec.data_root], check=False)
+            if not gone.ok:
+                raise HostUnreachable(f"{login.alias}: could not remove {spec.data_root}: {_said(gone)}", "remove it by hand")
+            done.append(f"folder {spec.data_root} (home, workspace, host key)")
+    return done

@@ -37,7 +37,21 @@ def box_volumes(spec: BoxSpec, managed: dict[str, tuple[str, str]]) -> list[str]
 
 
 def down_host(spec: BoxSpec, result: DownResult, purge: bool = False) -> None:
-    """Remove the box; report as removed or kept only what was really there."""
+    """Remove the box; report as removed or kept only what was really there. A Slurm box's
+    job is cancelled too (its folder on shared storage is its data: kept unless purge)."""
+    if spec.slurm is not None:
+        from devbox.scheduler import end_job
+
+        result.removed += end_job(spec, lambda on_node: remove_box(on_node, result, purge), purge)
+        if not purge:
+            result.kept.append(f"folder {spec.data_root} (home, workspace, host key)")
+        forget(spec, result, purge)
+        return
+    remove_box(spec, result, purge)
+    forget(spec, result, purge)
+
+
+def remove_box(spec: BoxSpec, result: DownResult, purge: bool) -> None:
     with Host(spec.host) as host, HostLock(host) as lock:
         lock.acquire(lambda message: None)     # not while an `up` or `keys sync` changes a box here
         if inspect_box(host, spec):
@@ -57,6 +71,10 @@ def down_host(spec: BoxSpec, result: DownResult, purge: bool = False) -> None:
                 host.docker("volume", "rm", name)
         (result.removed if purge else result.kept).extend(f"volume {name}" for name in volumes)
         result.kept += [f"shared volume {name} (other boxes of the host may use it)" for name in shared_volume_names(spec) if name in existing]
+
+
+def forget(spec: BoxSpec, result: DownResult, purge: bool) -> None:
+    """The laptop's side: the ssh entry and the pin go only with purge."""
     result.changed = bool(result.removed)
     alias = spec.box.ssh_alias
     if purge:
@@ -64,6 +82,7 @@ def down_host(spec: BoxSpec, result: DownResult, purge: bool = False) -> None:
             result.removed.append(f"ssh entry {alias}")
         if sshconfig.unpin(spec.box.name):
             result.removed.append("pinned host key")
+        sshconfig.remove_alias(spec.box.node_alias)
     else:
         result.kept += [what for what, there in ((f"ssh entry {alias}", alias in sshconfig.read_entries()),
                                                  ("pinned host key", alias in sshconfig.pinned_keys())) if there]

@@ -47,6 +47,7 @@ class BoxStatus(HostResult):
     kept_up_by: list[str] = field(default_factory=list)   # idle_stop: why the running box stays up
     stopped_why: str = ""          # idle_stop: when and why it stopped itself
     others: list["BoxStatus"] = field(default_factory=list)   # the host's other boxes (printed as rows of their own)
+    slurm: dict = field(default_factory=dict)   # a Slurm box's job: id, state, reason, position, node, gpus, time_left, ended
 
     def as_dict(self) -> dict:
         data = super().as_dict()
@@ -62,6 +63,7 @@ class BoxStatus(HostResult):
         count = lambda n: "-" if n is None else n  # noqa: E731
         why = self.reason or "; ".join(filter(None, [self.stopped_why, ", ".join(self.kept_up_by) and
                                                       "kept up: " + ", ".join(self.kept_up_by), self.image]))
+        why = "; ".join(filter(None, [slurm_line(self.slurm), why]))
         return (f"{self.host:<20} {self.owner or '-':<10} {state:<20} {self.port or '-':>6} {duration(self.uptime_s):>8} "
                 f"{self.gpus or '-':<6} {self.gpu_memory():>11} {count(self.keys):>4} {count(self.jobs):>4}  {why}")
 
@@ -129,8 +131,31 @@ BOXES_SCRIPT = "\n".join([
     "done", "true"]) + "\n"
 
 
+def slurm_line(job: dict) -> str:
+    """A Slurm box's job in one phrase (pure)."""
+    if not job:
+        return ""
+    if job.get("state") == "none":
+        return "no Slurm job" + (f"; the last one ended: {job['ended']}" if job.get("ended") else "")
+    where = f" on {job['node']}" if job.get("node") else ""
+    gpus = f", GPUs {','.join(map(str, job['gpus']))}" if job.get("gpus") else ""
+    left = f", {job['time_left']} left" if job.get("time_left") and job.get("state") == "RUNNING" else ""
+    why = f" ({job['reason']}" + (f", position {job['position']}" if job.get("position") else "") + ")" if job.get("reason") else ""
+    return f"job {job['id']} {job['state'].lower()}{why}{where}{gpus}{left}"
+
+
 def status_host(spec: BoxSpec, result: BoxStatus) -> None:
     result.box_host, result.owner = spec.host, spec.owner
+    if spec.slurm is not None:
+        from devbox.scheduler import job_status
+
+        result.slurm, placed = job_status(spec)
+        if placed is None:
+            result.state = "queued" if result.slurm.get("state") == "PENDING" else "absent"
+            result.reason = "" if result.state == "queued" else "run `devbox up`"
+            return
+        spec = placed
+        result.box_host = spec.host
     with Host(spec.host) as host:
         spec, choice, asked = resolve_on(host, spec, memory=True)
         result.base_image, result.base_why = choice.tag, choice.why

@@ -31,8 +31,11 @@ class SyncResult(HostResult):
     removed: list[str] = field(default_factory=list)      # whose keys this sync took off the box
     planted: list[str] = field(default_factory=list)      # start-up files changed in the home since they were added
     warnings: list[str] = field(default_factory=list)
+    note: str = ""
 
     def summary(self) -> str:
+        if self.note:
+            return self.note
         return (f"{self.keys} key(s) " + ("installed" if self.changed else "already in place")
                 + (f"; removed {', '.join(self.removed)}" if self.removed else "")
                 + (f"; {len(self.planted)} start-up file(s) changed in the shared home since (listed below)" if self.planted else "")
@@ -44,6 +47,13 @@ def sync_host(spec: BoxSpec, result: SyncResult, source: KeySource, restart: boo
     """Under the engine lock, as `up` writes keys: a sync never races an `up` of the box
     (which would write the keys it read before a revocation), and keys/ is read once the
     lock is held, so what is written is keys/ as it is now."""
+    from devbox.scheduler import locate
+
+    placed = locate(spec, missing_ok=True)
+    if placed is None:     # a Slurm box with no running job has no keys anywhere: its next `up` writes keys/ as it is then
+        result.note = "not running (no Slurm job): its next `up` installs keys/ as it is then"
+        return
+    spec = placed
     with Host(spec.host) as host, HostLock(host) as lock:
         lock.acquire(progress)
         keys = source.for_box(spec)
