@@ -72,6 +72,8 @@ def _raise_if_gone(spec: BoxSpec, text: str) -> None:
 def box_exec(host: Host, spec: BoxSpec, argv: list[str], stdin: bytes | None = None, check: bool = True, **kw) -> Result:
     """Run argv in the box as the login user (uid:gid), never root. A stopped or missing box
     says so and how to bring it back, not in Docker's words."""
+    if spec.slurm is not None and not spec.slurm_job:
+        return _read_stored(host, spec, argv, stdin, check, **kw)
     flags = ["-i"] if stdin is not None or kw.get("keep_stdin_open") else []
     try:
         result = host.docker("exec", *flags, "-u", f"{spec.uid}:{spec.gid}", "-e", f"HOME={spec.home}",
@@ -82,6 +84,14 @@ def box_exec(host: Host, spec: BoxSpec, argv: list[str], stdin: bytes | None = N
     if not result.ok:
         _raise_if_gone(spec, result.stderr)
     return result
+
+
+def _read_stored(host: Host, spec: BoxSpec, argv: list[str], stdin: bytes | None, check: bool, **kw) -> Result:
+    """A Slurm box whose job ended: its home is a folder on shared storage, read through the
+    login node as its owner (`ps`, `logs`). No tmux server is reachable there, so a job
+    that was running when the Slurm job ended reads as lost, which it is."""
+    home = spec.volume_name(spec.all_volumes()[0])
+    return host.run(["env", f"HOME={home}", "TMUX_TMPDIR=/nonexistent/devbox", *argv], stdin=stdin, check=check, **kw)
 
 
 def box_sh(host: Host, spec: BoxSpec, script: str, stdin: bytes | None = None, check: bool = True, **kw) -> Result:

@@ -376,13 +376,15 @@ def secrets_sync(
 # ---------------------------------------------------------------- jobs
 
 
-def _job_host(name: str, config, playbook):
+def _job_host(name: str, config, playbook, stored_ok: bool = False):
+    """The box and its host. A Slurm box: on its job's node; with `stored_ok` (reading jobs),
+    when no job runs, its files on shared storage through the login node."""
     from devbox.remote import Host
-
     from devbox.scheduler import locate
 
-    spec = locate(specs([name], config, playbook)[0])
-    return spec, Host(spec.host)
+    spec = specs([name], config, playbook)[0]
+    placed = locate(spec, missing_ok=stored_ok)
+    return (placed, Host(placed.host)) if placed is not None else (spec, Host(spec.slurm.login))
 
 
 @app.command()
@@ -413,7 +415,7 @@ def ps(host: str = typer.Argument(..., help="Host (its own box) or box."), playb
     """List the box's jobs. Each is running, exited N, or lost (the box was re-created while it ran)."""
     from devbox.jobs import Job, list_jobs
 
-    spec, remote = _job_host(host, config, playbook)
+    spec, remote = _job_host(host, config, playbook, stored_ok=True)
     with remote:
         jobs = list_jobs(remote, spec)
     show(jobs, as_json, "" if jobs else Job.HEADER)
@@ -431,7 +433,7 @@ def logs(
     """Print or follow a job's log. It is kept on the box's volume, readable after the job or box is gone."""
     from devbox.jobs import logs as job_logs
 
-    spec, remote = _job_host(host, config, playbook)
+    spec, remote = _job_host(host, config, playbook, stored_ok=True)
     with remote:
         job_logs(remote, spec, name, tail, follow, write=lambda text, **kw: typer.echo(text, nl=False))
 

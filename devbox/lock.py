@@ -17,6 +17,7 @@ from devbox.remote import Host, close_channel
 
 BUSY = 75          # flock -E: the lock is held by someone else
 NO_FLOCK = 127
+NO_FOLDER = 76     # `prepare` could not make the lock's folder
 
 
 # The lock file of the engine the host's `docker` talks to (boxes of one engine share GPUs and ports).
@@ -24,14 +25,17 @@ ENGINE_LOCK = '/tmp/devbox-engine-$(printf %s "${DOCKER_HOST:-}" | cksum | cut -
 
 
 class HostLock:
-    def __init__(self, host: Host):
-        self.host, self.path = host, ENGINE_LOCK
+    """`path`: the lock file (a shell word; default the engine's); `prepare`: a command that
+    makes its folder first (a Slurm box's folder on shared storage)."""
+
+    def __init__(self, host: Host, path: str = ENGINE_LOCK, prepare: str = ""):
+        self.host, self.path, self.prepare = host, path, prepare
         self.channel = None
 
     def _try(self, wait_s: float) -> str:
         """'locked', 'busy' or 'unsupported' (no flock on the host)."""
         flags = f"-w {int(wait_s)}" if wait_s else "-n"
-        command = (f"command -v flock >/dev/null || exit {NO_FLOCK}; "
+        command = (f"command -v flock >/dev/null || exit {NO_FLOCK}; {self.prepare}"
                    f'exec flock {flags} -E {BUSY} "{self.path}" sh -c \'echo locked; exec cat >/dev/null\'')
         channel = self.host.connection.transport.open_session(timeout=self.host.connect_timeout)
         channel.exec_command(command)
@@ -41,6 +45,9 @@ class HostLock:
             if not data:
                 code = channel.recv_exit_status()
                 channel.close()
+                if code == NO_FOLDER:
+                    raise HostUnreachable(f"{self.host.alias}: cannot make the folder of lock {self.path}",
+                                          "check the folder exists and your user may write it there")
                 return "unsupported" if code == NO_FLOCK else "busy"
             answer += data
         self.channel = channel   # stdin stays open: the lock lives as long as this channel

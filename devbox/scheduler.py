@@ -136,6 +136,15 @@ class Cluster:
         return answer.stdout.strip() if answer.ok else ""
 
 
+def box_lock(login: Host, spec: BoxSpec):
+    """One `up` or `down` of a Slurm box at a time (from any laptop): a lock file in its
+    folder on shared storage, made first (only its owner may enter it)."""
+    from devbox.lock import NO_FOLDER, HostLock
+
+    root = shlex.quote(spec.data_root)
+    return HostLock(login, f"{spec.data_root}/.devbox.lock", f"mkdir -p {root} && chmod 700 {root} || exit {NO_FOLDER}; ")
+
+
 def _said(result) -> str:
     from devbox.remote import why_failed
 
@@ -234,7 +243,8 @@ def end_job(spec: BoxSpec, remove_box: Callable[[BoxSpec], None], purge: bool) -
     """`down` of a Slurm box: the box off its node (by `remove_box`, as any box), then its job
     cancelled, its GPUs back to the scheduler. Its folder on shared storage stays unless purge."""
     done = []
-    with Host(spec.slurm.login) as login:
+    with Host(spec.slurm.login) as login, box_lock(login, spec) as lock:
+        lock.acquire(lambda message: None)
         cluster = Cluster(login, spec)
         job = cluster.find_job()
         if job is not None and job.running:

@@ -90,10 +90,12 @@ def up_box(spec: BoxSpec, result: UpResult, keys: KeySource, *, wait_s: float = 
     """`devbox up NAME`: a box on a host as it is; a Slurm box once its job runs, on the job's node."""
     if spec.slurm is None:
         return up_host(spec, result, keys, **options)
-    from devbox.scheduler import Cluster, schedule
+    from devbox.scheduler import Cluster, box_lock, schedule
 
     progress = options.get("progress", lambda m: None)
-    with Host(spec.slurm.login) as login:
+    with Host(spec.slurm.login) as login, box_lock(login, spec) as lock:
+        if not options.get("dry_run"):
+            lock.acquire(progress)        # two `up`s of one box submit one job
         scheduled = schedule(Cluster(login, spec), progress, 0 if no_wait else wait_s, options.get("dry_run", False))
     job = scheduled.job
     result.slurm = {"id": job.id, "state": job.state, "reason": job.reason, "position": scheduled.position, "node": job.node,
