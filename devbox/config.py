@@ -381,6 +381,8 @@ def load_spec(name: str, config_file: Path | None = None, playbook: str | None =
 def _load_box(name: str, table: dict, document: dict, path: Path, playbook: str | None) -> BoxSpec:
     """A named box: its host (not itself a box), its owner, and who gets in (owner + admins)."""
     where = f"{path} [boxes.{name}]"
+    if name.startswith("node."):
+        raise ConfigError(f"{where}: box names may not start with 'node.'", "devbox names a Slurm box's node `devbox-node.BOX`: rename the box")
     if name in document.get("hosts", {}) or _is_ssh_host(name):
         raise ConfigError(f"{where}: box name {name!r} is also a host name", "rename the box: `ssh devbox-NAME` must name one box")
     host, owner = table.get("host"), table.get("owner")
@@ -408,16 +410,18 @@ def _load_box(name: str, table: dict, document: dict, path: Path, playbook: str 
     rest = {k: v for k, v in table.items() if k not in BOX_ONLY_KEYS}
     spec = _build_spec(host, rest, f"[boxes.{name}]", document, path, playbook)
     spec = _replace(spec, name=name, owner=owner, admits=tuple(sorted({owner, *admins})))
-    return _slurm_box(spec, slurm, where) if slurm else spec
+    return _slurm_box(spec, table, slurm, where) if slurm else spec
 
 
-def _slurm_box(spec: BoxSpec, slurm: SlurmSpec, where: str) -> BoxSpec:
-    """A Slurm box: its GPUs are the job's, its data lives in shared_dir/NAME on every node."""
-    if spec.gpus != "all":
+def _slurm_box(spec: BoxSpec, table: dict, slurm: SlurmSpec, where: str) -> BoxSpec:
+    """A Slurm box: its GPUs are the job's (set at placement; a `gpus` of [defaults] or a
+    playbook does not apply), it is published on its node's loopback only, and its data lives
+    in shared_dir/NAME on every node."""
+    if "gpus" in table:
         raise ConfigError(f"{where}: a Slurm box's GPUs are its job's", f"remove gpus and set slurm.gpus (now {slurm.gpus})")
-    if spec.expose != "loopback":
+    if table.get("expose", "loopback") != "loopback":
         raise ConfigError(f"{where}: a Slurm box is published on its node's 127.0.0.1 only", 'remove expose (or set "loopback")')
-    return _replace(spec, slurm=slurm, data_root=f"{slurm.shared_dir}/{spec.name}")
+    return _replace(spec, slurm=slurm, data_root=f"{slurm.shared_dir}/{spec.name}", gpus="all", expose="loopback")
 
 
 def _replace(spec: BoxSpec, **changes) -> BoxSpec:

@@ -201,6 +201,7 @@ def on_node(cluster: Cluster, job: Job) -> BoxSpec:
     uid, gid = cluster.cluster_ids()
     box = cluster.spec.box
     sshconfig.write_entry(sshconfig.node_entry(box.node_alias, address, cluster.login.alias))
+    sshconfig.ensure_include()          # the node is reached by its entry from here on
     return replace(cluster.spec, host=box.node_alias, gpus=gpus, uid=uid, gid=gid, slurm_job=job.id)
 
 

@@ -1,0 +1,205 @@
+"""Slurm boxes on a real Slurm cluster (issue 21): slurmctld and two slurmd nodes, each with
+its own dockerd and 4 fake GPUs, reachable only through the login node (devbox/testbed_slurm.py).
+"""
+from __future__ import annotations
+
+import json
+import pwd
+import signal
+import subprocess
+import time
+
+import pytest
+
+import testbed as tb
+from conftest import SUFFIX
+
+A, B, C = f"ann{SUFFIX}", f"ben{SUFFIX}", f"cat{SUFFIX}"
+GOOD = {"partition": "gpu", "time": "30"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster_user_image(testbed):
+    """The box image for the cluster user's uid and gid (a Slurm box runs as them), built
+    here once: the nodes reach no package mirror, so `up` streams it (delivery = "stream")."""
+    from devbox.image import ImageSpec, build_locally
+
+    ops = pwd.getpwnam(tb.OPS_USER)
+    return build_locally(ImageSpec(tb.BASE_IMAGE, uid=ops.pw_uid, gid=ops.pw_gid))
+
+
+def slurm_boxes(laptop, **boxes: dict) -> None:
+    """keys/ holds the laptop's key as `me`; each box is `me`'s, on the bed's cluster."""
+    if not (laptop.work / "keys" / "me.pub").exists():
+        assert laptop.devbox("keys", "add", "me", f"{laptop.identity}.pub").returncode == 0
+    toml = laptop.work / "devbox.toml"
+    text = toml.read_text().split("\n[boxes.", 1)[0]
+    if "delivery" not in text:      # the nodes reach no package mirror: the image comes from here
+        text = text.replace("[defaults]\n", '[defaults]\ndelivery = "stream"\n', 1)
+    for name, table in boxes.items():
+        slurm = {"login": laptop.hpc_login, "shared_dir": str(laptop.slurm.shared_dir), **GOOD, **table}
+        fields = ", ".join(f"{k} = {json.dumps(v)}" for k, v in slurm.items())
+        text += f'\n[boxes.{name}]\nowner = "me"\nslurm = {{ {fields} }}\n'
+    toml.write_text(text)
+
+
+def up(laptop, *args: str, expect: int | None = 0) -> dict:
+    reports, done = laptop.devbox.json("up", *args, "--no-verify", expect=expect)
+    return reports[0]
+
+
+def node_of(laptop, report: dict):
+    return laptop.slurm.nodes[report["slurm"]["node"]]
+
+
+def slurm_gpus(laptop, job_id: str) -> list[int]:
+    from devbox.slurm import job_gpus
+
+    return list(job_gpus(laptop.slurm.slurm("scontrol", "show", "job", "-d", job_id).stdout))
+
+
+def queue(laptop) -> str:
+    return laptop.slurm.slurm("squeue", "-h", "-o", "%i %j %T %r", user="root").stdout
+
+
+def containers(node) -> list[str]:
+    return node.engine.docker("ps", "-a", "--format", "{{.Names}}").stdout.split()
+
+
+def wait_until(check, what: str, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} after {timeout:.0f} s")
+        time.sleep(0.5)
+    return value
+
+
+def test_three_boxes_two_run_on_the_jobs_own_gpus_the_third_queues_until_one_is_down(slurm_laptop):
+    laptop = slurm_laptop
+    slurm_boxes(laptop, **{A: {"gpus": 2}, B: {"gpus": 4}, C: {"gpus": 4}})
+    first, second = up(laptop, A), up(laptop, B)
+    for report in (first, second):
+        assert report["error"] == "" and report["slurm"]["state"] == "RUNNING", report
+        node = node_of(laptop, report)
+        wanted = slurm_gpus(laptop, report["slurm"]["id"])
+        assert report["slurm"]["gpus"] == wanted and len(wanted) == (2 if report is first else 4)
+        container = f"devbox-{report['host']}"
+        assert node.gpus.visible_devices(container) == ",".join(map(str, wanted)), "exactly the job's GPUs, by node index"
+        labels = json.loads(node.engine.docker("inspect", container).stdout)[0]["Config"]["Labels"]
+        assert labels["devbox.slurm.job"] == report["slurm"]["id"]
+    assert first["slurm"]["node"] != second["slurm"]["node"] or set(first["slurm"]["gpus"]).isdisjoint(second["slurm"]["gpus"])
+    third = up(laptop, C, "--no-wait")
+    assert third["state"] == "queued" and third["exit_code"] == 0 and third["slurm"]["reason"] == "Resources", third
+    text = laptop.devbox("status", C).stdout
+    assert f"job {third['slurm']['id']} pending (Resources" in text and "queued" in text
+    assert laptop.ssh(f"devbox-{A}", "nvidia-smi -L | wc -l").stdout.strip() == "2"
+    down = laptop.devbox("down", B)
+    assert down.returncode == 0 and "Slurm job" in down.stdout, down.stdout + down.stderr
+    assert B not in queue(laptop), "down gives the GPUs back: the job is gone"
+    started = up(laptop, C)                    # the same job, no second one
+    assert started["slurm"]["id"] == third["slurm"]["id"] and started["slurm"]["state"] == "RUNNING", started
+    assert laptop.ssh(f"devbox-{C}", "nvidia-smi -L | wc -l").stdout.strip() == "4"
+    rows, _ = laptop.devbox.json("status", A)
+    assert rows[0]["state"] == "running" and rows[0]["slurm"]["gpus"] == first["slurm"]["gpus"] and rows[0]["slurm"]["time_left"]
+
+
+def test_a_plain_job_of_another_user_never_gets_a_box_s_gpu(slurm_laptop):
+    laptop = slurm_laptop
+    slurm_boxes(laptop, **{A: {"gpus": 2, "exclude": "node2"}})
+    report = up(laptop, A)
+    mine = set(report["slurm"]["gpus"])
+    out = laptop.slurm.shared_dir / f"other{SUFFIX}.out"
+    job = laptop.slurm.slurm("sbatch", "--parsable", "--gres=gpu:2", "-w", "node1", "-o", str(out), "--wrap",
+                             'echo "$SLURM_JOB_GPUS"', user="devbox-other")
+    assert job.returncode == 0, job.stderr
+    laptop.slurm.wait_job(job.stdout.strip(), "COMPLETED")
+    theirs = {int(i) for i in wait_until(lambda: out.exists() and out.read_text().strip(), "written").split(",")}
+    assert len(theirs) == 2 and theirs.isdisjoint(mine), (mine, theirs)
+    greedy = laptop.slurm.slurm("sbatch", "--parsable", "--gres=gpu:3", "-w", "node1", "--wrap", "true", user="devbox-other")
+    laptop.slurm.wait_job(greedy.stdout.strip(), "PENDING", reason="Resources")
+
+
+def test_scancel_removes_the_box_from_its_node_and_status_says_why(slurm_laptop):
+    laptop = slurm_laptop
+    slurm_boxes(laptop, **{A: {"gpus": 1}})
+    report = up(laptop, A)
+    node = node_of(laptop, report)
+    assert f"devbox-{A}" in containers(node)
+    laptop.slurm.slurm("scancel", report["slurm"]["id"])
+    wait_until(lambda: not [c for c in containers(node) if A in c], "box removed by the job's end", 30)
+    volumes = node.engine.docker("volume", "ls", "-q").stdout
+    assert f"devbox-{A}.keys" not in volumes and f"devbox-{A}.secrets" not in volumes, "no keys or secrets left on the node"
+    rows, _ = laptop.devbox.json("status", A)
+    assert rows[0]["state"] == "absent" and "ended by Slurm" in rows[0]["slurm"]["ended"], rows
+    assert (laptop.slurm.shared_dir / A / "home" / ".devbox" / "hostkeys").is_dir(), "the data stays"
+
+
+def test_the_box_stopping_ends_its_job_and_gives_the_gpus_back(slurm_laptop):
+    laptop = slurm_laptop
+    slurm_boxes(laptop, **{A: {"gpus": 1}})
+    report = up(laptop, A)
+    node = node_of(laptop, report)
+    node.engine.docker("stop", f"devbox-{A}")            # a crash or an idle stop
+    wait_until(lambda: report["slurm"]["id"] not in queue(laptop), "job ended", 30)
+    assert not [c for c in containers(node) if A in c], "nothing left on the node"
+    ended = (laptop.slurm.shared_dir / A / "slurm-ended").read_text()
+    assert "the box stopped" in ended
+
+
+def test_time_limit_ends_the_box_the_next_up_lands_on_the_other_node_with_the_same_data_and_key(slurm_laptop):
+    laptop = slurm_laptop
+    slurm_boxes(laptop, **{A: {"gpus": 1, "time": "1", "exclude": "node2"}})
+    first = up(laptop, A)
+    assert first["slurm"]["node"] == "node1"
+    assert laptop.ssh(f"devbox-{A}", f"echo kept-{SUFFIX} > /workspace/note").returncode == 0
+    assert laptop.devbox("run", A, "--name", "train", "--", "sleep", "600").returncode == 0
+    laptop.slurm.wait_job(first["slurm"]["id"], "TIMEOUT", "COMPLETED", "CANCELLED", timeout=150)
+    wait_until(lambda: not [c for c in containers(laptop.slurm.nodes["node1"]) if A in c], "box gone", 30)
+    jobs = laptop.devbox.json("ps", A)[0]
+    assert [(j["name"], j["state"]) for j in jobs] == [("train", "lost")], "read from shared storage while no job runs"
+    slurm_boxes(laptop, **{A: {"gpus": 1, "time": "30", "exclude": "node1"}})
+    second = up(laptop, A)
+    assert second["slurm"]["node"] == "node2" and second["error"] == ""
+    seen = laptop.ssh(f"devbox-{A}", "cat /workspace/note; id -u")      # StrictHostKeyChecking yes: a new key would fail
+    assert seen.returncode == 0 and seen.stdout.split()[0] == f"kept-{SUFFIX}", seen.stderr
+    assert seen.stdout.split()[1] == str(pwd.getpwnam(tb.OPS_USER).pw_uid), "the box runs as the cluster user: the files are theirs"
+    assert laptop.devbox("verify", A).returncode in (0, 1)    # torch is not in the bed's image; the rest is checked below
+    checks = {c["name"]: c["status"] for c in laptop.devbox.json("verify", A, expect=None)[0][0]["checks"]}
+    assert {checks[k] for k in checks if "torch" not in k and "nccl" not in k.lower() and "cuda" not in k.lower()} == {"ok"}, checks
+
+
+@pytest.mark.parametrize("table, said", [
+    ({"partition": "nosuch"}, "partition 'nosuch' does not exist"),
+    ({"partition": "down"}, "partition down is DOWN"),
+    ({"time": "3:00:00"}, "over partition gpu's limit"),
+    ({"account": "nosuch"}, "Slurm refuses the job"),
+    ({"gpus": 5}, "at most 4"),
+])
+def test_a_request_the_cluster_cannot_run_is_refused_with_nothing_submitted(slurm_laptop, table, said):
+    laptop = slurm_laptop
+    slurm_boxes(laptop, **{A: {"gpus": 1, **table}})
+    done = laptop.devbox("up", A)
+    assert done.returncode == 2 and said in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "Traceback" not in done.stderr and queue(laptop) == ""
+
+
+def test_queued_is_a_state_wait_runs_out_and_ctrl_c_leaves_the_job_queued(slurm_laptop):
+    laptop = slurm_laptop
+    hog = [laptop.slurm.slurm("sbatch", "--parsable", "--gres=gpu:4", "-w", node, "--wrap", "sleep 300", user="devbox-other")
+           for node in ("node1", "node2")]
+    for job in hog:
+        laptop.slurm.wait_job(job.stdout.strip(), "RUNNING")
+    slurm_boxes(laptop, **{A: {"gpus": 1}})
+    waited = laptop.devbox("up", A, "--wait", "3s")
+    assert waited.returncode == 3 and "queued: job" in waited.stdout and "Resources" in waited.stdout, waited.stdout + waited.stderr
+    job_id = waited.stdout.split("queued: job ", 1)[1].split()[0]
+    running = subprocess.Popen([*laptop.devbox.argv, "up", A], cwd=laptop.work, env=laptop.devbox.env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+    running.send_signal(signal.SIGINT)
+    out, err = running.communicate(timeout=30)
+    assert running.returncode == 130 and f"left job {job_id} queued" in err and "devbox down" in err, out + err
+    assert job_id in queue(laptop), "Ctrl-C leaves the job queued"
+    down = laptop.devbox("down", A)
+    assert down.returncode == 0 and job_id not in queue(laptop)
