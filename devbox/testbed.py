@@ -327,14 +327,25 @@ def start_second_engine(root: Path, seed_images: list[str], address_pool: str = 
     return engine
 
 
-def seed(docker_host: str, images: list[str]) -> None:
-    """Copy images from this machine's engine into another (docker save | docker -H … load),
-    in one stream: layers the images share (an image and its base) cross once."""
-    if images:
-        save = subprocess.Popen(["docker", "save", *images], stdout=subprocess.PIPE)
-        subprocess.run(["docker", "-H", docker_host, "load", "-q"], stdin=save.stdout, check=True, capture_output=True)
-        if save.wait() != 0:
-            raise RuntimeError(f"docker save {' '.join(images)} failed")
+def seed(docker_host: str | list[str], images: list[str]) -> None:
+    """Copy images from this machine's engine into others (docker save | docker -H … load),
+    in one stream: layers the images share (an image and its base) cross once, and several
+    engines load one save side by side."""
+    if not images:
+        return
+    hosts = [docker_host] if isinstance(docker_host, str) else docker_host
+    save = subprocess.Popen(["docker", "save", *images], stdout=subprocess.PIPE)
+    loads = [subprocess.Popen(["docker", "-H", host, "load", "-q"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE) for host in hosts]
+    for chunk in iter(lambda: save.stdout.read(1 << 20), b""):
+        for load in loads:
+            load.stdin.write(chunk)
+    for load in loads:
+        load.stdin.close()
+        if load.wait() != 0:
+            raise RuntimeError(f"docker load into {load.args[2]} failed: {load.stderr.read().decode()[-300:]}")
+    if save.wait() != 0:
+        raise RuntimeError(f"docker save {' '.join(images)} failed")
 
 
 def start_engine_host(name: str, workdir: Path, authorized: Path, engine: SecondEngine) -> FakeHost:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devbox.testbed import (OPS_USER, FakeHost, GpuBed, NetnsEngine, SeparateBed, _free_subnet, _ip, ensure_user,
-                            h200_gpus, in_netns, plant_gpus, sweep_dead_beds)
+                            h200_gpus, in_netns, plant_gpus, seed, sweep_dead_beds)
 
 OTHER_USER = "devbox-other"   # a cluster user with no docker group: "a plain sbatch job by another user"
 NODES = {"node1": ("a", 4), "node2": ("b", 8)}  # name: (veth suffix, last octet of the link's /30)
@@ -184,8 +184,9 @@ def start_slurm_bed(workdir: Path, authorized: Path, tag: str, seed_images: list
             net.routes.append(f"{prefix}.{octet}/30")
         _prepare_dirs(bed)
         gpus = {name: _plant_node(bed, name) for name in NODES}
-        with ThreadPoolExecutor(len(gpus)) as pool:   # two dockerds start in the time of one
-            list(pool.map(lambda g: g.engine.start(seed_images), gpus.values()))
+        with ThreadPoolExecutor(len(gpus)) as pool:   # two dockerds start in the time of one...
+            list(pool.map(lambda g: g.engine.start([]), gpus.values()))
+        seed([g.engine.docker_host for g in gpus.values()], seed_images)   # ...and load one save
         _write_config(bed, prefix, gpus)
         _start_munged(bed)
         bed.net.start_sshd("login", login, f"{prefix}.2", authorized, f"SetEnv SLURM_CONF={bed.slurm_conf} PATH={PATH}\n")
@@ -217,8 +218,8 @@ def _plant_node(bed: SlurmBed, name: str) -> GpuBed:
     (root / "dev").mkdir(mode=0o755)
     for gpu in gpus.gpus:   # Slurm wants a device (NVIDIA's major 195; no driver here: opening one fails)
         os.mknod(root / "dev" / f"nvidia{gpu.index}", 0o600 | stat.S_IFCHR, os.makedev(195, gpu.index))
-    gpus.engine = NetnsEngine(root, root / "docker.sock", "", netns=bed.net.netns_name(name),
-                              extra_args=runtime_args, path_prefix=hook_dir)
+    gpus.engine = bed.net.engines[name] = NetnsEngine(root, root / "docker.sock", "", netns=bed.net.netns_name(name),
+                                                      extra_args=runtime_args, path_prefix=hook_dir)
     return gpus
 
 

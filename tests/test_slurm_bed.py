@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import uuid
+from pathlib import Path
 
 from devbox.testbed import BASE_IMAGE
 from devbox.testbed_slurm import OTHER_USER
@@ -132,3 +133,45 @@ def test_another_users_job_gets_gpus_but_not_the_nodes_docker(slurm_laptop):
     assert state["JobState"] == "FAILED"                      # docker ps, its last command, failed...
     assert "permission denied while trying to connect to the Docker daemon socket" in "\n".join(lines[2:])
     assert bed.nodes[state["NodeList"]].engine.docker_host.removeprefix("unix://") in "\n".join(lines[2:])
+
+
+BED_THEN_HANG = """
+import json, sys, time
+from pathlib import Path
+from devbox.testbed_slurm import start_slurm_bed
+bed = start_slurm_bed(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], [])
+job = bed.slurm("sbatch", "--parsable", "--gres=gpu:1", "--output=/dev/null", "--wrap", "sleep 600").stdout.strip()
+bed.wait_job(job, "RUNNING")
+print(json.dumps({"netns": bed.net.netns, "routes": bed.net.routes, "links": bed.net.links}), flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_slurm_bed_whose_run_was_killed_is_swept_by_the_next(testbed, tmp_path):
+    """SIGKILL leaves slurmctld, slurmd, munged, dockerds and a job running: the record the bed
+    wrote before making anything lets sweep_dead_beds undo all of it, mounts included."""
+    import json
+    import signal
+    import sys
+
+    import devbox.testbed as tb
+
+    workdir = testbed.workdir / f"slurm-killed-{uuid.uuid4().hex[:6]}"
+    tag = "k" + uuid.uuid4().hex[:5]
+    run = subprocess.Popen([sys.executable, "-c", BED_THEN_HANG, str(workdir), str(testbed.workdir / "authorized_keys"), tag],
+                           stdout=subprocess.PIPE, text=True, cwd=str(tb.FIXTURES.parent.parent))
+    try:
+        made = json.loads(run.stdout.readline())
+        pids = [pid for ns in made["netns"] for pid in tb._ip("netns", "pids", ns).stdout.split()]
+        names = {subprocess.run(["ps", "-o", "comm=", "-p", pid], capture_output=True, text=True).stdout.strip() for pid in pids}
+        assert {"slurmctld", "slurmd", "slurmstepd", "munged", "dockerd", "sshd", "sleep"} <= names, names
+    finally:
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+    assert tag in tb.sweep_dead_beds()
+    assert not [pid for pid in pids if tb._alive(int(pid))]
+    assert not set(made["netns"]) & set(tb._ip("netns", "list").stdout.split())
+    assert not [link for link in made["links"] if link in tb._ip("link").stdout]
+    assert not [route for route in made["routes"] if route in tb._ip("route").stdout]
+    assert str(workdir) not in Path("/proc/self/mountinfo").read_text() and not workdir.exists()
+    assert not (tb.BEDS_DIR / f"{tag}.json").exists()
