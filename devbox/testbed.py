@@ -781,7 +781,12 @@ class NetnsEngine(SecondEngine):
     def stop(self) -> None:
         if self.process is None and (self.root / "docker.pid").exists():  # a dead run's engine
             self.remove_containers()
-            subprocess.run(["kill", (self.root / "docker.pid").read_text().strip()], capture_output=True)
+            pid = int((self.root / "docker.pid").read_text().strip())
+            subprocess.run(["kill", str(pid)], capture_output=True)
+            for _ in range(300):  # killed mid-shutdown, it would leave its data root mounted
+                if not _alive(pid):
+                    break
+                time.sleep(0.1)
         if self.process and self.process.poll() is None:
             self.remove_containers()
             self.process.terminate()
@@ -872,6 +877,7 @@ class SeparateBed:
         steps += [lambda n=n: _ip("netns", "del", n, check=False) for n in self.netns]
         steps += [lambda l=l: _ip("link", "del", l, check=False) for l in self.links]
         steps += [lambda r=r: _ip("route", "del", "unreachable", r, check=False) for r in self.routes]
+        steps.append(self._unmount_rest)
         for step in steps:
             try:
                 step()
@@ -888,6 +894,13 @@ class SeparateBed:
         info = {"pid": os.getpid(), "workdir": str(self.workdir), "prefix": self.prefix, "roles": roles, "links": links,
                 "routes": routes, "engines": engines or {"inner": "engine"}}
         (BEDS_DIR / f"{self.tag}.json").write_text(json.dumps(info))
+
+    def _unmount_rest(self) -> None:
+        """Mounts left under the workdir: a dockerd that died uncleanly keeps its data root
+        bind-mounted on itself (and rmtree would then silently leave the tree)."""
+        mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+        for mount in sorted((m for m in mounts if m.startswith(f"{self.workdir}/")), reverse=True):
+            subprocess.run(["umount", "-l", mount], capture_output=True)
 
     @staticmethod
     def _kill_rest(netns: str) -> None:

@@ -19,6 +19,15 @@ def batch(bed, *args: str, user: str | None = None) -> str:
     return done.stdout.strip().split(";")[0]
 
 
+def wait_for(condition, timeout: float = 20):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.2)
+
+
 def out_file(bed, name: str):
     return bed.shared_dir / f"{name}-{uuid.uuid4().hex[:8]}.out"
 
@@ -77,6 +86,8 @@ def test_a_job_waits_for_resources_while_the_gpus_are_held_and_starts_when_freed
     holders = [batch(bed, "--gres=gpu:3", "--output=/dev/null", "--wrap", "sleep 300") for _ in bed.nodes]
     held = [bed.wait_job(job, "RUNNING") for job in holders]
     assert sorted(h["NodeList"] for h in held) == sorted(bed.nodes)   # 3 of 4 held on each node
+    detail = bed.slurm("scontrol", "show", "job", "-d", holders[0]).stdout
+    assert f"Nodes={held[0]['NodeList']} CPU_IDs=0 Mem=0 GRES=gpu:h200:3(IDX:0-2)" in detail   # the global indices
     waiting = batch(bed, "--gres=gpu:2", "--output=/dev/null", "--wrap", "sleep 300")
     assert bed.wait_job(waiting, "PENDING", reason="Resources", timeout=20)["JobState"] == "PENDING"
     assert bed.slurm("scancel", holders[0]).returncode == 0
@@ -87,11 +98,41 @@ def test_scancel_ends_a_running_job(slurm_laptop):
     bed = slurm_laptop.slurm
     marker = f"sleep 300.{uuid.uuid4().int % 10**9}"   # a command line of this run's own
     job = batch(bed, "--gres=gpu:1", "--output=/dev/null", "--wrap", marker)
-    bed.wait_job(job, "RUNNING")
-    assert subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0
+    bed.wait_job(job, "RUNNING")   # allocated: the script starts a moment later
+    wait_for(lambda: subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0)
     assert bed.slurm("scancel", job).returncode == 0
     assert bed.wait_job(job, "CANCELLED", timeout=20)["JobState"] == "CANCELLED"
     assert subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 1   # the job's processes died
+
+
+def test_a_container_a_job_starts_outlives_scancel_unless_the_job_removes_it(slurm_laptop):
+    """proctrack/linuxproc follows parent pids: dockerd's containers (and double forks) are not
+    the job's, so scancel leaves them; a TERM trap in the job's script is what removes them."""
+    bed = slurm_laptop.slurm
+    run = uuid.uuid4().hex[:8]
+    escaper = f"sleep 601.{uuid.uuid4().int % 10**9}"   # a double fork of this run's own
+    scripts = {
+        "left": f"docker run -d --name left-{run} {BASE_IMAGE} sleep 600\n( {escaper} & )\nsleep 602\n",
+        "trapped": f"docker run -d --name trapped-{run} {BASE_IMAGE} sleep 600\n"
+                   f"trap 'docker rm -f trapped-{run}; exit 0' TERM\nsleep 603 & wait\n",
+    }
+    jobs = {}
+    for name, body in scripts.items():
+        script = bed.shared_dir / f"{name}-{run}.sh"
+        script.write_text("#!/bin/bash\n" + body)
+        jobs[name] = batch(bed, "--gres=gpu:3", "--output=/dev/null", str(script))
+    nodes = {name: bed.nodes[bed.wait_job(job, "RUNNING")["NodeList"]] for name, job in jobs.items()}
+    for name in jobs:   # running before the cancel
+        wait_for(lambda: nodes[name].engine.docker("ps", "-q", "--filter", f"name={name}-{run}").stdout.strip())
+    wait_for(lambda: subprocess.run(["pgrep", "-f", escaper], capture_output=True).returncode == 0)
+    assert bed.slurm("scancel", *jobs.values()).returncode == 0
+    for job in jobs.values():
+        bed.wait_job(job, "CANCELLED", timeout=20)
+    wait_for(lambda: not nodes["trapped"].engine.docker("ps", "-aq", "--filter", f"name=trapped-{run}").stdout.strip())
+    assert nodes["left"].engine.docker("ps", "-q", "--filter", f"name=left-{run}").stdout.strip()
+    escaped = subprocess.run(["pgrep", "-f", escaper], capture_output=True, text=True).stdout.split()
+    assert escaped
+    subprocess.run(["kill", *escaped])
 
 
 # What Slurm 22.05 itself says to bad requests (EnforcePartLimits=ALL, no slurmdbd), recorded here:
