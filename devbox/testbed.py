@@ -327,14 +327,25 @@ def start_second_engine(root: Path, seed_images: list[str], address_pool: str = 
     return engine
 
 
-def seed(docker_host: str, images: list[str]) -> None:
-    """Copy images from this machine's engine into another (docker save | docker -H … load),
-    in one stream: layers the images share (an image and its base) cross once."""
-    if images:
-        save = subprocess.Popen(["docker", "save", *images], stdout=subprocess.PIPE)
-        subprocess.run(["docker", "-H", docker_host, "load", "-q"], stdin=save.stdout, check=True, capture_output=True)
-        if save.wait() != 0:
-            raise RuntimeError(f"docker save {' '.join(images)} failed")
+def seed(docker_host: str | list[str], images: list[str]) -> None:
+    """Copy images from this machine's engine into others (docker save | docker -H … load),
+    in one stream: layers the images share (an image and its base) cross once, and several
+    engines load one save side by side."""
+    if not images:
+        return
+    hosts = [docker_host] if isinstance(docker_host, str) else docker_host
+    save = subprocess.Popen(["docker", "save", *images], stdout=subprocess.PIPE)
+    loads = [subprocess.Popen(["docker", "-H", host, "load", "-q"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE) for host in hosts]
+    for chunk in iter(lambda: save.stdout.read(1 << 20), b""):
+        for load in loads:
+            load.stdin.write(chunk)
+    for load in loads:
+        load.stdin.close()
+        if load.wait() != 0:
+            raise RuntimeError(f"docker load into {load.args[2]} failed: {load.stderr.read().decode()[-300:]}")
+    if save.wait() != 0:
+        raise RuntimeError(f"docker save {' '.join(images)} failed")
 
 
 def start_engine_host(name: str, workdir: Path, authorized: Path, engine: SecondEngine) -> FakeHost:
@@ -409,13 +420,14 @@ class FakeGpu:
         return cls(int(index), uuid, bus_id, serial, name, int(memory), cap)
 
 
-def h200_gpus(count: int = 8) -> list[FakeGpu]:
-    """`count` H200s with stable, distinct UUIDs, bus ids and serials."""
+def h200_gpus(count: int = 8, host: str = "") -> list[FakeGpu]:
+    """`count` H200s with stable, distinct UUIDs, bus ids and serials; a `host` name makes
+    them differ from every other host's (one machine's GPUs are no other's)."""
     import hashlib
 
     gpus = []
     for i in range(count):
-        h = hashlib.sha1(f"devbox-bed-h200-{i}".encode()).hexdigest()
+        h = hashlib.sha1(f"devbox-bed-h200-{host + '-' if host else ''}{i}".encode()).hexdigest()
         gpus.append(FakeGpu(i, f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}",
                             f"00000000:{HGX_BUSES[i % 8]}:00.0", str(1653724000133 + i)))
     return gpus
@@ -648,16 +660,22 @@ def free_address_pool() -> str:
     return f"10.{random.choice(free)}.0.0/16"
 
 
+def plant_gpus(bed: GpuBed) -> tuple[str, tuple[str, ...]]:
+    """The host side of a GPU host: its GPUs' state and nvidia-smi, and the hook. Returns
+    what its dockerd needs for `--gpus` (the hook's dir for the front of PATH, arguments)."""
+    bed.root.chmod(0o755)
+    write_gpu_data(bed.state, bed.gpus, renumber=False)
+    write_smi(bed.smi_bin / "nvidia-smi", str(bed.state))
+    hook_dir = write_hook(bed.root / "hook-bin", bed.state).parent
+    runc = shutil.which("runc") or "/usr/sbin/runc"
+    return str(hook_dir), ("--add-runtime", f"nvidia={runc}")
+
+
 def start_gpu_bed(root: Path, seed_images: list[str], gpus: list[FakeGpu] | None = None) -> GpuBed:
     """The GPUs' state and nvidia-smi, then an engine whose boxes get them (`--gpus`)."""
     bed = GpuBed(root, gpus or h200_gpus(8))
-    root.chmod(0o755)
-    write_gpu_data(bed.state, bed.gpus, renumber=False)
-    write_smi(bed.smi_bin / "nvidia-smi", str(bed.state))
-    hook_dir = write_hook(root / "hook-bin", bed.state).parent
-    runc = shutil.which("runc") or "/usr/sbin/runc"
-    bed.engine = start_second_engine(root, [], free_address_pool(), kind=1,
-                                     extra_args=("--add-runtime", f"nvidia={runc}"), path_prefix=str(hook_dir))
+    hook_dir, runtime_args = plant_gpus(bed)
+    bed.engine = start_second_engine(root, [], free_address_pool(), kind=1, extra_args=runtime_args, path_prefix=hook_dir)
     try:
         seed(bed.engine.docker_host, seed_images)
         bed.reset()
@@ -741,14 +759,17 @@ class NetnsEngine(SecondEngine):
     pidfile; its docker0 bridge lives and dies with the namespace."""
 
     netns: str = ""
+    extra_args: tuple[str, ...] = ()   # e.g. the nvidia runtime (plant_gpus)
+    path_prefix: str = ""              # in front of dockerd's PATH (where the NVIDIA hook is)
 
     def start(self, seed_images: list[str]) -> None:
+        env = {**os.environ, "PATH": f"{self.path_prefix}:{os.environ['PATH']}"} if self.path_prefix else None
         with open(self.root / "dockerd.log", "w") as log:
             self.process = subprocess.Popen(
                 in_netns(self.netns, ["dockerd", "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
                                       "--pidfile", str(self.root / "docker.pid"), "-H", self.docker_host, "--group", "docker",
-                                      "--iptables=false", "--ip6tables=false"]),
-                stdout=log, stderr=subprocess.STDOUT)
+                                      "--iptables=false", "--ip6tables=false", *self.extra_args]),
+                stdout=log, stderr=subprocess.STDOUT, env=env)
         for _ in range(240):
             if self.docker("info").returncode == 0 or self.process.poll() is not None:
                 break
@@ -760,7 +781,12 @@ class NetnsEngine(SecondEngine):
     def stop(self) -> None:
         if self.process is None and (self.root / "docker.pid").exists():  # a dead run's engine
             self.remove_containers()
-            subprocess.run(["kill", (self.root / "docker.pid").read_text().strip()], capture_output=True)
+            pid = int((self.root / "docker.pid").read_text().strip())
+            subprocess.run(["kill", str(pid)], capture_output=True)
+            for _ in range(300):  # killed mid-shutdown, it would leave its data root mounted
+                if not _alive(pid):
+                    break
+                time.sleep(0.1)
         if self.process and self.process.poll() is None:
             self.remove_containers()
             self.process.terminate()
@@ -783,7 +809,12 @@ class SeparateBed:
     links: list[str] = field(default_factory=list)
     routes: list[str] = field(default_factory=list)
     hosts: dict[str, FakeHost] = field(default_factory=dict)
-    engine: NetnsEngine | None = None
+    engines: dict[str, NetnsEngine] = field(default_factory=dict)  # by role
+
+    @property
+    def engine(self) -> NetnsEngine | None:
+        """The inner host's engine."""
+        return self.engines.get("inner")
 
     @property
     def relay(self) -> Path:
@@ -840,14 +871,13 @@ class SeparateBed:
 
     def stop(self) -> None:
         """Undo everything, each step on its own so one failure leaves no other leftover."""
-        steps = []
-        if self.engine:
-            steps.append(self.engine.stop)
+        steps = [engine.stop for engine in self.engines.values()]
         steps += [host.stop for host in self.hosts.values()]
         steps += [lambda n=n: self._kill_rest(n) for n in self.netns]
         steps += [lambda n=n: _ip("netns", "del", n, check=False) for n in self.netns]
         steps += [lambda l=l: _ip("link", "del", l, check=False) for l in self.links]
         steps += [lambda r=r: _ip("route", "del", "unreachable", r, check=False) for r in self.routes]
+        steps.append(self._unmount_rest)
         for step in steps:
             try:
                 step()
@@ -856,13 +886,21 @@ class SeparateBed:
         shutil.rmtree(self.workdir, ignore_errors=True)
         (BEDS_DIR / f"{self.tag}.json").unlink(missing_ok=True)
 
-    def record(self, roles=("bastion", "inner"), links=("l", "i"), routes=(".4/30",)) -> None:
-        """Note what this bed will make (namespaces, veths, routes as suffixes of the prefix),
-        before making it, so a later run can undo it if this one dies uncleaned."""
+    def record(self, roles=("bastion", "inner"), links=("l", "i"), routes=(".4/30",), engines=None) -> None:
+        """Note what this bed will make (namespaces, veths, routes as suffixes of the prefix,
+        engines as {role: root under the workdir}), before making it, so a later run can undo
+        it if this one dies uncleaned."""
         BEDS_DIR.mkdir(mode=0o700, exist_ok=True)
         info = {"pid": os.getpid(), "workdir": str(self.workdir), "prefix": self.prefix, "roles": roles, "links": links,
-                "routes": routes}
+                "routes": routes, "engines": engines or {"inner": "engine"}}
         (BEDS_DIR / f"{self.tag}.json").write_text(json.dumps(info))
+
+    def _unmount_rest(self) -> None:
+        """Mounts left under the workdir: a dockerd that died uncleanly keeps its data root
+        bind-mounted on itself (and rmtree would then silently leave the tree)."""
+        mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+        for mount in sorted((m for m in mounts if m.startswith(f"{self.workdir}/")), reverse=True):
+            subprocess.run(["umount", "-l", mount], capture_output=True)
 
     @staticmethod
     def _kill_rest(netns: str) -> None:
@@ -887,9 +925,9 @@ def start_separate_bed(workdir: Path, authorized: Path, tag: str, seed_images: l
         bed.add_link(bastion, f"{prefix}.5", inner, f"{prefix}.6", "i")
         _ip("route", "add", "unreachable", f"{prefix}.4/30")
         bed.routes.append(f"{prefix}.4/30")
-        bed.engine = NetnsEngine(workdir / "engine", workdir / "engine" / "docker.sock", "", netns=inner)
-        bed.engine.root.mkdir(mode=0o755)
-        bed.engine.start(seed_images)
+        engine = bed.engines["inner"] = NetnsEngine(workdir / "engine", workdir / "engine" / "docker.sock", "", netns=inner)
+        engine.root.mkdir(mode=0o755)
+        engine.start(seed_images)
         bed.start_sshd("bastion", bastion, f"{prefix}.2", authorized)
         bed.start_sshd("inner", inner, f"{prefix}.6", authorized, f"SetEnv DOCKER_HOST={bed.engine.docker_host}\n")
     except BaseException:
@@ -929,9 +967,10 @@ def sweep_dead_beds() -> list[str]:
         bed.netns = [bed.netns_name(role) for role in info.get("roles", ("bastion", "inner"))]
         bed.links = [bed.link_name(which) for which in info.get("links", ("l", "i"))]
         bed.routes = [f"{bed.prefix}{route}" for route in info.get("routes", (".4/30",))] if bed.prefix else []
-        root = bed.workdir / "engine"
-        if root.exists():
-            bed.engine = NetnsEngine(root, root / "docker.sock", "", netns=bed.netns_name("inner"))
+        for role, under in info.get("engines", {"inner": "engine"}).items():
+            root = bed.workdir / under
+            if root.exists():
+                bed.engines[role] = NetnsEngine(root, root / "docker.sock", "", netns=bed.netns_name(role))
         bed.stop()
         swept.append(path.stem)
     return swept

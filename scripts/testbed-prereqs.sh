@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs and starts what the test bed needs on a fresh Debian 12 machine (root):
 # Docker engine, OpenSSH server binaries, tmux, debootstrap, rsync, a registry (Debian's
-# docker-registry, distribution 2.8: tests/test_registry.py), and the local base image.
+# docker-registry, distribution 2.8: tests/test_registry.py), Slurm and munge (slurm-wlm 22.05:
+# tests/test_slurm_bed.py, started as plain processes), and the local base image.
 set -euo pipefail
 need=()
-for bin in dockerd:docker.io sshd:openssh-server ssh:openssh-client debootstrap:debootstrap tmux:tmux ip:iproute2 rsync:rsync docker-registry:docker-registry; do
+for bin in dockerd:docker.io sshd:openssh-server ssh:openssh-client debootstrap:debootstrap tmux:tmux ip:iproute2 rsync:rsync docker-registry:docker-registry \
+           slurmctld:slurm-wlm munged:munge nsenter:util-linux; do
     command -v "${bin%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${bin%%:*}" ] || need+=("${bin##*:}")
 done
 command -v make >/dev/null 2>&1 || need+=(make)

@@ -237,3 +237,40 @@ def separate_laptop(laptop, separate_bed):
     yield laptop
     for alias in aliases:
         bed.engine.remove_containers(f"devbox.host={alias}")
+
+
+# ---------------------------------------------------------------- a Slurm cluster (issue 21)
+
+HPC_LOGIN = f"hpc-login{SUFFIX}"
+
+
+@pytest.fixture(scope="session")
+def slurm_bed(testbed):
+    """A real Slurm cluster (devbox/testbed_slurm.py draws it): a login node and two compute
+    nodes with 4 fake H200s and a dockerd each, reachable only through the login. The node
+    engines hold only the base image (devbox delivers its own). A SlurmBed: .login, .nodes
+    (name -> Node: .address, .engine, .gpus, .sshd), .shared_dir, .slurm_conf,
+    .slurm(*argv, user=...), .job(id), .wait_job(id, *states), .known_hosts_lines()."""
+    import hashlib
+
+    from devbox import testbed_slurm
+
+    _require(testbed_slurm.slurm_unavailable_reason())
+    tag = hashlib.sha1(f"slurm{SUFFIX}".encode()).hexdigest()[:6]  # interface names hold 15 characters
+    bed = testbed_slurm.start_slurm_bed(testbed.workdir / "slurm", testbed.workdir / "authorized_keys", tag, [tb.BASE_IMAGE])
+    yield bed
+    bed.stop()
+
+
+@pytest.fixture
+def slurm_laptop(laptop, slurm_bed):
+    """The laptop with the login node as `hpc-login-<suffix>` in ~/.ssh/config and the login's
+    and nodes' host keys in known_hosts (laptop.hpc_login, laptop.slurm = the bed). Each test
+    starts and ends with no job queued and no container on a node."""
+    known = laptop.home / ".ssh" / "known_hosts"
+    known.write_text(known.read_text() + slurm_bed.known_hosts_lines())
+    laptop.ssh_config.write_text(laptop.ssh_config.read_text() + slurm_bed.ssh_config_block(laptop.identity, known, HPC_LOGIN))
+    laptop.hpc_login, laptop.slurm = HPC_LOGIN, slurm_bed
+    slurm_bed.reset()
+    yield laptop
+    slurm_bed.reset()
