@@ -173,15 +173,17 @@ def test_time_limit_ends_the_box_the_next_up_lands_on_the_other_node_with_the_sa
     ({"partition": "nosuch"}, "partition 'nosuch' does not exist"),
     ({"partition": "down"}, "partition down is DOWN"),
     ({"time": "3:00:00"}, "over partition gpu's limit"),
-    ({"account": "nosuch"}, "Slurm refuses the job"),
+    ({"partition": "acct", "account": "nosuch"}, "Slurm refuses the job: allocation failure: Invalid account"),
+    ({"partition": "inactive"}, "partition inactive is INACTIVE"),
     ({"gpus": 5}, "at most 4"),
 ])
 def test_a_request_the_cluster_cannot_run_is_refused_with_nothing_submitted(slurm_laptop, table, said):
     laptop = slurm_laptop
     slurm_boxes(laptop, **{A: {"gpus": 1, **table}})
     done = laptop.devbox("up", A)
-    assert done.returncode == 2 and said in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert "Traceback" not in done.stderr and queue(laptop) == ""
+    said_all = (done.stdout + done.stderr).strip()
+    assert done.returncode == 2 and said in said_all and len(said_all.splitlines()) == 1, said_all
+    assert "Traceback" not in said_all and queue(laptop) == ""
 
 
 def test_queued_is_a_state_wait_runs_out_and_ctrl_c_leaves_the_job_queued(slurm_laptop):

@@ -12,6 +12,7 @@ from devbox.basetag import resolve_on
 from devbox.box import read_host_key
 from devbox.commands.verify import VerifyResult, check_lines, identity_for, verify_box
 from devbox.config import BoxSpec
+from devbox.errors import DevboxError
 from devbox.facts import Facts, gather
 from devbox.image import content_tag, local_has_image
 from devbox.boxenv import BoxEnv, read_box_env
@@ -108,7 +109,13 @@ def up_box(spec: BoxSpec, result: UpResult, keys: KeySource, *, wait_s: float = 
             result.exit_code = 0 if no_wait else 3      # --wait ran out: not ready (the job stays queued)
         return None
     result.slurm["gpus"] = list(scheduled.spec.gpus)
-    up_host(scheduled.spec, result, keys, **options)
+    try:
+        up_host(scheduled.spec, result, keys, **options)
+    except (DevboxError, KeyboardInterrupt):
+        if scheduled.submitted:          # nothing half-applied: a job this run submitted holds no GPUs for a box that failed
+            with Host(spec.slurm.login) as login:
+                Cluster(login, spec).cancel(job)
+        raise
 
 
 def up_host(spec: BoxSpec, result: UpResult, keys: KeySource, *, dry_run: bool = False, force: bool = False, repin: bool = False,
