@@ -24,6 +24,7 @@ from devbox.slurm import (SQUEUE_FORMAT, Job, format_time, job_gpus, job_name, j
 
 Progress = Callable[[str], None]
 POLL_S = 2.0
+SETTLE_S = 3.0      # a job just submitted has no reason until the scheduler's first pass
 
 
 class NotRunning(HostUnreachable):
@@ -176,6 +177,9 @@ def schedule(cluster: Cluster, progress: Progress, wait_s: float, dry_run: bool 
     if dry_run:
         return Scheduled(job)
     began = time.monotonic()
+    while job.queued and not job.reason and time.monotonic() - began < SETTLE_S:    # a new job: Slurm's first look
+        time.sleep(0.25)
+        job = cluster.job(job.id)
     try:
         while job.queued:
             position = cluster.position(job)
