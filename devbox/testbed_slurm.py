@@ -18,6 +18,8 @@ bed's workdir, so several beds (and the machine's own services) never meet:
   the trailing digits; AutoDetect=off), and its dockerd runs boxes with `--gpus` through
   the fake NVIDIA hook (devbox/testbed.py "A host with GPUs to share"). The TaskProlog
   hands a job its node's DOCKER_HOST and nvidia-smi, as a real node's environment would.
+- <workdir>/shared is the cluster's shared storage (mode 1777, like a /scratch): same
+  files on the login node and every node.
 - ProctrackType=proctrack/linuxproc (no cgroups needed): a container a job starts
   through dockerd is not the job's process, so `scancel` does not reach it (a real
   cluster's proctrack/cgroup does not either: dockerd's children live in dockerd's cgroup).
@@ -205,8 +207,8 @@ def start_slurm_bed(workdir: Path, authorized: Path, tag: str, seed_images: list
 def _prepare_dirs(bed: SlurmBed) -> None:
     for sub in ("etc", "state", "run", "log", "engines", *(f"spool/{name}" for name in NODES)):
         (bed.workdir / sub).mkdir(mode=0o755, parents=True)
-    bed.shared_dir.mkdir(mode=0o755)
-    shutil.chown(bed.shared_dir, OPS_USER, OPS_USER)
+    bed.shared_dir.mkdir()
+    bed.shared_dir.chmod(0o1777)   # as a cluster's /scratch: every user makes their own folders there
 
 
 def _plant_node(bed: SlurmBed, name: str) -> GpuBed:
