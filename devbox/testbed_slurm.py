@@ -59,10 +59,6 @@ class Node:
     def engine(self) -> NetnsEngine:
         return self.gpus.engine
 
-    @property
-    def gres_files(self) -> list[Path]:
-        return [self.gpus.root / "dev" / f"nvidia{i}" for i in range(len(self.gpus.gpus))]
-
 
 @dataclass
 class SlurmBed:
@@ -165,6 +161,9 @@ def slurm_unavailable_reason() -> str | None:
 def start_slurm_bed(workdir: Path, authorized: Path, tag: str, seed_images: list[str]) -> SlurmBed:
     """The cluster, ready: nodes idle, engines seeded with `seed_images`. `tag` (6 characters)
     names its namespaces and links; `authorized` is every sshd's authorized_keys."""
+    longest = workdir / "engines" / max(NODES, key=len) / "exec/containerd/containerd.sock.ttrpc"
+    if len(str(longest)) > 103:   # found: 105 makes dockerd time out dialling its containerd, 103 works
+        raise ValueError(f"{workdir}: too long a path for the node engines' sockets ({longest})")
     workdir.mkdir(mode=0o755, parents=True)
     sweep_dead_beds()
     net = SeparateBed(workdir, tag)

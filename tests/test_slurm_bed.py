@@ -8,6 +8,8 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import pytest
+
 from devbox.testbed import BASE_IMAGE
 from devbox.testbed_slurm import OTHER_USER
 
@@ -185,23 +187,28 @@ bed = start_slurm_bed(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], [])
 job = bed.slurm("sbatch", "--parsable", "--gres=gpu:1", "--output=/dev/null", "--wrap", "sleep 600").stdout.strip()
 bed.wait_job(job, "RUNNING")
 print(json.dumps({"netns": bed.net.netns, "routes": bed.net.routes, "links": bed.net.links}), flush=True)
+if sys.argv[4] == "stop":
+    sys.stdin.readline()
+    bed.stop()
+    print("stopped", flush=True)
 time.sleep(600)
 """
 
 
-def test_a_slurm_bed_whose_run_was_killed_is_swept_by_the_next(testbed, tmp_path):
-    """SIGKILL leaves slurmctld, slurmd, munged, dockerds and a job running: the record the bed
-    wrote before making anything lets sweep_dead_beds undo all of it, mounts included."""
+@pytest.mark.parametrize("end", ["stop", "SIGKILL"])
+def test_a_slurm_bed_leaves_nothing_after_stop_or_after_its_killed_run_is_swept(testbed, end):
+    """Running: slurmctld, slurmd, munged, dockerds, sshds and a job. stop() undoes all of it; after a
+    SIGKILL (no finalizer runs) the record the bed wrote before making anything lets the next
+    run's sweep_dead_beds do the same, mounts included."""
     import json
-    import signal
     import sys
 
     import devbox.testbed as tb
 
-    workdir = testbed.workdir / f"slurm-killed-{uuid.uuid4().hex[:6]}"
+    workdir = testbed.workdir / f"{end[:4].lower()}-{uuid.uuid4().hex[:6]}"   # short: sockets live under it
     tag = "k" + uuid.uuid4().hex[:5]
-    run = subprocess.Popen([sys.executable, "-c", BED_THEN_HANG, str(workdir), str(testbed.workdir / "authorized_keys"), tag],
-                           stdout=subprocess.PIPE, text=True, cwd=str(tb.FIXTURES.parent.parent))
+    run = subprocess.Popen([sys.executable, "-c", BED_THEN_HANG, str(workdir), str(testbed.workdir / "authorized_keys"), tag, end],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=str(tb.FIXTURES.parent.parent))
     try:
         made = json.loads(run.stdout.readline())
 
@@ -212,10 +219,15 @@ def test_a_slurm_bed_whose_run_was_killed_is_swept_by_the_next(testbed, tmp_path
         wanted = {"slurmctld", "slurmd", "slurmstepd", "munged", "dockerd", "sshd", "sleep"}
         wait_for(lambda: wanted <= set(running().values()))   # the job's script starts just after RUNNING
         pids = list(running())
+        if end == "stop":
+            run.stdin.write("\n")
+            run.stdin.flush()
+            assert run.stdout.readline() == "stopped\n"
     finally:
-        run.send_signal(signal.SIGKILL)
+        run.kill()
         run.wait()
-    assert tag in tb.sweep_dead_beds()
+    if end == "SIGKILL":
+        assert tag in tb.sweep_dead_beds()
     assert not [pid for pid in pids if tb._alive(int(pid))]
     assert not set(made["netns"]) & set(tb._ip("netns", "list").stdout.split())
     assert not [link for link in made["links"] if link in tb._ip("link").stdout]
