@@ -18,6 +18,8 @@ bed's workdir, so several beds (and the machine's own services) never meet:
   the trailing digits; AutoDetect=off), and its dockerd runs boxes with `--gpus` through
   the fake NVIDIA hook (devbox/testbed.py "A host with GPUs to share"). The TaskProlog
   hands a job its node's DOCKER_HOST and nvidia-smi, as a real node's environment would.
+- <workdir>/shared is the cluster's shared storage (mode 1777, like a /scratch): same
+  files on the login node and every node.
 - ProctrackType=proctrack/linuxproc (no cgroups needed): a container a job starts
   through dockerd is not the job's process, so `scancel` does not reach it (a real
   cluster's proctrack/cgroup does not either: dockerd's children live in dockerd's cgroup).
@@ -56,10 +58,6 @@ class Node:
     @property
     def engine(self) -> NetnsEngine:
         return self.gpus.engine
-
-    @property
-    def gres_files(self) -> list[Path]:
-        return [self.gpus.root / "dev" / f"nvidia{i}" for i in range(len(self.gpus.gpus))]
 
 
 @dataclass
@@ -163,6 +161,9 @@ def slurm_unavailable_reason() -> str | None:
 def start_slurm_bed(workdir: Path, authorized: Path, tag: str, seed_images: list[str]) -> SlurmBed:
     """The cluster, ready: nodes idle, engines seeded with `seed_images`. `tag` (6 characters)
     names its namespaces and links; `authorized` is every sshd's authorized_keys."""
+    longest = workdir / "engines" / max(NODES, key=len) / "exec/containerd/containerd.sock.ttrpc"
+    if len(str(longest)) > 103:   # found: 105 makes dockerd time out dialling its containerd, 103 works
+        raise ValueError(f"{workdir}: too long a path for the node engines' sockets ({longest})")
     workdir.mkdir(mode=0o755, parents=True)
     sweep_dead_beds()
     net = SeparateBed(workdir, tag)
@@ -205,8 +206,8 @@ def start_slurm_bed(workdir: Path, authorized: Path, tag: str, seed_images: list
 def _prepare_dirs(bed: SlurmBed) -> None:
     for sub in ("etc", "state", "run", "log", "engines", *(f"spool/{name}" for name in NODES)):
         (bed.workdir / sub).mkdir(mode=0o755, parents=True)
-    bed.shared_dir.mkdir(mode=0o755)
-    shutil.chown(bed.shared_dir, OPS_USER, OPS_USER)
+    bed.shared_dir.mkdir()
+    bed.shared_dir.chmod(0o1777)   # as a cluster's /scratch: every user makes their own folders there
 
 
 def _plant_node(bed: SlurmBed, name: str) -> GpuBed:

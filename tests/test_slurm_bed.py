@@ -3,10 +3,12 @@ node's own dockerd. These prove what the Slurm box's tests will stand on."""
 from __future__ import annotations
 
 import os
-import shutil
+import pwd
 import subprocess
 import uuid
 from pathlib import Path
+
+import pytest
 
 from devbox.testbed import BASE_IMAGE
 from devbox.testbed_slurm import OTHER_USER
@@ -51,6 +53,8 @@ def test_a_gpu_job_gets_slurms_gpus_and_its_nodes_own_engine(slurm_laptop):
 def test_a_node_is_reached_only_through_the_login_and_its_engine_gives_the_gpus_asked(slurm_laptop, tmp_path):
     bed, laptop = slurm_laptop.slurm, slurm_laptop
     node = bed.nodes["node1"]
+    login = laptop.ssh(laptop.hpc_login, "scontrol show node node1 -o")   # Slurm's clients work in an ssh session
+    assert login.returncode == 0 and f" NodeAddr={node.address} " in login.stdout, login.stdout + login.stderr
     # As devbox will: the node's address (its NodeAddr) behind ProxyJump in the laptop's ssh config.
     laptop.ssh_config.write_text(laptop.ssh_config.read_text() + (
         f"Host {node.address}\n    ProxyJump {laptop.hpc_login}\n    User {node.sshd.user}\n"
@@ -163,13 +167,12 @@ def test_sbatch_test_only_refuses_what_slurm_refuses_and_queues_a_down_partition
 
 def test_another_users_job_gets_gpus_but_not_the_nodes_docker(slurm_laptop):
     bed = slurm_laptop.slurm
-    outdir = bed.workdir / f"other-{uuid.uuid4().hex[:8]}"
-    outdir.mkdir(mode=0o755)
-    shutil.chown(outdir, OTHER_USER, OTHER_USER)
-    job = batch(bed, "--gres=gpu:1", f"--output={outdir}/out", "--wrap", "id -un; echo $SLURM_JOB_GPUS; docker ps",
+    out = out_file(bed, "other")
+    job = batch(bed, "--gres=gpu:1", f"--output={out}", "--wrap", "id -un; echo $SLURM_JOB_GPUS; docker ps",
                 user=OTHER_USER)
     state = bed.wait_job(job, "COMPLETED", "FAILED")
-    lines = (outdir / "out").read_text().splitlines()
+    assert out.stat().st_uid == pwd.getpwnam(OTHER_USER).pw_uid
+    lines = out.read_text().splitlines()
     assert lines[:2] == [OTHER_USER, "0"], lines
     assert state["JobState"] == "FAILED"                      # docker ps, its last command, failed...
     assert "permission denied while trying to connect to the Docker daemon socket" in "\n".join(lines[2:])
@@ -184,32 +187,47 @@ bed = start_slurm_bed(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], [])
 job = bed.slurm("sbatch", "--parsable", "--gres=gpu:1", "--output=/dev/null", "--wrap", "sleep 600").stdout.strip()
 bed.wait_job(job, "RUNNING")
 print(json.dumps({"netns": bed.net.netns, "routes": bed.net.routes, "links": bed.net.links}), flush=True)
+if sys.argv[4] == "stop":
+    sys.stdin.readline()
+    bed.stop()
+    print("stopped", flush=True)
 time.sleep(600)
 """
 
 
-def test_a_slurm_bed_whose_run_was_killed_is_swept_by_the_next(testbed, tmp_path):
-    """SIGKILL leaves slurmctld, slurmd, munged, dockerds and a job running: the record the bed
-    wrote before making anything lets sweep_dead_beds undo all of it, mounts included."""
+@pytest.mark.parametrize("end", ["stop", "SIGKILL"])
+def test_a_slurm_bed_leaves_nothing_after_stop_or_after_its_killed_run_is_swept(testbed, end):
+    """Running: slurmctld, slurmd, munged, dockerds, sshds and a job. stop() undoes all of it; after a
+    SIGKILL (no finalizer runs) the record the bed wrote before making anything lets the next
+    run's sweep_dead_beds do the same, mounts included."""
     import json
-    import signal
     import sys
 
     import devbox.testbed as tb
 
-    workdir = testbed.workdir / f"slurm-killed-{uuid.uuid4().hex[:6]}"
+    workdir = testbed.workdir / f"{end[:4].lower()}-{uuid.uuid4().hex[:6]}"   # short: sockets live under it
     tag = "k" + uuid.uuid4().hex[:5]
-    run = subprocess.Popen([sys.executable, "-c", BED_THEN_HANG, str(workdir), str(testbed.workdir / "authorized_keys"), tag],
-                           stdout=subprocess.PIPE, text=True, cwd=str(tb.FIXTURES.parent.parent))
+    run = subprocess.Popen([sys.executable, "-c", BED_THEN_HANG, str(workdir), str(testbed.workdir / "authorized_keys"), tag, end],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=str(tb.FIXTURES.parent.parent))
     try:
         made = json.loads(run.stdout.readline())
-        pids = [pid for ns in made["netns"] for pid in tb._ip("netns", "pids", ns).stdout.split()]
-        names = {subprocess.run(["ps", "-o", "comm=", "-p", pid], capture_output=True, text=True).stdout.strip() for pid in pids}
-        assert {"slurmctld", "slurmd", "slurmstepd", "munged", "dockerd", "sshd", "sleep"} <= names, names
+
+        def running() -> dict[str, str]:
+            pids = [pid for ns in made["netns"] for pid in tb._ip("netns", "pids", ns).stdout.split()]
+            return {pid: subprocess.run(["ps", "-o", "comm=", "-p", pid], capture_output=True, text=True).stdout.strip()
+                    for pid in pids}
+        wanted = {"slurmctld", "slurmd", "slurmstepd", "munged", "dockerd", "sshd", "sleep"}
+        wait_for(lambda: wanted <= set(running().values()))   # the job's script starts just after RUNNING
+        pids = list(running())
+        if end == "stop":
+            run.stdin.write("\n")
+            run.stdin.flush()
+            assert run.stdout.readline() == "stopped\n"
     finally:
-        run.send_signal(signal.SIGKILL)
+        run.kill()
         run.wait()
-    assert tag in tb.sweep_dead_beds()
+    if end == "SIGKILL":
+        assert tag in tb.sweep_dead_beds()
     assert not [pid for pid in pids if tb._alive(int(pid))]
     assert not set(made["netns"]) & set(tb._ip("netns", "list").stdout.split())
     assert not [link for link in made["links"] if link in tb._ip("link").stdout]
