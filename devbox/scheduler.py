@@ -131,6 +131,15 @@ class Cluster:
     def cancel(self, job: Job) -> None:
         self._run(["scancel", job.id])
 
+    def wait_gone(self, job: Job, wait_s: float = 60) -> bool:
+        """Until the job has ended (its script removes the box first, within KillWait)."""
+        deadline = time.monotonic() + wait_s
+        while (state := self.job(job.id).state) in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED"):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
+        return bool(state)
+
     def why_ended(self) -> str:
         """What the last job's script wrote as it ended (job id, when, why), if anything."""
         answer = self._run(["cat", f"{self.spec.data_root}/slurm-ended"])
@@ -256,7 +265,9 @@ def end_job(spec: BoxSpec, remove_box: Callable[[BoxSpec], None], purge: bool) -
             remove_box(on_node(cluster, job))
         if job is not None:
             cluster.cancel(job)
-            done.append(f"Slurm job {job.id} ({job.state.lower()}: GPUs back to the scheduler)")
+            ended = cluster.wait_gone(job)
+            done.append(f"Slurm job {job.id} ({job.state.lower()}: " + ("GPUs back to the scheduler)" if ended else
+                                                                        "cancelled; Slurm is still ending it)"))
         if purge:
             gone = login.run(["rm", "-rf", "--", spec.data_root], check=False)
             if not gone.ok:

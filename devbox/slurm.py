@@ -192,6 +192,10 @@ trap 'on_signal HUP' HUP
 nap() {{ sleep "$1" & wait $!; }}
 ours() {{ docker inspect --format '{{{{.State.Running}}}} {{{{index .Config.Labels "devbox.slurm.job"}}}}' "$box" 2>/dev/null; }}
 echo "devbox: job $job holds GPUs ${{SLURM_JOB_GPUS:-?}} on ${{SLURMD_NODENAME:-?}} for box $box"
+if ! said=$(docker version --format '{{{{.Server.Version}}}}' 2>&1); then
+    echo "devbox: docker does not answer on this node: $said"
+    say "docker does not answer on ${{SLURMD_NODENAME:-the node}} for the job's user: $said"; exit 1
+fi
 waited=0
 until [ "$(ours)" = "true $job" ]; do
     if [ "$waited" -ge {int(grace_s)} ]; then clean; say "no box was started within {int(grace_s)} s of the job starting"; exit 0; fi

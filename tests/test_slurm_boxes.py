@@ -116,7 +116,8 @@ def test_a_plain_job_of_another_user_never_gets_a_box_s_gpu(slurm_laptop):
     laptop.slurm.wait_job(job.stdout.strip(), "COMPLETED")
     theirs = {int(i) for i in wait_until(lambda: out.exists() and out.read_text().strip(), "written").split(",")}
     assert len(theirs) == 2 and theirs.isdisjoint(mine), (mine, theirs)
-    greedy = laptop.slurm.slurm("sbatch", "--parsable", "--gres=gpu:3", "-w", "node1", "--wrap", "true", user="devbox-other")
+    greedy = laptop.slurm.slurm("sbatch", "--parsable", "--gres=gpu:3", "-w", "node1", "-o", "/dev/null", "--wrap", "true",
+                                user="devbox-other")
     laptop.slurm.wait_job(greedy.stdout.strip(), "PENDING", reason="Resources")
 
 
@@ -127,7 +128,7 @@ def test_scancel_removes_the_box_from_its_node_and_status_says_why(slurm_laptop)
     node = node_of(laptop, report)
     assert f"devbox-{A}" in containers(node)
     laptop.slurm.slurm("scancel", report["slurm"]["id"])
-    wait_until(lambda: not [c for c in containers(node) if A in c], "box removed by the job's end", 30)
+    wait_until(lambda: not [c for c in containers(node) if A in c], "box removed by the job's end", 90)
     volumes = node.engine.docker("volume", "ls", "-q").stdout
     assert f"devbox-{A}.keys" not in volumes and f"devbox-{A}.secrets" not in volumes, "no keys or secrets left on the node"
     rows, _ = laptop.devbox.json("status", A)
@@ -141,7 +142,7 @@ def test_the_box_stopping_ends_its_job_and_gives_the_gpus_back(slurm_laptop):
     report = up(laptop, A)
     node = node_of(laptop, report)
     node.engine.docker("stop", f"devbox-{A}")            # a crash or an idle stop
-    wait_until(lambda: report["slurm"]["id"] not in queue(laptop), "job ended", 30)
+    wait_until(lambda: report["slurm"]["id"] not in queue(laptop).split(), "job ended", 90)
     assert not [c for c in containers(node) if A in c], "nothing left on the node"
     ended = (laptop.slurm.shared_dir / A / "slurm-ended").read_text()
     assert "the box stopped" in ended
@@ -188,7 +189,8 @@ def test_a_request_the_cluster_cannot_run_is_refused_with_nothing_submitted(slur
 
 def test_queued_is_a_state_wait_runs_out_and_ctrl_c_leaves_the_job_queued(slurm_laptop):
     laptop = slurm_laptop
-    hog = [laptop.slurm.slurm("sbatch", "--parsable", "--gres=gpu:4", "-w", node, "--wrap", "sleep 300", user="devbox-other")
+    hog = [laptop.slurm.slurm("sbatch", "--parsable", "--gres=gpu:4", "-w", node, "-o", "/dev/null", "--wrap", "sleep 300",
+                              user="devbox-other")
            for node in ("node1", "node2")]
     for job in hog:
         laptop.slurm.wait_job(job.stdout.strip(), "RUNNING")
