@@ -197,7 +197,7 @@ if ! said=$(docker version --format '{{{{.Server.Version}}}}' 2>&1); then
     say "docker does not answer on ${{SLURMD_NODENAME:-the node}} for the job's user: $said"; exit 1
 fi
 waited=0
-until [ "$(ours)" = "true $job" ]; do
+until [ "$(ours)" = "true $job" ] || [ "$(ours)" = "false $job" ]; do     # made for this job (it may stop at once)
     if [ "$waited" -ge {int(grace_s)} ]; then clean; say "no box was started within {int(grace_s)} s of the job starting"; exit 0; fi
     nap 2; waited=$((waited + 2))
 done
