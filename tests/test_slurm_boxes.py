@@ -66,6 +66,20 @@ def containers(node) -> list[str]:
     return node.engine.docker("ps", "-a", "--format", "{{.Names}}").stdout.split()
 
 
+def job_processes(job_id: str) -> list[int]:
+    """Processes of this machine (every node's) whose environment names the Slurm job."""
+    from pathlib import Path
+
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if f"SLURM_JOB_ID={job_id}\0".encode() in (proc / "environ").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
 def wait_until(check, what: str, timeout: float = 60):
     deadline = time.monotonic() + timeout
     while not (value := check()):
@@ -94,6 +108,14 @@ def test_three_boxes_two_run_on_the_jobs_own_gpus_the_third_queues_until_one_is_
     text = laptop.devbox("status", C).stdout
     assert f"job {third['slurm']['id']} pending (Resources" in text and "queued" in text
     assert laptop.ssh(f"devbox-{A}", "nvidia-smi -L | wc -l").stdout.strip() == "2"
+    box = json.loads(node_of(laptop, first).engine.docker("inspect", f"devbox-{A}").stdout)[0]
+    assert box["HostConfig"]["CapDrop"] == ["ALL"] and box["Config"]["User"] != "0:0" and not box["HostConfig"]["Privileged"]
+    assert {b["HostIp"] for bindings in box["HostConfig"]["PortBindings"].values() for b in bindings} == {"127.0.0.1"}
+    entries = (laptop.home / ".ssh" / "devbox" / "config").read_text()
+    node_entry = entries.split(f"Host devbox-node.{A}\n", 1)[1].split("\nHost ", 1)[0]
+    assert f"ProxyJump {laptop.hpc_login}" in node_entry and "StrictHostKeyChecking yes" in node_entry
+    box_entry = entries.split(f"Host devbox-{A}\n", 1)[1].split("\nHost ", 1)[0]
+    assert f"ProxyJump devbox-node.{A}" in box_entry and f"HostKeyAlias devbox-{A}" in box_entry
     down = laptop.devbox("down", B)
     assert down.returncode == 0 and "Slurm job" in down.stdout, down.stdout + down.stderr
     assert B not in queue(laptop), "down gives the GPUs back: the job is gone"
@@ -119,6 +141,12 @@ def test_a_plain_job_of_another_user_never_gets_a_box_s_gpu(slurm_laptop):
     greedy = laptop.slurm.slurm("sbatch", "--parsable", "--gres=gpu:3", "-w", "node1", "-o", "/dev/null", "--wrap", "true",
                                 user="devbox-other")
     laptop.slurm.wait_job(greedy.stdout.strip(), "PENDING", reason="Resources")
+    laptop.slurm.slurm("scancel", greedy.stdout.strip(), user="devbox-other")
+    theirs_running = laptop.slurm.slurm("sbatch", "--parsable", "--gres=gpu:1", "-w", "node1", "-o", "/dev/null", "--wrap",
+                                        "sleep 1234", user="devbox-other")
+    laptop.slurm.wait_job(theirs_running.stdout.strip(), "RUNNING")
+    seen = laptop.ssh(f"devbox-{A}", "ps -eo user,args; ls /proc | grep -c '^[0-9]'")
+    assert seen.returncode == 0 and "sleep 1234" not in seen.stdout and "devbox-other" not in seen.stdout, seen.stdout
 
 
 def test_scancel_removes_the_box_from_its_node_and_status_says_why(slurm_laptop):
@@ -131,6 +159,7 @@ def test_scancel_removes_the_box_from_its_node_and_status_says_why(slurm_laptop)
     wait_until(lambda: not [c for c in containers(node) if A in c], "box removed by the job's end", 90)
     volumes = node.engine.docker("volume", "ls", "-q").stdout
     assert f"devbox-{A}.keys" not in volumes and f"devbox-{A}.secrets" not in volumes, "no keys or secrets left on the node"
+    wait_until(lambda: not job_processes(report["slurm"]["id"]), "no process of the job left", 60)
     rows, _ = laptop.devbox.json("status", A)
     assert rows[0]["state"] == "absent" and "ended by Slurm" in rows[0]["slurm"]["ended"], rows
     assert (laptop.slurm.shared_dir / A / "home" / ".devbox" / "hostkeys").is_dir(), "the data stays"
@@ -159,6 +188,7 @@ def test_time_limit_ends_the_box_the_next_up_lands_on_the_other_node_with_the_sa
     wait_until(lambda: not [c for c in containers(laptop.slurm.nodes["node1"]) if A in c], "box gone", 30)
     jobs = laptop.devbox.json("ps", A)[0]
     assert [(j["name"], j["state"]) for j in jobs] == [("train", "lost")], "read from shared storage while no job runs"
+    assert laptop.devbox("logs", A, "train").returncode == 0
     slurm_boxes(laptop, **{A: {"gpus": 1, "time": "30", "exclude": "node1"}})
     second = up(laptop, A)
     assert second["slurm"]["node"] == "node2" and second["error"] == ""
