@@ -189,15 +189,19 @@ def schedule(cluster: Cluster, progress: Progress, wait_s: float, dry_run: bool 
     while job.queued and not job.reason and time.monotonic() - began < SETTLE_S:    # a new job: Slurm's first look
         time.sleep(0.25)
         job = cluster.job(job.id)
+    last, last_at = None, 0.0
     try:
         while job.queued:
             position = cluster.position(job)
             waited = time.monotonic() - began
             if waited >= wait_s:
                 return Scheduled(job, position, submitted=submitted)
-            progress(f"{cluster.spec.box.name}: job {job.id} queued ({job.reason or 'waiting'}"
-                     + (f", position {position}" if position else "") + f"), waited {format_time(waited)}")
-            time.sleep(POLL_S)
+            said = (job.reason, position)
+            if said != last or waited - last_at >= 10:     # a line when something changes, else every 10 s
+                progress(f"{cluster.spec.box.name}: job {job.id} queued ({job.reason or 'waiting'}"
+                         + (f", position {position}" if position else "") + f"), waited {format_time(waited)}")
+                last, last_at = said, waited
+            time.sleep(0.5 if waited < 10 else POLL_S)     # a job that starts at once is seen at once
             job = cluster.job(job.id)
     except KeyboardInterrupt:
         raise LeftQueued(f"{cluster.spec.box.name}: left job {job.id} queued ({job.reason or job.state})",

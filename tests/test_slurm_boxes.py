@@ -239,3 +239,53 @@ def test_queued_is_a_state_wait_runs_out_and_ctrl_c_leaves_the_job_queued(slurm_
     assert job_id in queue(laptop), "Ctrl-C leaves the job queued"
     down = laptop.devbox("down", A)
     assert down.returncode == 0 and job_id not in queue(laptop)
+
+
+@pytest.mark.slow
+def test_bench_up_to_a_working_ssh_against_doing_it_by_hand(slurm_laptop):
+    """Issue 21's figure: `devbox up` to a working `ssh devbox-NAME` on an idle partition with
+    the image already on the node, next to the same by hand (sbatch a sleeper, wait for
+    RUNNING, `docker run` on the node): a warm-up, then 3 alternating pairs. Results go to
+    bench/results/slurm.json."""
+    from pathlib import Path
+    from statistics import median
+
+    laptop = slurm_laptop
+    slurm_boxes(laptop, **{A: {"gpus": 1, "exclude": "node2"}})
+    warm = up(laptop, A)                                   # delivers the image to node1, writes the node entry
+    image = json.loads(node_of(laptop, warm).engine.docker("inspect", f"devbox-{A}").stdout)[0]["Config"]["Image"]
+    assert laptop.devbox("down", A).returncode == 0
+    node_alias = f"devbox-node.{A}"
+
+    def by_devbox(*flags: str) -> float:
+        began = time.monotonic()
+        done = laptop.devbox("up", A, *flags)
+        assert done.returncode in (0, 1), done.stdout + done.stderr       # 1: verify's torch checks (no torch here)
+        assert laptop.ssh(f"devbox-{A}", "true").returncode == 0
+        took = time.monotonic() - began
+        assert laptop.devbox("down", A).returncode == 0
+        return took
+
+    def by_hand() -> float:
+        began = time.monotonic()
+        job = laptop.ssh(laptop.hpc_login, "sbatch --parsable --gres=gpu:1 -w node1 -o /dev/null --wrap 'sleep 600'").stdout.strip()
+        laptop.ssh(laptop.hpc_login, f'while [ "$(squeue -h -j {job} -o %T)" != RUNNING ]; do sleep 0.2; done', timeout=120)
+        gpus = slurm_gpus(laptop, job)
+        ran = laptop.ssh(node_alias, f"docker run -d --name hand-{SUFFIX} --gpus '\"device={gpus[0]}\"' {image}")
+        assert ran.returncode == 0, ran.stderr
+        took = time.monotonic() - began
+        laptop.ssh(node_alias, f"docker rm -f hand-{SUFFIX}")
+        laptop.ssh(laptop.hpc_login, f"scancel {job}")
+        laptop.slurm.wait_job(job, "CANCELLED", "COMPLETED")
+        return took
+
+    runs = [(by_devbox(), by_devbox("--no-verify"), by_hand()) for _ in range(3)]
+    result = {}
+    for i, label in enumerate(("devbox_up_verified_to_ssh_s", "devbox_up_no_verify_to_ssh_s", "by_hand_s")):
+        result[label] = [round(r[i], 2) for r in runs]
+        result["median_" + label] = round(median(r[i] for r in runs), 2)
+    result["ratio_verified"] = round(result["median_devbox_up_verified_to_ssh_s"] / result["median_by_hand_s"], 2)
+    result["ratio_no_verify"] = round(result["median_devbox_up_no_verify_to_ssh_s"] / result["median_by_hand_s"], 2)
+    out = Path(__file__).resolve().parent.parent / "bench" / "results" / "slurm.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(result)
