@@ -94,6 +94,8 @@ def up_box(spec: BoxSpec, result: UpResult, keys: KeySource, *, wait_s: float = 
     from devbox.scheduler import Cluster, box_lock, schedule
 
     progress = options.get("progress", lambda m: None)
+    keys.for_box(spec)                # refused here (an owner with no key, a missing secret), before a job holds GPUs
+    LaptopSide.read(spec)
     with Host(spec.slurm.login) as login, box_lock(login, spec) as lock:
         if not options.get("dry_run"):
             lock.acquire(progress)        # two `up`s of one box submit one job
