@@ -12,6 +12,7 @@ After one uncounted warm-up pair, rounds alternate:
 
     nice python -m bench.streamfloor                 # 3 counted pairs (about 6 minutes here)
     nice python -m bench.streamfloor --runs 5 --no-verify
+    git worktree add /tmp/main-wt main && nice python -m bench.streamfloor --before /tmp/main-wt   # before/after
 """
 from __future__ import annotations
 
@@ -50,6 +51,17 @@ def devbox_up(bed: Bed, traces: list, verify: bool, transport: str = "") -> dict
             "checks": len(report.get("checks", []))}
 
 
+def devbox_from(bed: Bed, checkout: Path, verify: bool) -> dict:
+    """The same `up`, run from another checkout's devbox (e.g. main's: a before/after in one run)."""
+    argv = [sys.executable, "-m", "devbox.cli", "up", HOST, "--repin", "--json", *([] if verify else ["--no-verify"])]
+    done = subprocess.run(argv, cwd=bed.project, env={**bed.env, "PYTHONPATH": str(checkout)}, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=1800)
+    report = json.loads(done.stdout)[0] if done.stdout.startswith("[") else {}
+    if done.returncode != 0 or report.get("delivery") != "stream-missing-layers":
+        raise RuntimeError(f"devbox up ({checkout}): exit {done.returncode}\n{done.stdout[-1500:]}\n{done.stderr[-1500:]}")
+    return {"bytes_sent": report["bytes_sent"], "transport": report.get("transport", "")}
+
+
 def shell_pipe(bed: Bed, tag: str) -> None:
     ssh = shlex.join(["ssh", "-F", str(bed.laptop.ssh_config), "-o", "BatchMode=yes", HOST, "docker load -q"])
     subprocess.run(["bash", "-o", "pipefail", "-c", f"docker save {shlex.quote(tag)} | {ssh} >/dev/null"],
@@ -75,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-verify", action="store_true", help="time `up --no-verify` (no verify after the box starts)")
     p.add_argument("--paramiko", action="store_true", help="stream through paramiko (DEVBOX_STREAM_TRANSPORT=paramiko)")
     p.add_argument("--base", default=bigimage.MID_IMAGE, choices=sorted(bigimage.RECIPES))
+    p.add_argument("--before", type=Path, help="a third contender: devbox from this checkout (e.g. a worktree of main)")
     p.add_argument("--out", type=Path, default=RESULTS / "streamfloor.json")
     args = p.parse_args(argv)
     reason = tb.testbed_unavailable_reason()
@@ -94,18 +107,24 @@ def main(argv: list[str] | None = None) -> int:
                      prep=lambda i: bed.empty_engine())
         raw = Cmd("docker save IMG | ssh HOST docker load (shell pipe)", lambda i: shell_pipe(bed, tag),
                   prep=lambda i: bed.empty_engine())
-        interleave([devbox, raw], args.runs, log=log)
+        contenders = [devbox, raw]
+        if args.before:
+            contenders.append(Cmd(f"devbox up from {args.before}", lambda i: devbox_from(bed, args.before, not args.no_verify),
+                                  prep=lambda i: bed.empty_engine()))
+        interleave(contenders, args.runs, log=log)
     finally:
         bed.stop()
     counted = traces[-args.runs:]
-    results.update(commands=[devbox.summary(), raw.summary()], ratio=ratio(devbox, raw),
+    if args.before:
+        results["ratio_before"] = ratio(contenders[2], raw)
+    results.update(commands=[c.summary() for c in contenders], ratio=ratio(devbox, raw),
                    pairs=[round(a / b, 3) for a, b in zip(devbox.times, raw.times)], phases=phases(counted), traces=counted,
                    load_average_after=os.getloadavg())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     for row in results["phases"]:
         log(f"  {row['start_s']:7.2f}  {row['seconds']:7.2f}  {row['what']}")
-    log(json.dumps({k: results[k] for k in ("commands", "ratio", "pairs")}, indent=1))
+    log(json.dumps({k: results[k] for k in ("commands", "ratio", "ratio_before", "pairs") if k in results}, indent=1))
     log(f"wrote {args.out}")
     return 0
 
