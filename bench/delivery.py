@@ -43,7 +43,7 @@ def log(message: str) -> None:
 class Bed:
     """One fake host on loopback whose `docker` is an engine of its own, and a laptop."""
 
-    def __init__(self):
+    def __init__(self, base: str = bigimage.BIG_IMAGE):
         self.workdir = Path(tempfile.mkdtemp(prefix="devbox-bench-delivery-", dir="/var/lib"))
         self.testbed = tb.start_testbed(self.workdir, [])
         root = self.workdir / "engine"
@@ -56,7 +56,7 @@ class Bed:
         self.project = self.workdir / "project"
         (self.project / "keys").mkdir(parents=True)
         (self.project / "devbox.toml").write_text(
-            f'[defaults]\nplaybook = "cpu"\nbase_image = "{bigimage.BIG_IMAGE}"\ndelivery = "stream"\n')
+            f'[defaults]\nplaybook = "cpu"\nbase_image = "{base}"\ndelivery = "stream"\n')
 
     def empty_engine(self) -> None:
         ids = self.engine.docker("ps", "-aq").stdout.split()

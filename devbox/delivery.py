@@ -13,6 +13,11 @@ once the layers sent so far complete a prefix of the image's layer list, that pr
 committed as an untagged image labelled `devbox.partial=<image id>` (its layers then
 stay on the host), and the next load carries on. The last load brings the real config
 and tag and removes the partial images. A re-run after a cut sends only what is missing.
+
+The parts overlap: while part N's load registers its layers on the host (as long as it
+took to send them), part N+1 is already crossing; only its end-of-archive block waits
+until part N's load has succeeded, since `docker load` reads nothing of a part before its
+archive ends and part N+1's manifest names part N's layers (bench/streamfloor.py).
 """
 from __future__ import annotations
 
@@ -34,6 +39,8 @@ END_OF_ARCHIVE = bytes(2 * BLOCK)
 COMMIT_BYTES = 256 << 20      # a partial load costs ~0.3 s: commit only after this much
 METADATA_LIMIT = 64 << 20     # configs, manifests, json, small layers: kept for the last load
 SMALL_LAYER = 1 << 20         # a layer this small waits for the last load rather than block a commit
+HOLD_LIMIT = 256 << 20        # layers that arrive before the ones below them: held up to this much, so
+                              # the layers below commit without them (more parts, more overlap)
 PARTIAL_LABEL = "devbox.partial"
 LOAD = "docker load --quiet"
 
@@ -204,7 +211,8 @@ class Rewrite:
     host_has: set[str]                      # chain IDs (host_chains)
     commit_bytes: int = COMMIT_BYTES
     sent_layers: set[int] = field(default_factory=set)
-    committed: int = -1                     # layers [0..committed] are on the host or in a partial
+    committed: int = -1                     # layers [0..committed] are on the host (deliver sets it as loads end)
+    proposed: int = -1                      # layers [0..proposed] are whole once the part read last is loaded
     partials: list[str] = field(default_factory=list)
     skipped: int = 0
     layer_bytes: int = 0
@@ -217,7 +225,8 @@ class Rewrite:
         self.splittable = len(set(self.image.diff_ids)) == len(self.image.diff_ids)
         self.loaded: set[int] = set()       # layers whose bytes went into a load already
         self.metadata: list[bytes] = []
-        self.small: dict[int, bytes] = {}     # layers under SMALL_LAYER, held until a load needs them
+        self.small: dict[int, bytes] = {}     # layers under SMALL_LAYER or out of order, held until a load needs them
+        self.held_sizes: dict[int, int] = {}   # the out-of-order ones among them (HOLD_LIMIT)
         self._metadata_size = 0
         self.finished = False
 
@@ -253,6 +262,11 @@ class Rewrite:
                 self.sent_layers.add(index)
                 self.layer_bytes += member.size
                 continue
+            if index is not None and member.regular and self._holds(index, data):
+                self.small[index] = member.header + stream.read(data)
+                self.sent_layers.add(index)
+                self.layer_bytes += member.size
+                continue
             yield member.header
             yield from stream.pieces(data)
             size += len(member.header) + data
@@ -269,8 +283,18 @@ class Rewrite:
                 return
         yield from self.small.values()
         yield from self.metadata
-        yield END_OF_ARCHIVE
+        self.proposed = len(self.present) - 1
         self.finished = True
+        yield END_OF_ARCHIVE
+
+    def _holds(self, index: int, size: int) -> bool:
+        """Hold a layer that cannot join the next commit (a layer below it is still to come)
+        while the held ones stay under HOLD_LIMIT: sent now, it would keep the open part
+        from committing until that layer below arrives."""
+        if not self.splittable or index <= self._prefix_end() + 1 or sum(self.held_sizes.values()) + size > HOLD_LIMIT:
+            return False
+        self.held_sizes[index] = size
+        return True
 
     def _place_legacy_top(self, name: str, data: bytes) -> None:
         """A legacy save's top layer folder is the one whose v1 json names the
@@ -311,10 +335,11 @@ class Rewrite:
         name = hashlib.sha256(config).hexdigest()
         manifest = json.dumps([{"Config": f"{name}.json", "RepoTags": None,
                                 "Layers": [self.image.layer_path(i) for i in range(top + 1)]}]).encode()
-        self.committed = top
+        self.proposed = top
         self.partials.append("sha256:" + name)
         for index in [i for i in self.small if i <= top]:
             self.loaded.add(index)
+            self.held_sizes.pop(index, None)
             yield self.small.pop(index)
         yield tar_member(f"{name}.json", config)
         yield tar_member("manifest.json", manifest)
@@ -357,14 +382,16 @@ def inspect_local(tag: str) -> ImageLayers:
     return ImageLayers(tag, attrs["Id"], tuple(attrs["RootFS"]["Layers"]), attrs.get("Architecture", "amd64"), attrs.get("Os", "linux"))
 
 
-def save_stream(tag: str, ahead: int = 32) -> Iterator[bytes]:
+def save_stream(tag: str, ahead: int = 32) -> "ReadAhead":
     """The local engine's `docker save` of tag in 1 MiB chunks, read by a thread of its own
     up to `ahead` chunks in advance: the engine's export and the SSH send then overlap as
     in a shell pipe (read in turn, each waited on the other: 1.1-1.8x slower, bench/delivery.py).
+    It starts at once: Docker 20.10 exports the whole image before its first byte (12 s for
+    2.5 GB here), time in which the caller asks the host what it has.
     The docker CLI when there is one (its pipe costs less per byte than the SDK's chunked
-    HTTP), else the SDK."""
+    HTTP), else the SDK. Close it when done with it."""
     source = _cli_save(tag) if shutil.which("docker") else _sdk_save(tag)
-    return read_ahead(source, ahead)
+    return ReadAhead(source, ahead)
 
 
 def _cli_save(tag: str) -> Iterator[bytes]:
@@ -396,45 +423,56 @@ def _sdk_save(tag: str) -> Iterator[bytes]:
                           f"check `docker save {tag} > /dev/null` works on this machine") from exc
 
 
-def read_ahead(source: Iterable[bytes], depth: int) -> Iterator[bytes]:
-    """Iterate `source` in a thread, at most `depth` items ahead (bounded memory); its
-    errors are raised here. Closing this generator early stops the thread and the source."""
-    items: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
+class ReadAhead:
+    """Iterate `source` in a thread started now, at most `depth` items ahead (bounded memory);
+    its errors are raised to the reader. `close()` (also when iterating ends early) stops the
+    thread and closes the source, whether or not anything was read."""
 
-    def pump() -> None:
+    def __init__(self, source: Iterable[bytes], depth: int):
+        self._items: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._pump, args=(source,), name="docker-save-reader", daemon=True)
+        self._thread.start()
+
+    def _pump(self, source: Iterable[bytes]) -> None:
         iterator = iter(source)
         try:
             for item in iterator:
-                while not stop.is_set():
-                    try:
-                        items.put(("item", item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not self._put(("item", item)):
                     return
-            items.put(("end", None))
+            self._put(("end", None))
         except BaseException as exc:  # handed to the consumer, raised there
-            items.put(("error", exc))
+            self._put(("error", exc))
         finally:
             close = getattr(iterator, "close", None)
             if close:
                 close()
 
-    thread = threading.Thread(target=pump, name="docker-save-reader", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, item = items.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join(timeout=5)
+    def _put(self, entry: tuple) -> bool:
+        """Queue it unless closed first; False when closed."""
+        while not self._stop.is_set():
+            try:
+                self._items.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            while True:
+                kind, item = self._items.get()
+                if kind == "end":
+                    return
+                if kind == "error":
+                    raise item
+                yield item
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def load_command(image_id: str) -> str:
@@ -445,31 +483,85 @@ def load_command(image_id: str) -> str:
             f"{partials} | xargs -r docker rmi >/dev/null 2>&1; true; }}")
 
 
-def deliver(host, rewrite: Rewrite, chunks: Iterable[bytes], on_sent: Callable[[int], None] = lambda n: None) -> Delivered:
-    """Send the rewrite of `chunks`, one `docker load` per commit; a link dropped after a
-    commit leaves the committed layers on the host for the next run."""
-    sent, loads = 0, 0
-    command = load_command(rewrite.image.image_id)
-    for load in rewrite.loads(chunks):
-        counted = [0]
+class _EarlierPartFailed(Exception):
+    """Raised into a part's input when the part before it failed: its archive must not end."""
 
-        def meter(count: int, base: int = sent) -> None:
-            counted[0] = count
-            on_sent(base + count)
 
-        loads += 1
+class _Part:
+    """One `docker load` of a delivery, sent by a thread of its own so that the next part can
+    start crossing as soon as this one's input is read (`input_read`), while this one's
+    load still registers its layers on the host (`done`)."""
+
+    def __init__(self, host, command: str, load: Iterator[bytes], rewrite: Rewrite, previous: "_Part | None",
+                 base: int, on_sent: Callable[[int], None]):
+        self.host, self.command, self.rewrite, self.previous = host, command, rewrite, previous
+        self.base, self.on_sent = base, on_sent
+        self.sent, self.top = 0, -1
+        self.result = None
+        self.error: BaseException | None = None
+        self.input_read, self.done = threading.Event(), threading.Event()
+        threading.Thread(target=self._send, args=(load,), name="docker-load-part", daemon=True).start()
+
+    def _send(self, load: Iterator[bytes]) -> None:
         try:
-            done = host.stream(command, ChunkReader(load), meter)
-        except HostUnreachable as exc:
+            self.result = self.host.stream(self.command, ChunkReader(self._input(load)), self._meter)
+        except BaseException as exc:  # handed to deliver(), raised there in the parts' order
+            self.error = exc
+        finally:
+            self.input_read.set()
+            self.done.set()
+
+    def _input(self, load: Iterator[bytes]) -> Iterator[bytes]:
+        for piece in load:
+            if piece is END_OF_ARCHIVE and self.previous is not None:   # the rewrite yields this very object last
+                self.previous.wait_loaded()
+            yield piece
+        self.top = self.rewrite.proposed
+        self.input_read.set()
+
+    def _meter(self, count: int) -> None:
+        self.sent = count
+        self.on_sent(self.base + count)
+
+    def loaded(self) -> bool:
+        return self.error is None and self.result is not None and self.result.ok
+
+    def wait_loaded(self) -> None:
+        self.done.wait()
+        if not self.loaded():
+            raise _EarlierPartFailed()
+
+
+def deliver(host, rewrite: Rewrite, chunks: Iterable[bytes], on_sent: Callable[[int], None] = lambda n: None) -> Delivered:
+    """Send the rewrite of `chunks`, one `docker load` per part, each part crossing while the
+    one before it loads; a link dropped after a part's load ended leaves its layers on the
+    host for the next run."""
+    command = load_command(rewrite.image.image_id)
+    parts: list[_Part] = []
+    for load in rewrite.loads(chunks):
+        previous = parts[-1] if parts else None
+        parts.append(_Part(host, command, load, rewrite, previous, previous.base + previous.sent if previous else 0, on_sent))
+        parts[-1].input_read.wait()
+        if parts[-1].error is not None:
+            break
+    for part in parts:
+        part.done.wait()
+    sent = sum(part.sent for part in parts)
+    for part in parts:
+        if part.loaded():
+            rewrite.committed = part.top
+            continue
+        if isinstance(part.error, HostUnreachable):
             raise HostUnreachable(
-                f"{host.alias}: the link dropped while sending {rewrite.image.tag} ({(sent + counted[0]) / 1e6:.0f} MB sent; "
+                f"{host.alias}: the link dropped while sending {rewrite.image.tag} ({sent / 1e6:.0f} MB sent; "
                 f"{rewrite.committed + 1} of {len(rewrite.present)} layers kept on the host)",
-                f"re-run `devbox up {host.alias}`: it sends only the layers the host still lacks") from exc
-        if not done.ok:
-            raise RemoteCommandFailed(f"{host.alias}: `docker load` of {rewrite.image.tag} exited {done.exit_code}: "
-                                      f"{why_failed(done)}", f"check the host's Docker and its free disk, then re-run `devbox up {host.alias}`")
-        sent += counted[0]
-    return Delivered(sent, len(rewrite.sent_layers), rewrite.skipped, loads)
+                f"re-run `devbox up {host.alias}`: it sends only the layers the host still lacks") from part.error
+        if part.error is not None:
+            raise part.error
+        done = part.result
+        raise RemoteCommandFailed(f"{host.alias}: `docker load` of {rewrite.image.tag} exited {done.exit_code}: "
+                                  f"{why_failed(done)}", f"check the host's Docker and its free disk, then re-run `devbox up {host.alias}`")
+    return Delivered(sent, len(rewrite.sent_layers), rewrite.skipped, len(parts))
 
 
 def todo_bytes(tag: str, present: list[bool]) -> int | None:

@@ -166,15 +166,19 @@ class StreamImage(Step):
 
         from devbox.delivery import Rewrite, deliver, host_chains, inspect_local, save_stream, todo_bytes
 
-        lists = [json.loads(line) or [] for line in host.run(HOST_LAYERS, check=False).stdout.splitlines() if line.startswith("[")]
-        rewrite = Rewrite(inspect_local(self.tag), host_chains(lists))
-        missing = rewrite.present.count(False)
-        total = todo_bytes(self.tag, rewrite.present)
+        chunks = save_stream(self.tag)   # first: the local export runs while the host is asked what it has
+        try:
+            lists = [json.loads(line) or [] for line in host.run(HOST_LAYERS, check=False).stdout.splitlines() if line.startswith("[")]
+            rewrite = Rewrite(inspect_local(self.tag), host_chains(lists))
+            missing = rewrite.present.count(False)
+            total = todo_bytes(self.tag, rewrite.present)
+            progress(f"{self.spec.box.name}: sending {missing} of {len(rewrite.present)} layers"
+                     + (f", about {total / 1e6:.0f} MB" if total else "") + f", through {stream_transport_said()}")
+            meter = _meter(progress, self.spec.host, total)
+            done = deliver(host, rewrite, chunks, meter.update)
+        finally:
+            chunks.close()
         transport = stream_transport()
-        progress(f"{self.spec.box.name}: sending {missing} of {len(rewrite.present)} layers"
-                 + (f", about {total / 1e6:.0f} MB" if total else "") + f", through {stream_transport_said()}")
-        meter = _meter(progress, self.spec.host, total)
-        done = deliver(host, rewrite, save_stream(self.tag), meter.update)
         meter.close(done.bytes_sent)
         return {"delivery": "stream-missing-layers", "transport": transport, "bytes_sent": done.bytes_sent, "layers_sent": done.layers_sent,
                 "layers_skipped": done.layers_skipped}

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -133,20 +134,29 @@ def test_a_cut_after_a_committed_part_keeps_it_and_the_next_up_sends_only_the_re
     image = inspect_local(laptop.tag)
     host = Host(laptop.engine_host, load_user_config(laptop.ssh_config))
     rewrite = Rewrite(image, host_chains(engine_layers(laptop.engine)), commit_bytes=1)
-    runs = []
+    runs, second_crossing = [], threading.Event()
     real_stream = host.stream
 
-    def stream(*args, **kw):
-        runs.append(args[0])
-        return real_stream(*args, **kw)
+    def stream(command, source, on_sent):
+        part = len(runs)
+        runs.append(command)
 
-    def cut_in_the_second_part(sent: int) -> None:
-        if len(runs) == 2:   # the first part is loaded (its run returned): drop the link now
+        def meter(count: int) -> None:
+            if part == 1:
+                second_crossing.set()
+            on_sent(count)
+
+        done = real_stream(command, source, meter)
+        if part == 0 and done.ok:
+            # the first part is loaded; the second crosses meanwhile, its archive held open
+            # until this returns: drop the link now, mid-way through the second part
+            assert second_crossing.wait(120), "the second part did not cross while the first one loaded"
             drop_connections(laptop.engine_host_process.pid)
+        return done
 
     host.stream = stream
     with host, pytest.raises(HostUnreachable) as cut:
-        deliver(host, rewrite, save_stream(laptop.tag), cut_in_the_second_part)
+        deliver(host, rewrite, save_stream(laptop.tag))
     message = cut.value.one_line()
     assert "\n" not in message and "the link dropped" in message and f"devbox up {laptop.engine_host}" in message
     assert cut.value.exit_code == 3

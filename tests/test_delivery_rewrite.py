@@ -113,3 +113,111 @@ def test_parts_commit_only_whole_prefixes_and_never_send_a_layer_twice(saved, la
     assert json.load(final.extractfile("manifest.json"))[0]["RepoTags"] == [image.tag]
     seen += list(layer_digests(final, image).values())
     assert len(seen) == len(set(seen))
+
+
+# ---------------------------------------------------------------- parts that overlap (issue 26: the OpenSSH floor)
+
+
+def synthetic_image(order: list[int], sizes: list[int]) -> tuple[ImageLayers, bytes]:
+    """An image of random layers saved in the Docker 25+ layout with its layer files in `order`
+    (a save writes them by name, not bottom first): the order decides when a part can commit."""
+    import os
+
+    layers = [os.urandom(size) for size in sizes]
+    diffs = ["sha256:" + hashlib.sha256(data).hexdigest() for data in layers]
+    config = json.dumps({"rootfs": {"type": "layers", "diff_ids": diffs}}).encode()
+    image = ImageLayers("synthetic:1", "sha256:" + hashlib.sha256(config).hexdigest(), tuple(diffs))
+    out = b"".join(tar_member(f"blobs/sha256/{diffs[i].removeprefix('sha256:')}", layers[i]) for i in order)
+    out += tar_member(f"blobs/sha256/{image.image_id.removeprefix('sha256:')}", config)
+    manifest = [{"Config": f"blobs/sha256/{image.image_id.removeprefix('sha256:')}", "RepoTags": [image.tag],
+                 "Layers": [f"blobs/sha256/{d.removeprefix('sha256:')}" for d in diffs]}]
+    return image, out + tar_member("manifest.json", json.dumps(manifest).encode()) + bytes(1024)
+
+
+def part_prefixes(loads: list[tarfile.TarFile]) -> list[int]:
+    """How many layers each part but the last commits."""
+    out = []
+    for part in loads[:-1]:
+        manifest = json.load(part.extractfile("manifest.json"))[0]
+        out.append(len(json.load(part.extractfile(manifest["Config"]))["rootfs"]["diff_ids"]))
+    return out
+
+
+def test_a_layer_that_comes_before_the_ones_below_it_is_held_so_those_commit_first():
+    """Saved order 2, 0, 1, 3: layer 2 waits in memory, so layer 0 commits alone and its
+    load overlaps the next part; sent at once, it would hold every commit back until layer 1."""
+    image, data = synthetic_image([2, 0, 1, 3], [2 << 20] * 4)
+    rewrite, loads = run_rewrite(image, data, [], commit_bytes=1)
+    assert part_prefixes(loads) == [1, 3]
+    names = [set(layer_digests(part, image).values()) for part in loads]
+    assert names == [{image.diff_ids[0]}, {image.diff_ids[1], image.diff_ids[2]}, {image.diff_ids[3]}]
+
+
+def test_held_layers_stay_under_the_memory_limit(monkeypatch):
+    import devbox.delivery as delivery
+
+    monkeypatch.setattr(delivery, "HOLD_LIMIT", 3 << 20)     # room for one 2 MiB layer, not two
+    image, data = synthetic_image([3, 2, 0, 1, 4], [2 << 20] * 5)
+    rewrite, loads = run_rewrite(image, data, [], commit_bytes=1)
+    assert part_prefixes(loads)[0] == 4, "layer 3 held, layer 2 sent at once: the first commit waits for layer 1"
+    assert set(layer_digests(loads[0], image).values()) == {image.diff_ids[i] for i in (0, 1, 2, 3)}
+
+
+class RecordingHost:
+    """Stands in for Host.stream: reads each part's bytes as `docker load` would and records
+    when its archive ended and when its load returned. The first part's load returns only
+    once the second part is crossing (or after 30 s, which a serial sender always hits)."""
+
+    alias = "fake-host"
+
+    def __init__(self, first_exit: int = 0):
+        import threading
+
+        self.first_exit, self.events, self.parts = first_exit, [], []
+        self.lock, self.second_crossing = threading.Lock(), threading.Event()
+
+    def stream(self, command, source, on_sent):
+        from devbox.remote import Result
+
+        with self.lock:
+            part = len(self.parts)
+            self.parts.append(bytearray())
+        while block := source.read(1 << 16):
+            self.parts[part] += block
+            if part == 1:
+                self.second_crossing.set()
+        self.events.append(("archive ended", part))
+        if part == 0 and self.first_exit == 0:
+            self.events.append(("second part crossing while the first loads", self.second_crossing.wait(30)))
+        self.events.append(("loaded", part))
+        return Result(command, self.first_exit if part == 0 else 0, "", "no space left on device" if part == 0 else "")
+
+
+def test_the_next_part_crosses_while_one_loads_but_its_archive_ends_only_after(saved):
+    from devbox.delivery import deliver
+
+    image, legacy, _ = saved
+    rewrite = Rewrite(image, host_chains([[]]), commit_bytes=1)
+    host = RecordingHost()
+    done = deliver(host, rewrite, iter(chunks(legacy)))
+    assert done.loads == len(host.parts) >= 2
+    assert host.events[:4] == [("archive ended", 0), ("second part crossing while the first loads", True), ("loaded", 0),
+                               ("archive ended", 1)]
+    assert rewrite.committed == len(image.diff_ids) - 1
+    # every part is a whole archive, and the parts hold every layer once
+    seen = [d for part in host.parts for d in layer_digests(tarfile.open(fileobj=io.BytesIO(bytes(part))), image).values()]
+    assert sorted(seen) == sorted(set(image.diff_ids))
+
+
+def test_when_a_part_fails_to_load_the_next_one_never_ends_its_archive(saved):
+    from devbox.delivery import deliver
+    from devbox.errors import RemoteCommandFailed
+
+    image, legacy, _ = saved
+    rewrite = Rewrite(image, host_chains([[]]), commit_bytes=1)
+    host = RecordingHost(first_exit=1)
+    with pytest.raises(RemoteCommandFailed) as failed:
+        deliver(host, rewrite, iter(chunks(legacy)))
+    assert "exited 1: no space left on device" in failed.value.one_line()
+    assert ("archive ended", 1) not in host.events and rewrite.committed == -1
+    assert len(host.parts) == 2 and host.parts[1], "the second part had started crossing: it is cut, not whole"
