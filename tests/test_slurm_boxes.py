@@ -15,6 +15,7 @@ import testbed as tb
 from conftest import SUFFIX
 
 A, B, C = f"ann{SUFFIX}", f"ben{SUFFIX}", f"cat{SUFFIX}"
+D = f"dan{SUFFIX}"         # a box no other test has used (its folder on shared storage is new)
 GOOD = {"partition": "gpu", "time": "30"}
 
 
@@ -293,17 +294,17 @@ def test_bench_up_to_a_working_ssh_against_doing_it_by_hand(slurm_laptop):
 
 def test_two_ups_at_once_submit_one_job_and_dry_run_submits_nothing(slurm_laptop):
     laptop = slurm_laptop
-    slurm_boxes(laptop, **{A: {"gpus": 1}})
-    dry = laptop.devbox("up", A, "--dry-run")
+    slurm_boxes(laptop, **{D: {"gpus": 1}})
+    dry = laptop.devbox("up", D, "--dry-run")
     assert dry.returncode == 0 and "would submit a Slurm job" in dry.stdout and queue(laptop) == "", dry.stdout + dry.stderr
-    never = laptop.devbox("down", A)
+    never = laptop.devbox("down", D)
     assert never.returncode == 0 and "removed nothing" in never.stdout, never.stdout + never.stderr
-    assert laptop.devbox.json("ps", A)[0] == [] and laptop.devbox("ssh", A, "--", "true").returncode != 0
-    runs = [subprocess.Popen([*laptop.devbox.argv, "up", A, "--no-verify", "--json"], cwd=laptop.work, env=laptop.devbox.env,
+    assert laptop.devbox.json("ps", D)[0] == [] and laptop.devbox("ssh", D, "--", "true").returncode != 0
+    runs = [subprocess.Popen([*laptop.devbox.argv, "up", D, "--no-verify", "--json"], cwd=laptop.work, env=laptop.devbox.env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     reports = [json.loads(run.communicate(timeout=300)[0])[0] for run in runs]
     assert [r["error"] for r in reports] == ["", ""], reports
     assert reports[0]["slurm"]["id"] == reports[1]["slurm"]["id"], "one job for the box, whoever came second"
-    assert [line.split()[1] for line in queue(laptop).splitlines()] == [f"devbox-{A}"]
-    again = up(laptop, A)
+    assert [line.split()[1] for line in queue(laptop).splitlines()] == [f"devbox-{D}"]
+    again = up(laptop, D)
     assert again["changed"] is False and again["slurm"]["id"] == reports[0]["slurm"]["id"], "a re-run changes nothing"
